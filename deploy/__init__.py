@@ -1,0 +1,1 @@
+"""Runners and deployment: the embedded runtime, `streamrec` CLI, compose/k8s/dashboards."""

@@ -1,0 +1,255 @@
+"""``streamrec`` command line: parse flags, build settings, run one subcommand, stop on signal.
+
+Errors that streamrec raises on purpose (bad config, unreachable broker, malformed input) are
+printed as one line ``streamrec: error: ...`` with exit code 2 (usage/config) or 1 (runtime),
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streaming.errors import ConfigError, StreamrecError
+
+log = logging.getLogger("streamrec")
+
+
+def _global_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection and settings (override STREAMREC_* environment)")
+    g.add_argument("--kafka-bootstrap-servers", metavar="HOST:PORT",
+                   help="Kafka to use (default: $KAFKA_BOOTSTRAP_SERVERS, else embedded)")
+    g.add_argument("--redis-url", metavar="URL",
+                   help="Redis to use (default: $REDIS_URL, else embedded)")
+    g.add_argument("--run-dir", metavar="DIR", help="runtime directory (default .streamrec)")
+    g.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any setting, e.g. --set topics.events_partitions=8")
+    g.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamrec",
+        description="Streaming near-real-time recommender (Kafka + Faust + TorchRec + Redis).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole loop (embedded broker + Redis by default)")
+    up.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    up.add_argument("--rate", type=float, default=200.0, metavar="N",
+                    help="source events per second (default 200)")
+    up.add_argument("--replay", type=Path, metavar="PATH",
+                    help="replay a JSONL/CSV event file instead of synthetic events")
+    up.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    _global_options(up)
+
+    emit = sub.add_parser("emit", help="send events to Kafka from a file or a generator")
+    src = emit.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", metavar="PATH", help="JSONL or CSV file (.gz ok, - = stdin)")
+    src.add_argument("--synthetic", action="store_true", help="generate synthetic events")
+    emit.add_argument("--format", choices=["auto", "jsonl", "csv"], default="auto")
+    emit.add_argument("--rate", type=float, metavar="N", help="events per second (default: max)")
+    emit.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    emit.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    emit.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    emit.add_argument("--topic", help="target topic (default: topics.events)")
+    emit.add_argument("--send-invalid", action="store_true",
+                      help="also send records that fail validation (to exercise the DLQ)")
+    emit.add_argument("--strict", action="store_true",
+                      help="exit with status 1 if any record was invalid")
+    _global_options(emit)
+
+    feed = sub.add_parser("feed", help="print a user's live feed from Redis")
+    feed.add_argument("user_id")
+    feed.add_argument("--json", action="store_true", help="print the raw feed document")
+    feed.add_argument("--no-fallback", action="store_true",
+                      help="do not fall back to the popular-items feed")
+    _global_options(feed)
+
+    topics = sub.add_parser("topics", help="create the topics (idempotent) and list them")
+    _global_options(topics)
+
+    config = sub.add_parser("config", help="print the effective settings")
+    config.add_argument("--markdown", action="store_true", help="as a Markdown table with env vars")
+    _global_options(config)
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Any:
+    from streaming.settings import Settings, parse_assignments
+
+    overrides = parse_assignments(args.set)
+    for flag, key in (("kafka_bootstrap_servers", "kafka.bootstrap_servers"),
+                      ("redis_url", "redis.url"), ("run_dir", "runtime.run_dir"),
+                      ("log_level", "runtime.log_level")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    return Settings.load(overrides=overrides)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT/SIGTERM; a second SIGINT aborts at once."""
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        print(f"\nstreamrec: {signal.Signals(signum).name} received, shutting down "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def cmd_up(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.up import UpOptions, run_up
+
+    opts = UpOptions(duration_s=args.duration, rate=args.rate, replay=args.replay, seed=args.seed)
+    if opts.replay is not None and not opts.replay.is_file():
+        raise ConfigError(f"--replay {opts.replay}: file not found")
+    with stop_on_signals() as stop:
+        summary = run_up(settings, opts, stop, say=lambda s: print(s, flush=True))
+    print(orjson.dumps(summary).decode(), flush=True)
+    return 0
+
+
+def cmd_emit(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.embedded import with_running_endpoints
+    from streaming.emit import emit_records
+    from streaming.producer import EventProducer
+    from streaming.sources import read_records
+    from streaming.synthetic import SyntheticStream
+
+    if args.synthetic:
+        stream = SyntheticStream(seed=args.seed)
+        rate = args.rate or 1000.0
+        records: Any = ((f"synthetic:{n}", e) for n, e in
+                        enumerate(stream.events(int(time.time() * 1000), rate)))
+    else:
+        records = read_records(args.file, args.format)
+    settings = with_running_endpoints(settings)
+    with stop_on_signals() as stop:
+        timer = threading.Timer(args.duration or 0, stop.set)
+        if args.duration:
+            timer.start()
+        try:
+            producer = EventProducer(settings, topic=args.topic)
+            report = emit_records(
+                producer, records, rate=args.rate, limit=args.count, stop=stop,
+                send_invalid=args.send_invalid,
+                on_invalid=lambda m: print(f"invalid: {m}", file=sys.stderr, flush=True),
+            )
+            stats = producer.flush(60)
+        finally:
+            timer.cancel()
+    summary = {**report.as_dict(), "delivered": stats.delivered, "topic": producer.topic}
+    print(orjson.dumps(summary).decode(), flush=True)
+    return 1 if args.strict and report.invalid else 0
+
+
+def cmd_feed(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.embedded import with_running_endpoints
+    from streaming.feeds import FeedStore
+    from streaming.redis_client import connect
+
+    settings = with_running_endpoints(settings)
+    client = connect(settings.redis)
+    try:
+        feed = FeedStore(client, settings.redis.key_prefix).read(
+            args.user_id, fallback=not args.no_fallback)
+    finally:
+        client.close()
+    if feed is None:
+        print(f"no feed for user {args.user_id!r} (and no popular fallback yet)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(feed.to_json().decode())
+        return 0
+    age_s = (time.time() * 1000 - feed.generated_at_ms) / 1000
+    kind = "popular fallback" if feed.fallback else "personal"
+    print(f"feed for {args.user_id} ({kind}, model v{feed.model_version}, "
+          f"generated {age_s:.1f} s ago, {len(feed.items)} items)")
+    for rank, item in enumerate(feed.items, 1):
+        print(f"{rank:>3}. {item.item_id:<24} {item.score:8.4f}  {item.source}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.embedded import with_running_endpoints
+    from streaming.kafka import KafkaAdmin, topic_specs
+
+    settings = with_running_endpoints(settings)
+    admin = KafkaAdmin(settings)
+    admin.wait_ready(15)
+    report = admin.ensure_topics(topic_specs(settings))
+    for spec in topic_specs(settings):
+        state = "created" if spec.name in report.created else "exists"
+        print(f"{spec.name:<24} partitions={admin.partitions(spec.name)}  {state}")
+    for name, (want, have) in report.mismatched.items():
+        print(f"warning: {name} has {have} partitions, settings ask for {want}", file=sys.stderr)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, settings: Any) -> int:
+    from streaming.settings import env_name
+
+    if not args.markdown:
+        for key, value in settings.redacted().items():
+            print(f"{key} = {value!r}")
+        return 0
+    print("| setting | environment variable | default | meaning |")
+    print("|---|---|---|---|")
+    for key, _, f in type(settings)().items():
+        default = f.default
+        print(f"| `{key}` | `{env_name(key)}` | `{default!r}` | {f.metadata.get('doc', '')} |")
+    return 0
+
+
+COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "topics": cmd_topics,
+            "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+        logging.basicConfig(
+            level=settings.runtime.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        if settings.runtime.log_level.upper() != "DEBUG":
+            # librdkafka logs routine disconnects at INFO; keep its warnings and errors.
+            logging.getLogger("streamrec.librdkafka").setLevel(logging.WARNING)
+        return COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return 2
+    except StreamrecError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

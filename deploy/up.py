@@ -1,0 +1,162 @@
+"""``streamrec up``: the whole loop on one machine.
+
+Starts (or connects to) Kafka and Redis, creates the topics, runs an event source (synthetic
+generator or file replay) and watches events arrive, until stopped or ``duration_s`` elapses.
+Prints a status line every few seconds and, at the end, one JSON summary line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from deploy.embedded import EmbeddedRuntime, remove_endpoints, write_endpoints
+from streaming.emit import EmitReport, emit_records
+from streaming.kafka import KafkaAdmin, client_config, topic_specs
+from streaming.producer import EventProducer
+from streaming.settings import Settings
+from streaming.sources import read_records
+from streaming.synthetic import SyntheticStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    duration_s: float | None = None  # None = until stopped
+    rate: float = 200.0  # events/s from the source
+    replay: Path | None = None  # replay this file instead of the synthetic generator
+    seed: int = 0
+    status_every_s: float = 5.0
+
+
+class ArrivalMonitor:
+    """Counts messages arriving on a topic (its own consumer group, no commits needed)."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        conf = client_config(
+            settings.kafka,
+            **{
+                "group.id": "streamrec-up-monitor",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": settings.kafka.session_timeout_ms,
+            },
+        )
+        self._consumer = confluent_kafka.Consumer(conf)
+        self._consumer.subscribe([topic], on_assign=self._on_assign)
+        self.assigned = threading.Event()
+        self.count = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="arrival-monitor", daemon=True)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.assigned.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(1000, 0.2):
+                if msg.error():
+                    self.errors += 1
+                else:
+                    self.count += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+
+
+def _source(settings: Settings, opts: UpOptions) -> Iterable[tuple[str, Any]]:
+    if opts.replay is not None:
+        return read_records(opts.replay)
+    stream = SyntheticStream(seed=opts.seed)
+
+    def events() -> Iterator[tuple[str, Any]]:
+        for n, event in enumerate(stream.events(int(time.time() * 1000), opts.rate)):
+            yield f"synthetic:{n}", event
+
+    return events()
+
+
+def run_up(
+    settings: Settings,
+    opts: UpOptions,
+    stop: threading.Event,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run until ``stop`` is set or the duration elapses; returns the summary dict."""
+    runtime = EmbeddedRuntime(settings)
+    settings = runtime.start()
+    started = time.monotonic()
+    try:
+        write_endpoints(settings, runtime.run_dir)
+        report = KafkaAdmin(settings).ensure_topics(topic_specs(settings))
+        say(f"kafka  {settings.kafka.bootstrap_servers}  "
+            f"(topics created: {report.created or 'none'}, existing: {report.existing or 'none'})")
+        say(f"redis  {settings.redis.url}")
+        say(f"logs   {runtime.run_dir}")
+
+        monitor = ArrivalMonitor(settings, settings.topics.events)
+        monitor.start()
+        monitor.assigned.wait(30)
+
+        producer = EventProducer(settings)
+        stop_source = threading.Event()
+        result: dict[str, EmitReport] = {}
+        source = threading.Thread(
+            target=lambda: result.setdefault("report", emit_records(
+                producer, _source(settings, opts), rate=opts.rate, stop=stop_source,
+                on_invalid=lambda m: log.warning("invalid input: %s", m),
+            )),
+            name="event-source",
+            daemon=True,
+        )
+        source.start()
+        what = f"replaying {opts.replay}" if opts.replay else f"synthetic events (seed {opts.seed})"
+        say(f"ready: {what} at {opts.rate:g}/s; Ctrl-C to stop")
+
+        deadline = None if opts.duration_s is None else started + opts.duration_s
+        last_print, last_arrived = time.monotonic(), 0
+        while not stop.is_set():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            stop.wait(opts.status_every_s if remaining is None else min(opts.status_every_s, remaining))
+            runtime.check_alive()
+            now = time.monotonic()
+            arrived = monitor.count
+            say(f"[{now - started:6.1f}s] emitted {producer.stats.sent:>8}  "
+                f"arrived {arrived:>8}  ({(arrived - last_arrived) / (now - last_print):.0f}/s)")
+            last_print, last_arrived = now, arrived
+            if (deadline is not None and now >= deadline) or not source.is_alive():
+                break
+
+        stop_source.set()
+        source.join()
+        producer.flush(30)
+        # Let the monitor catch up with what was acknowledged before reporting.
+        drain_deadline = time.monotonic() + 10
+        while monitor.count < producer.stats.delivered and time.monotonic() < drain_deadline:
+            time.sleep(0.1)
+        monitor.stop()
+        emit_report = result.get("report", EmitReport())
+        return {
+            "emitted": emit_report.emitted,
+            "invalid_input": emit_report.invalid,
+            "delivered": producer.stats.delivered,
+            "arrived": monitor.count,
+            "duration_s": round(time.monotonic() - started, 2),
+        }
+    finally:
+        remove_endpoints(settings)
+        runtime.stop()

@@ -1,0 +1,1 @@
+"""DLRM built from a declared feature spec, batch building (KeyedJaggedTensor), checkpoint format."""

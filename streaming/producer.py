@@ -1,0 +1,164 @@
+"""Producer client for apps: idempotent, acknowledged, and bounded.
+
+``EventProducer`` never buffers without limit: when librdkafka's local queue is full, ``send``
+serves delivery reports until space frees up, and gives up with
+:class:`~streaming.errors.BackpressureTimeout` after ``block_timeout_s``. Every message ends up
+either acknowledged by the broker or counted (and kept, up to a bound) as failed; ``flush``
+raises :class:`~streaming.errors.DeliveryError` if any failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import confluent_kafka
+
+from streaming.errors import BackpressureTimeout, BrokerError, DeliveryError
+from streaming.events import Event
+from streaming.kafka import client_config
+from streaming.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    last_errors: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.delivered - self.failed
+
+
+class EventProducer:
+    """Sends events (or raw bytes) to a topic, keyed by user.
+
+    Parameters
+    ----------
+    max_queued_messages:
+        librdkafka's local queue bound (messages); beyond it ``send`` blocks.
+    block_timeout_s:
+        how long ``send`` may block on a full queue before raising (s).
+    linger_ms:
+        batching delay (ms); small keeps event-to-feed latency low.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topic: str | None = None,
+        max_queued_messages: int = 100_000,
+        block_timeout_s: float = 30.0,
+        linger_ms: int = 5,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic or settings.topics.events
+        self.stats = DeliveryStats()
+        self._block_timeout_s = block_timeout_s
+        conf = client_config(
+            settings.kafka,
+            **{
+                "enable.idempotence": True,  # implies acks=all and safe retries: no dupes, in order
+                "acks": "all",
+                "linger.ms": linger_ms,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": max_queued_messages,
+                "message.timeout.ms": 120_000,
+                **(extra_config or {}),
+            },
+        )
+        try:
+            self._producer = confluent_kafka.Producer(conf)
+        except confluent_kafka.KafkaException as exc:
+            raise BrokerError(f"cannot create producer: {exc}") from None
+
+    def send(self, event: Event, *, headers: dict[str, bytes] | None = None) -> None:
+        self.send_raw(event.key, event.to_json(), headers=headers)
+
+    def send_raw(
+        self,
+        key: bytes | None,
+        value: bytes,
+        *,
+        topic: str | None = None,
+        headers: dict[str, bytes] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Queue one message; blocks (serving delivery reports) while the queue is full."""
+        deadline: float | None = None
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if headers:
+            kwargs["headers"] = list(headers.items())
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self._producer.produce(topic or self.topic, value=value, key=key, **kwargs)
+                break
+            except BufferError:
+                now = time.monotonic()
+                deadline = deadline or now + self._block_timeout_s
+                if now >= deadline:
+                    raise BackpressureTimeout(
+                        f"producer queue full for {self._block_timeout_s:.0f} s "
+                        f"({self.stats.in_flight} in flight): is the broker reachable?"
+                    ) from None
+                self._producer.poll(0.05)
+            except confluent_kafka.KafkaException as exc:
+                raise BrokerError(f"produce to {topic or self.topic!r} failed: {exc}") from None
+        self.stats.sent += 1
+        self._producer.poll(0)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve delivery reports."""
+        self._producer.poll(timeout_s)
+
+    def flush(self, timeout_s: float = 30.0) -> DeliveryStats:
+        """Wait for every queued message to be acknowledged or to fail."""
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} message(s) still unacknowledged after {timeout_s:.0f} s",
+                failed=remaining,
+            )
+        if self.stats.failed:
+            raise DeliveryError(
+                f"{self.stats.failed} message(s) failed; last error: {self.stats.last_errors[-1]}",
+                failed=self.stats.failed,
+            )
+        return self.stats
+
+    def close(self, timeout_s: float = 30.0) -> DeliveryStats:
+        return self.flush(timeout_s)
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            # Still try to deliver what was queued, but do not mask the original error.
+            self._producer.flush(5.0)
+
+    def _on_delivery(self, err: confluent_kafka.KafkaError | None, msg: Any) -> None:
+        if err is None:
+            self.stats.delivered += 1
+        else:
+            self.stats.failed += 1
+            self.stats.last_errors.append(err.str())
+            log.warning("delivery failed: %s", err.str())

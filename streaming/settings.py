@@ -1,0 +1,249 @@
+"""One typed settings object, loaded from the environment and CLI overrides.
+
+Every field has an environment variable ``STREAMREC_<SECTION>_<FIELD>`` (upper case) and a dotted
+override key ``<section>.<field>`` for ``--set``. Two conventional variables are honoured as well:
+``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL``. An empty bootstrap server / Redis URL means "use the
+embedded broker / Redis" (started by ``streamrec up`` and the test fixtures).
+
+Settings are plain frozen dataclasses: build them once at the entry point and pass them down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streaming.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "STREAMREC_"
+ENV_ALIASES = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers",
+    "REDIS_URL": "redis.url",
+}
+# STREAMREC_* variables that belong to tooling (bootstrap, test fixtures), not to Settings.
+_NON_SETTING_ENV = {"STREAMREC_VARIANT", "STREAMREC_TEST_BACKEND"}
+
+
+def _f(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret}, repr=not secret)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str = _f("", "host:port list; empty = embedded Tansu broker")
+    security_protocol: str = _f("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str = _f("", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (with SASL_*)")
+    sasl_username: str = _f("", "SASL user name")
+    sasl_password: str = _f("", "SASL password", secret=True)
+    ssl_ca_location: str = _f("", "CA bundle (PEM) to verify the brokers")
+    ssl_certificate_location: str = _f("", "client certificate (PEM) for mTLS")
+    ssl_key_location: str = _f("", "client private key (PEM) for mTLS")
+    session_timeout_ms: int = _f(6000, "consumer group session timeout (ms); joins wait ~half")
+    client_id: str = _f("streamrec", "client.id prefix sent to the brokers")
+
+    def __post_init__(self) -> None:
+        protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+        if self.security_protocol.upper() not in protocols:
+            raise ConfigError(
+                f"kafka.security_protocol={self.security_protocol!r}: expected one of "
+                f"{sorted(protocols)}"
+            )
+        if self.security_protocol.upper().startswith("SASL") and not self.sasl_mechanism:
+            raise ConfigError("kafka.sasl_mechanism is required with a SASL security protocol")
+        _positive("kafka.session_timeout_ms", self.session_timeout_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = _f("", "redis:// or rediss:// URL; empty = embedded redis-server")
+    key_prefix: str = _f("sr:", "prefix of every key streamrec writes")
+    password: str = _f("", "AUTH password (overrides one in the URL)", secret=True)
+    username: str = _f("", "ACL user name (Redis 6+)")
+    ssl_ca_certs: str = _f("", "CA bundle (PEM) for rediss:// URLs")
+    socket_timeout_s: float = _f(5.0, "per-command socket timeout (s)")
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"redis.url={self.url!r}: expected redis://, rediss:// or unix://")
+        _positive("redis.socket_timeout_s", self.socket_timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    events: str = _f("events", "raw user events from apps (key = user_id)")
+    dlq: str = _f("events.dlq", "rejected input with its reason in headers")
+    examples: str = _f("training-examples", "labelled examples (key = user_id)")
+    model_updates: str = _f("model-updates", "checkpoint announcements (compacted)")
+    events_partitions: int = _f(4, "partitions of the events topic (= max parallel workers)")
+    dlq_partitions: int = _f(1, "partitions of the DLQ topic")
+    examples_partitions: int = _f(4, "partitions of the examples topic")
+    replication_factor: int = _f(1, "replication factor for created topics (3 on real clusters)")
+
+    def __post_init__(self) -> None:
+        for name in ("events_partitions", "dlq_partitions", "examples_partitions",
+                     "replication_factor"):
+            _positive(f"topics.{name}", getattr(self, name))
+        names = [self.events, self.dlq, self.examples, self.model_updates]
+        if len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"topic names must be distinct and non-empty: {names}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerSettings:
+    checkpoint_dir: str = _f(".streamrec/checkpoints", "where versioned checkpoints are written")
+    batch_size: int = _f(1024, "examples per micro-batch")
+    batch_max_wait_ms: int = _f(500, "max wait to fill a micro-batch (ms)")
+    publish_interval_s: float = _f(30.0, "publish a checkpoint at least this often (s)")
+    publish_every_steps: int = _f(0, "also publish every N steps (0 = time only)")
+    keep_checkpoints: int = _f(5, "number of checkpoint versions kept on disk")
+
+    def __post_init__(self) -> None:
+        _positive("trainer.batch_size", self.batch_size)
+        _positive("trainer.batch_max_wait_ms", self.batch_max_wait_ms)
+        _positive("trainer.publish_interval_s", self.publish_interval_s)
+        _positive("trainer.keep_checkpoints", self.keep_checkpoints)
+        if self.publish_every_steps < 0:
+            raise ConfigError("trainer.publish_every_steps must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    run_dir: str = _f(".streamrec", "state of the embedded runtime: logs, endpoints, Redis AOF")
+    bind_host: str = _f("127.0.0.1", "address embedded services and HTTP endpoints bind to")
+    log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"runtime.log_level={self.log_level!r} is not a log level")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Defaults < environment < ``overrides`` (``{"section.field": "value"}``, from the CLI)."""
+        env = os.environ if env is None else env
+        values: dict[str, str] = {}
+        known_env = {env_name(key): key for key in _all_keys()}
+        for name, raw in env.items():
+            if name in ENV_ALIASES:
+                values[ENV_ALIASES[name]] = raw
+            elif name in known_env:
+                values[known_env[name]] = raw
+            elif name.startswith(ENV_PREFIX) and name not in _NON_SETTING_ENV:
+                log.warning("ignoring unknown setting %s", name)
+        # The specific STREAMREC_* name wins over the generic alias when both are set.
+        for name, key in known_env.items():
+            if name in env:
+                values[key] = env[name]
+        for key, raw in (overrides or {}).items():
+            if key not in _all_keys():
+                raise ConfigError(f"unknown setting {key!r}; see `streamrec config`")
+            values[key] = raw
+        return cls.default().with_values(values)
+
+    @classmethod
+    def default(cls) -> Settings:
+        return cls()
+
+    def with_values(self, values: Mapping[str, Any]) -> Settings:
+        """A copy with dotted keys replaced; string values are parsed to the field's type."""
+        sections: dict[str, dict[str, Any]] = {}
+        for key, raw in values.items():
+            section, name = _split_key(key)
+            hint = _field_types(type(getattr(self, section)))[name]
+            sections.setdefault(section, {})[name] = _coerce(key, raw, hint)
+        replaced = {s: dataclasses.replace(getattr(self, s), **kv) for s, kv in sections.items()}
+        return dataclasses.replace(self, **replaced)
+
+    def items(self) -> Iterator[tuple[str, Any, dataclasses.Field[Any]]]:
+        """(dotted key, value, dataclass field) for every setting, in declaration order."""
+        for section in dataclasses.fields(self):
+            obj = getattr(self, section.name)
+            for f in dataclasses.fields(obj):
+                yield f"{section.name}.{f.name}", getattr(obj, f.name), f
+
+    def redacted(self) -> dict[str, Any]:
+        """Flat mapping for display and logs: secrets shown as ``***`` when set."""
+        return {
+            key: ("***" if f.metadata.get("secret") and value else value)
+            for key, value, f in self.items()
+        }
+
+
+def env_name(key: str) -> str:
+    """``kafka.bootstrap_servers`` -> ``STREAMREC_KAFKA_BOOTSTRAP_SERVERS``."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _all_keys() -> set[str]:
+    return {key for key, _, _ in Settings().items()}
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    if key not in _all_keys():
+        raise ConfigError(f"unknown setting {key!r}")
+    return section, name
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if hint is bool:
+            low = raw.strip().lower()
+            if low in {"1", "true", "yes", "on"}:
+                return True
+            if low in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r}: expected {hint.__name__}") from None
+    return raw
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """``["kafka.client_id=x", ...]`` (from ``--set``) -> ``{"kafka.client_id": "x"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected section.field=value")
+        out[key.strip()] = value
+    return out

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+from streaming.events import validate_event
+from streaming.synthetic import SyntheticConfig, SyntheticStream
+
+START = 1_732_000_000_000
+SMALL = SyntheticConfig(n_users=200, n_items=500, n_categories=10)
+
+
+def take(seed: int, n: int) -> list:
+    return list(SyntheticStream(seed, SMALL).events(START, rate=100.0, limit=n))
+
+
+def test_same_seed_same_events_other_seed_other_events() -> None:
+    assert take(7, 2000) == take(7, 2000)
+    assert take(7, 2000) != take(8, 2000)
+
+
+def test_events_are_valid_time_ordered_and_unique() -> None:
+    events = take(1, 5000)
+    assert len(events) == 5000
+    for e in events:
+        assert validate_event(e.to_dict(), now_ms=START + 10**9) == e
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(events))
+    assert len({e.event_id for e in events}) == len(events)
+
+
+def test_follow_ups_come_after_a_view_of_the_same_item_by_the_same_user() -> None:
+    events = take(3, 20_000)
+    viewed: set[tuple[str, str]] = set()
+    for e in events:
+        if e.event_type == "view":
+            viewed.add((e.user_id, e.item_id))
+        else:
+            assert (e.user_id, e.item_id) in viewed
+    kinds = Counter(e.event_type for e in events)
+    ctr = kinds["click"] / kinds["view"]
+    assert 0.03 < ctr < 0.4, kinds
+    assert 0 < kinds["purchase"] < kinds["click"]
+
+
+def test_ground_truth_prefers_items_in_the_users_interests() -> None:
+    stream = SyntheticStream(5, SMALL)
+    user = 0
+    interests = stream.user_interest[user]
+    top = max(range(len(interests)), key=interests.__getitem__)
+    bottom = min(range(len(interests)), key=interests.__getitem__)
+    p_top = [stream.click_probability(user, i) for i, c in enumerate(stream.item_category) if c == top]
+    p_bot = [stream.click_probability(user, i) for i, c in enumerate(stream.item_category) if c == bottom]
+    assert sum(p_top) / len(p_top) > 2 * sum(p_bot) / len(p_bot)

@@ -1,0 +1,1 @@
+"""Continuous sharded training on the examples stream, and checkpoint publishing."""

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not fall back to the popular-items feed")
     _global_options(feed)
 
+    worker = sub.add_parser("worker", help="run a stream-processing worker (Faust)")
+    _global_options(worker)
+
     topics = sub.add_parser("topics", help="create the topics (idempotent) and list them")
     _global_options(topics)
 
@@ -193,6 +196,13 @@ def cmd_feed(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.embedded import with_running_endpoints
+    from streaming.worker import run_worker
+
+    return run_worker(with_running_endpoints(settings))
+
+
 def cmd_topics(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
     from streaming.kafka import KafkaAdmin, topic_specs
@@ -224,7 +234,8 @@ def cmd_config(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "topics": cmd_topics,
+COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "worker": cmd_worker,
+            "topics": cmd_topics,
             "config": cmd_config}
 
 

@@ -11,7 +11,8 @@ Required: ``event_id`` (unique; used for de-duplication), ``user_id``, ``item_id
 strings), ``event_type`` (``view`` | ``click`` | ``purchase``), ``ts`` (event time, integer epoch
 milliseconds). Optional: ``price`` (finite float >= 0), ``qty`` (int), ``category`` (string),
 ``session_id`` (string), ``context`` (flat object of string keys to str/int/float/bool).
-Unknown fields are rejected so that typos surface instead of being dropped.
+Unknown fields are rejected so that typos surface instead of being dropped. Strings must be
+printable (no control characters).
 
 Validation is pure (no I/O) and raises :class:`streaming.errors.InvalidEvent` with a stable code.
 """
@@ -47,6 +48,7 @@ R_TS_RANGE = "ts_out_of_range"
 R_BAD_NUMBER = "bad_number"
 R_BAD_CONTEXT = "bad_context"
 R_KEY_MISMATCH = "key_mismatch"
+R_CONTROL_CHARS = "control_characters"
 R_DUPLICATE = "duplicate"
 
 
@@ -204,6 +206,9 @@ def _string(obj: dict[str, Any], name: str, max_chars: int) -> str:
         raise InvalidEvent(R_EMPTY, f"{name} must not be empty")
     if len(value) > max_chars:
         raise InvalidEvent(R_TOO_LONG, f"{name} has {len(value)} chars > {max_chars}")
+    if not value.isprintable():
+        # Ids become Redis key parts and \x1f-separated fields: no control characters.
+        raise InvalidEvent(R_CONTROL_CHARS, f"{name} contains control or non-printable characters")
     return value
 
 

@@ -14,8 +14,8 @@ from streaming.settings import RedisSettings
 T = TypeVar("T")
 
 
-def connect(settings: RedisSettings, *, decode_responses: bool = False) -> redis.Redis:
-    """A client for ``settings.url`` with password / TLS options applied. Does not connect yet."""
+def client_kwargs(settings: RedisSettings, *, decode_responses: bool = False) -> dict[str, Any]:
+    """Connection options for sync and asyncio clients alike."""
     if not settings.url:
         raise ConfigError(
             "no Redis URL: set REDIS_URL, or run `streamrec up` "
@@ -33,6 +33,12 @@ def connect(settings: RedisSettings, *, decode_responses: bool = False) -> redis
         kwargs["username"] = settings.username
     if settings.url.startswith("rediss://") and settings.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = settings.ssl_ca_certs
+    return kwargs
+
+
+def connect(settings: RedisSettings, *, decode_responses: bool = False) -> redis.Redis:
+    """A client for ``settings.url`` with password / TLS options applied. Does not connect yet."""
+    kwargs = client_kwargs(settings, decode_responses=decode_responses)
     try:
         return redis.Redis.from_url(settings.url, **kwargs)
     except ValueError as exc:

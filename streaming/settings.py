@@ -97,6 +97,25 @@ class TopicSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSettings:
+    label_mode: str = _f("exposure", "exposure (views labelled by later clicks) or implicit")
+    attribution_window_ms: int = _f(30 * 60 * 1000, "click/purchase must follow the view within (ms)")
+    allowed_lateness_ms: int = _f(10_000, "event-time watermark = max event time - this (ms)")
+    negatives: int = _f(4, "implicit mode: sampled negatives per positive")
+    dedup_window: int = _f(100_000, "event ids remembered per partition for de-duplication")
+    batch_size: int = _f(500, "max events per processing batch")
+    batch_wait_ms: int = _f(50, "max wait to fill a processing batch (ms)")
+
+    def __post_init__(self) -> None:
+        if self.label_mode not in ("exposure", "implicit"):
+            raise ConfigError(f"stream.label_mode={self.label_mode!r}: exposure or implicit")
+        for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms"):
+            _positive(f"stream.{name}", getattr(self, name))
+        if self.allowed_lateness_ms < 0 or self.negatives < 0:
+            raise ConfigError("stream.allowed_lateness_ms and stream.negatives must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class TrainerSettings:
     checkpoint_dir: str = _f(".streamrec/checkpoints", "where versioned checkpoints are written")
     batch_size: int = _f(1024, "examples per micro-batch")
@@ -134,6 +153,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 

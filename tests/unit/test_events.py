@@ -59,6 +59,8 @@ def test_integer_price_becomes_float_and_null_optionals_are_absent() -> None:
         (good(item_id=None), "wrong_type"),
         (good(user_id=""), "empty_value"),
         (good(item_id="x" * 129), "too_long"),
+        (good(user_id="a\x1fb"), "control_characters"),
+        (good(category="line\nbreak"), "control_characters"),
         (good(event_type="like"), "unknown_event_type"),
         (good(event_type=3), "unknown_event_type"),
         (good(ts="2024-01-01"), "wrong_type"),

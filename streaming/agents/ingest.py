@@ -1,0 +1,74 @@
+"""Ingest agent: events -> validation, dedup, feature state, labelled examples, DLQ.
+
+Takes batches of up to ``batch_size`` events (or what arrived within ``batch_wait_s``), splits
+them by partition and hands each run to :class:`streaming.processor.BatchProcessor`.
+Offsets are committed by Faust after the agent moved past them; effects are exactly-once anyway,
+through the applied-offset watermark in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from streaming.labels import LabelConfig
+from streaming.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
+from streaming.producer import EventProducer
+from streaming.settings import Settings
+from streaming.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def processor_config(settings: Settings) -> ProcessorConfig:
+    s = settings.stream
+    return ProcessorConfig(
+        examples_topic=settings.topics.examples,
+        dlq_topic=settings.topics.dlq,
+        source_topic=settings.topics.events,
+        labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
+                           allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives),
+        dedup_window=s.dedup_window,
+    )
+
+
+def build_processor(settings: Settings) -> tuple[BatchProcessor, Any]:
+    """A processor with its own async Redis client and producer; returns (processor, closer)."""
+    import redis.asyncio as aioredis
+
+    from streaming.redis_client import client_kwargs
+    from streaming.state_store import StateStore
+
+    client = aioredis.Redis.from_url(settings.redis.url, **client_kwargs(settings.redis))
+    producer = EventProducer(settings, linger_ms=2)
+    store = StateStore(client, settings.redis.key_prefix, settings.topics.events)
+    processor = BatchProcessor(store, ProducerSink(producer), processor_config(settings))
+
+    async def close() -> None:
+        producer.flush(30)
+        await client.aclose()
+
+    return processor, close
+
+
+def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
+    batch_size = settings.stream.batch_size
+    batch_wait_s = settings.stream.batch_wait_ms / 1000
+
+    @app.agent(topics.events, name="ingest", concurrency=1)
+    async def ingest(stream: faust.StreamT) -> None:
+        processor, close = build_processor(settings)
+        try:
+            async for batch in stream.take_events(batch_size, within=batch_wait_s):
+                runs: dict[int, list[RawMessage]] = {}
+                for event in batch:
+                    m = event.message
+                    ts_ms = int(m.timestamp * 1000) if m.timestamp else None
+                    runs.setdefault(m.partition, []).append(
+                        RawMessage(m.offset, m.key, m.value, ts_ms))
+                for partition, messages in runs.items():
+                    await processor.process(partition, messages)
+        finally:
+            await close()

@@ -1,0 +1,174 @@
+"""Online feature state: its Redis layout, the update rules, and feature values. Pure (no I/O).
+
+Both the label joiner (training examples) and the scorers (serving) turn state into model inputs
+with :func:`feature_values`, so training and serving cannot drift apart.
+
+Decayed counters
+----------------
+A decayed count with half-life ``h`` is ``sum_i w_i * 2 ** (-(T - ts_i) / h)``. It is stored as a
+value ``v`` referenced to time ``t`` (the newest event time seen). Adding an event at ``ts``:
+``ts >= t``: ``v <- v * 2 ** (-(ts - t) / h) + w``, ``t <- ts``; ``ts < t``: ``v <- v + w * 2 **
+(-(t - ts) / h)``. The result does not depend on arrival order, so out-of-order events and several
+workers updating one item give the same state. Reading at ``T``: ``v * 2 ** (-(T - t) / h)``.
+
+Redis keys (``P`` = key prefix; ``{type}`` in view/click/purchase; ``{h}`` a half-life label)
+-----------------------------------------------------------------------------------------------
+``P u:<user>``  hash  ``{type}.t`` (ms), ``{type}.{h}`` decayed counts, ``last`` last event ms,
+                      ``c.<category>.a`` / ``c.<category>.t`` decayed category affinity (1 d,
+                      weighted view 1, click 3, purchase 10)
+``P ur:<user>`` list  newest-first ``item\\x1fts`` of the last ``recent_items`` events
+``P i:<item>``  hash  ``{type}.t``, ``{type}.{h}`` decayed popularity, ``n.{type}`` raw counts,
+                      ``first`` first-seen ms, ``cat`` category
+``P cv:<item>`` zset  co-visited item -> count (same user within ``covisit_window_ms``), top-K
+``P pop``       zset  item -> raw interaction count (negative sampling, popular fallback)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+EVENT_TYPES = ("view", "click", "purchase")
+SEP = "\x1f"  # separator inside list entries and composite hash fields; not allowed in ids
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    half_lives_ms: tuple[tuple[str, int], ...] = (("1h", 3_600_000), ("1d", 86_400_000))
+    affinity_half_life_ms: int = 86_400_000
+    recent_items: int = 20
+    covisit_window_ms: int = 30 * 60 * 1000
+    covisit_top_k: int = 50
+    ctr_prior: float = 0.05  # smoothed CTR = (clicks + a * prior) / (views + a)
+    cvr_prior: float = 0.1
+    smoothing: float = 20.0
+
+
+DEFAULT_FEATURES = FeatureConfig()
+
+
+def decay(value: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
+    """``value`` referenced at ``from_ms``, read at ``to_ms`` (no growth into the past)."""
+    if to_ms <= from_ms:
+        return value
+    return value * 2.0 ** (-(to_ms - from_ms) / half_life_ms)
+
+
+def decayed_add(
+    value: float, ref_ms: int, ts: int, weight: float, half_life_ms: int
+) -> tuple[float, int]:
+    """Add an event of ``weight`` at ``ts`` to a counter; returns the new ``(value, ref_ms)``.
+
+    The Lua op ``dadd`` in :mod:`streaming.state_store` is the same formula; keep them in step.
+    """
+    if ts >= ref_ms:
+        return value * 2.0 ** (-(ts - ref_ms) / half_life_ms) + weight, ts
+    return value + weight * 2.0 ** (-(ref_ms - ts) / half_life_ms), ref_ms
+
+
+def _f(h: Mapping[str, str], name: str, default: float = 0.0) -> float:
+    raw = h.get(name)
+    return float(raw) if raw is not None else default
+
+
+def _i(h: Mapping[str, str], name: str) -> int | None:
+    raw = h.get(name)
+    return int(float(raw)) if raw is not None else None
+
+
+class EntityState:
+    """Mutable view of one Redis hash (``u:`` or ``i:``), for applying a batch in memory."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Mapping[str, str] | None = None) -> None:
+        self.fields: dict[str, str] = dict(fields or {})
+
+    def add_decayed(self, prefix: str, ts: int, weight: float,
+                    half_lives: Sequence[tuple[str, int]]) -> None:
+        ref = _i(self.fields, f"{prefix}.t")
+        new_ref = ts
+        for label, h in half_lives:
+            if ref is None:
+                value, new_ref = weight, ts
+            else:
+                value, new_ref = decayed_add(_f(self.fields, f"{prefix}.{label}"), ref, ts, weight, h)
+            self.fields[f"{prefix}.{label}"] = repr(value)
+        self.fields[f"{prefix}.t"] = str(new_ref)
+
+    def set_max(self, name: str, value: int) -> None:
+        old = _i(self.fields, name)
+        if old is None or value > old:
+            self.fields[name] = str(value)
+
+    def set_min(self, name: str, value: int) -> None:
+        old = _i(self.fields, name)
+        if old is None or value < old:
+            self.fields[name] = str(value)
+
+    def incr(self, name: str, n: int = 1) -> None:
+        self.fields[name] = str((_i(self.fields, name) or 0) + n)
+
+
+def decayed_value(h: Mapping[str, str], prefix: str, label: str, half_life_ms: int,
+                  at_ms: int) -> float:
+    ref = _i(h, f"{prefix}.t")
+    if ref is None:
+        return 0.0
+    return decay(_f(h, f"{prefix}.{label}"), ref, at_ms, half_life_ms)
+
+
+def parse_recent(entries: Sequence[str]) -> list[tuple[str, int]]:
+    """``ur:`` list entries -> ``[(item_id, ts_ms)]``, newest first."""
+    out = []
+    for entry in entries:
+        item, _, ts = entry.rpartition(SEP)
+        out.append((item, int(ts)))
+    return out
+
+
+def dense_feature_names(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[str]:
+    names = [f"user_{t}_{label}" for t in EVENT_TYPES for label, _ in cfg.half_lives_ms]
+    names += ["user_recency_s", "user_category_affinity", "user_recent_count"]
+    names += [f"item_{t}_{label}" for t in EVENT_TYPES for label, _ in cfg.half_lives_ms]
+    names += ["item_ctr", "item_cvr", "item_age_s", "price"]
+    return names
+
+
+def feature_values(
+    user: Mapping[str, str],
+    recent: Sequence[tuple[str, int]],
+    item: Mapping[str, str],
+    category: str | None,
+    price: float | None,
+    at_ms: int,
+    cfg: FeatureConfig = DEFAULT_FEATURES,
+) -> dict[str, float]:
+    """Dense model inputs for (user, item) as of ``at_ms`` from raw state. Values are
+    ``log1p``-compressed counts and times (s), and rates in [0, 1]; all finite."""
+    out: dict[str, float] = {}
+    for t in EVENT_TYPES:
+        for label, h in cfg.half_lives_ms:
+            out[f"user_{t}_{label}"] = math.log1p(decayed_value(user, t, label, h, at_ms))
+    last = _i(user, "last")
+    out["user_recency_s"] = math.log1p(max(0, at_ms - last) / 1000) if last is not None else -1.0
+    cat = category or item.get("cat")
+    affinity = 0.0
+    if cat:
+        ref = _i(user, f"c.{cat}.t")
+        if ref is not None:
+            affinity = decay(_f(user, f"c.{cat}.a"), ref, at_ms, cfg.affinity_half_life_ms)
+    out["user_category_affinity"] = math.log1p(affinity)
+    out["user_recent_count"] = float(len(recent))
+    for t in EVENT_TYPES:
+        for label, h in cfg.half_lives_ms:
+            out[f"item_{t}_{label}"] = math.log1p(decayed_value(item, t, label, h, at_ms))
+    views, clicks, buys = (_f(item, f"n.{t}") for t in EVENT_TYPES)
+    a = cfg.smoothing
+    out["item_ctr"] = (clicks + a * cfg.ctr_prior) / (views + a)
+    out["item_cvr"] = (buys + a * cfg.cvr_prior) / (clicks + a)
+    first = _i(item, "first")
+    out["item_age_s"] = math.log1p(max(0, at_ms - first) / 1000) if first is not None else -1.0
+    out["price"] = math.log1p(price) if price is not None and price >= 0 else -1.0
+    return out

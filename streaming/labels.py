@@ -1,0 +1,213 @@
+"""Labelling rules: joining events into training examples. Pure (no I/O).
+
+Exposure mode (logs with ``view`` events)
+    A view of item *i* by user *u* at ``t`` is an exposure. It is labelled ``click = 1`` if a
+    click *or* purchase of *i* by *u* has event time in ``[t, t + W]`` (both ends included), and
+    ``purchase = 1`` if a purchase has. The example is emitted once the partition's event-time
+    watermark (``max event time seen - allowed lateness``) passes ``t + W``; until then the
+    exposure is pending. Follow-ups that arrive before their view (out of order, within the
+    lateness) are kept until the watermark passes them, so the view still gets its label.
+
+Implicit mode (logs without exposures, e.g. purchases only)
+    Each click or purchase gives a positive example at once, plus ``negatives`` examples for items
+    sampled by popularity (``sampled = true``); see :func:`sample_negatives`.
+
+Features are snapshotted when the exposure (or interaction) is processed, before its own update:
+for a stream in event-time order they are exactly the state as of the event. A view processed
+*after* events with later event times (out of order, within the allowed lateness) sees those
+events too; that leakage is bounded by ``allowed_lateness_ms`` and such views are counted.
+
+Counted, never silently dropped: ``out_of_order`` (event time below the max seen), ``late``
+(below the watermark), ``unmatched_followups`` (a click/purchase with no open exposure: no view,
+or the window already closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streaming.events import Event
+from streaming.features import SEP
+
+
+@dataclass(frozen=True, slots=True)
+class LabelConfig:
+    mode: str = "exposure"  # or "implicit"
+    window_ms: int = 30 * 60 * 1000
+    allowed_lateness_ms: int = 10_000
+    negatives: int = 4
+
+
+def pair_key(user_id: str, item_id: str) -> str:
+    return f"{user_id}{SEP}{item_id}"
+
+
+@dataclass(slots=True)
+class Exposure:
+    """A pending view. ``features`` and ``recent`` are the model inputs as of the view."""
+
+    view_id: str
+    user_id: str
+    item_id: str
+    ts: int
+    category: str | None
+    features: dict[str, float]
+    recent: list[str]
+    offset: int
+    click_ts: int | None = None
+    purchase_ts: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.view_id, "u": self.user_id, "i": self.item_id, "ts": self.ts,
+            "cat": self.category, "f": self.features, "r": self.recent, "o": self.offset,
+            "c": self.click_ts, "p": self.purchase_ts,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Exposure:
+        return cls(d["v"], d["u"], d["i"], d["ts"], d["cat"], d["f"], d["r"], d["o"], d["c"], d["p"])
+
+    def record_followup(self, kind: str, ts: int, window_ms: int) -> bool:
+        if not self.ts <= ts <= self.ts + window_ms:
+            return False
+        if kind in ("click", "purchase"):
+            self.click_ts = ts if self.click_ts is None else min(self.click_ts, ts)
+        if kind == "purchase":
+            self.purchase_ts = ts if self.purchase_ts is None else min(self.purchase_ts, ts)
+        return True
+
+
+@dataclass(slots=True)
+class JoinState:
+    """The part of one partition's joiner state that a batch touches (loaded from the store)."""
+
+    max_ts: int | None
+    pending: dict[str, list[Exposure]] = field(default_factory=dict)
+    followups: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    changed_pairs: set[str] = field(default_factory=set)
+    changed_followups: set[str] = field(default_factory=set)
+
+    def watermark(self, cfg: LabelConfig) -> int | None:
+        return None if self.max_ts is None else self.max_ts - cfg.allowed_lateness_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    example_id: str
+    user_id: str
+    item_id: str
+    category: str | None
+    ts: int  # event time of the exposure / interaction (ms)
+    click: int
+    purchase: int
+    sampled: bool
+    features: dict[str, float]
+    recent: list[str]
+    trace: dict[str, int]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "example_id": self.example_id, "user_id": self.user_id, "item_id": self.item_id,
+            "category": self.category, "ts": self.ts,
+            "labels": {"click": self.click, "purchase": self.purchase},
+            "sampled": self.sampled, "features": self.features, "recent_items": self.recent,
+            "trace": self.trace,
+        })
+
+
+def observe(state: JoinState, event: Event, cfg: LabelConfig, counts: Counter[str]) -> None:
+    """Update the event-time bookkeeping for one accepted event (call before join rules)."""
+    if state.max_ts is not None and event.ts < state.max_ts:
+        counts["out_of_order"] += 1
+        wm = state.watermark(cfg)
+        if wm is not None and event.ts < wm:
+            counts["late"] += 1
+    if state.max_ts is None or event.ts > state.max_ts:
+        state.max_ts = event.ts
+
+
+def on_view(state: JoinState, exposure: Exposure, cfg: LabelConfig) -> None:
+    key = pair_key(exposure.user_id, exposure.item_id)
+    for kind, ts in state.followups.get(key, ()):
+        exposure.record_followup(kind, ts, cfg.window_ms)
+    state.pending.setdefault(key, []).append(exposure)
+    state.changed_pairs.add(key)
+
+
+def on_followup(state: JoinState, event: Event, cfg: LabelConfig, counts: Counter[str]) -> None:
+    key = pair_key(event.user_id, event.item_id)
+    matched = False
+    for exposure in state.pending.get(key, ()):
+        matched |= exposure.record_followup(event.event_type, event.ts, cfg.window_ms)
+    if matched:
+        state.changed_pairs.add(key)
+    else:
+        counts["unmatched_followups"] += 1
+    # Kept for views that arrive after it (out of order); dropped once below the watermark.
+    state.followups.setdefault(key, []).append((event.event_type, event.ts))
+    state.changed_followups.add(key)
+
+
+def close_due(state: JoinState, cfg: LabelConfig, trace_now_ms: int) -> list[Example]:
+    """Emit and remove every exposure whose window ended at or before the watermark."""
+    wm = state.watermark(cfg)
+    if wm is None:
+        return []
+    examples = []
+    for key, exposures in state.pending.items():
+        keep = []
+        for e in exposures:
+            if e.ts + cfg.window_ms <= wm:
+                examples.append(Example(
+                    example_id=e.view_id, user_id=e.user_id, item_id=e.item_id,
+                    category=e.category, ts=e.ts, click=int(e.click_ts is not None),
+                    purchase=int(e.purchase_ts is not None), sampled=False,
+                    features=e.features, recent=e.recent,
+                    trace={"event_ts": e.ts, "closed_ms": trace_now_ms, "offset": e.offset},
+                ))
+            else:
+                keep.append(e)
+        if len(keep) != len(exposures):
+            state.pending[key] = keep
+            state.changed_pairs.add(key)
+    for key, followups in state.followups.items():
+        keep_f = [(k, ts) for k, ts in followups if ts >= wm]
+        if len(keep_f) != len(followups):
+            state.followups[key] = keep_f
+            state.changed_followups.add(key)
+    examples.sort(key=lambda ex: (ex.ts, ex.example_id))
+    return examples
+
+
+def earliest_deadline(exposures: Sequence[Exposure], cfg: LabelConfig) -> int | None:
+    return min((e.ts + cfg.window_ms for e in exposures), default=None)
+
+
+def sample_negatives(
+    event_id: str, positive_item: str, popular: Sequence[tuple[str, float]], k: int
+) -> list[str]:
+    """``k`` distinct items drawn by popularity weight, excluding the positive item.
+
+    Seeded by the event id, so a redelivered event samples the same negatives.
+    """
+    candidates = [(item, w) for item, w in popular if item != positive_item and w > 0]
+    if not candidates or k <= 0:
+        return []
+    seed = int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+    rng = random.Random(seed)
+    chosen: list[str] = []
+    items = [c[0] for c in candidates]
+    weights = [c[1] for c in candidates]
+    for _ in range(min(k, len(items))):
+        idx = rng.choices(range(len(items)), weights=weights)[0]
+        chosen.append(items.pop(idx))
+        weights.pop(idx)
+    return chosen

@@ -1,0 +1,345 @@
+"""Per-partition batch processing: validate, de-duplicate, update features, join labels.
+
+One call of :meth:`BatchProcessor.process` handles consecutive messages of one partition:
+
+1. validate each message (invalid -> a DLQ record with the reason and the original bytes);
+2. read the batch's state from Redis in one pipeline; drop offsets already applied (redelivery);
+3. drop duplicate ``event_id`` s (per-partition window of the last ``dedup_window`` ids);
+4. walk the events in offset order: snapshot model inputs where an example needs them (before
+   the event's own update), update feature state, apply the labelling rules;
+5. apply everything atomically with the offset watermark (:mod:`streaming.state_store`);
+6. produce the outbox (examples, DLQ records) and trim it once the broker acknowledged.
+
+Planning (steps 3-4) is pure; I/O goes through :class:`StateStore` and an :class:`OutboxSink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from streaming.errors import InvalidEvent, StoreError
+from streaming.events import DEFAULT_LIMITS, Event, Limits, parse_event
+from streaming.features import (
+    DEFAULT_FEATURES,
+    SEP,
+    EntityState,
+    FeatureConfig,
+    feature_values,
+    parse_recent,
+)
+from streaming.labels import (
+    Example,
+    Exposure,
+    JoinState,
+    LabelConfig,
+    close_due,
+    earliest_deadline,
+    observe,
+    on_followup,
+    on_view,
+    pair_key,
+    sample_negatives,
+)
+from streaming.state_store import BatchReads, OutMessage, StateStore
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("processed", "accepted", "invalid", "duplicate", "out_of_order", "late",
+            "unmatched_followups", "examples", "examples_positive", "examples_sampled")
+EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 10.0}  # for category affinity
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int | None = None
+
+
+class OutboxSink(Protocol):
+    """Produces outbox records and returns once all are acknowledged (or raises)."""
+
+    async def send_all(self, messages: Sequence[OutMessage]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    examples_topic: str
+    dlq_topic: str
+    source_topic: str
+    features: FeatureConfig = DEFAULT_FEATURES
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    limits: Limits = DEFAULT_LIMITS
+    dedup_window: int = 100_000
+    popular_sample: int = 200  # implicit mode: negatives drawn from the top-N popular items
+
+
+@dataclass(slots=True)
+class BatchResult:
+    counts: Counter[str]
+    examples: int
+    applied: bool  # False: the whole batch was a redelivery
+
+
+class BatchProcessor:
+    def __init__(self, store: StateStore, sink: OutboxSink, cfg: ProcessorConfig,
+                 clock: Any = time.time) -> None:
+        self.store = store
+        self.sink = sink
+        self.cfg = cfg
+        self._clock = clock
+        self._outbox_checked: set[int] = set()
+
+    async def process(self, partition: int, messages: Sequence[RawMessage]) -> BatchResult:
+        if partition not in self._outbox_checked:
+            # A previous owner may have committed a batch and died before producing its outbox.
+            await self.flush_outbox(partition)
+            self._outbox_checked.add(partition)
+        for _attempt in range(3):
+            result = await self._process_once(partition, messages)
+            if result is not None:
+                return result
+            log.warning("partition %d: watermark moved under us (rebalance?); re-reading", partition)
+        raise StoreError(f"partition {partition}: could not apply batch (watermark keeps moving)")
+
+    async def _process_once(
+        self, partition: int, messages: Sequence[RawMessage]
+    ) -> BatchResult | None:
+        cfg = self.cfg
+        now_ms = int(self._clock() * 1000)
+        parsed: list[tuple[RawMessage, Event | InvalidEvent]] = []
+        for m in messages:
+            try:
+                parsed.append((m, parse_event(m.value, key=m.key, limits=cfg.limits, now_ms=now_ms)))
+            except InvalidEvent as exc:
+                parsed.append((m, exc))
+        events = [e for _, e in parsed if isinstance(e, Event)]
+        implicit = cfg.labels.mode == "implicit"
+        reads = await self.store.read_batch(
+            partition,
+            event_ids=[e.event_id for e in events],
+            users={e.user_id for e in events},
+            items={e.item_id for e in events},
+            pairs={pair_key(e.user_id, e.item_id) for e in events},
+            recent_n=cfg.features.recent_items,
+            popular_n=cfg.popular_sample if implicit else 0,
+        )
+        fresh = [(m, e) for m, e in parsed if m.offset > reads.applied_offset]
+        if not fresh:
+            return BatchResult(Counter(), 0, applied=False)
+
+        # The batch's new event-time watermark decides which pending exposures close now.
+        batch_max = max((e.ts for _, e in fresh if isinstance(e, Event)), default=None)
+        new_max = max(x for x in (reads.max_ts, batch_max) if x is not None) if (
+            reads.max_ts is not None or batch_max is not None) else None
+        if new_max is not None and not implicit:
+            due = await self.store.read_due(
+                partition, new_max - cfg.labels.allowed_lateness_ms, set(reads.pending))
+            reads.pending.update(due)
+        negatives: dict[str, list[str]] = {}
+        if implicit:
+            for _, e in fresh:
+                if isinstance(e, Event) and e.event_type != "view":
+                    negatives[e.event_id] = sample_negatives(
+                        e.event_id, e.item_id, reads.popular, cfg.labels.negatives)
+            wanted = {i for items in negatives.values() for i in items} - set(reads.items)
+            if wanted:
+                reads.items.update(await self.store.read_items(sorted(wanted)))
+
+        plan = plan_batch(self.store, partition, fresh, reads, negatives, cfg, now_ms)
+        ok = await self.store.apply(partition, reads.applied_offset, fresh[-1][0].offset,
+                                    plan.ops, plan.outbox)
+        if not ok:
+            return None
+        if plan.outbox:
+            await self.sink.send_all(plan.outbox)
+            await self.store.trim_outbox(partition, len(plan.outbox))
+        return BatchResult(plan.counts, plan.examples, applied=True)
+
+    async def flush_outbox(self, partition: int) -> int:
+        pending = await self.store.outbox(partition)
+        if pending:
+            log.info("partition %d: producing %d outbox records left by a previous run",
+                     partition, len(pending))
+            await self.sink.send_all(pending)
+            await self.store.trim_outbox(partition, len(pending))
+        return len(pending)
+
+
+@dataclass(slots=True)
+class Plan:
+    ops: list[list[Any]]
+    outbox: list[OutMessage]
+    counts: Counter[str]
+    examples: int
+
+
+def plan_batch(
+    store: StateStore,
+    partition: int,
+    fresh: Sequence[tuple[RawMessage, Event | InvalidEvent]],
+    reads: BatchReads,
+    negatives: dict[str, list[str]],
+    cfg: ProcessorConfig,
+    now_ms: int,
+) -> Plan:
+    """Pure: the ops and outbox records for one batch, given the state it read."""
+    fc, lc = cfg.features, cfg.labels
+    counts: Counter[str] = Counter({c: 0 for c in COUNTERS})
+    ops: list[list[Any]] = []
+    outbox: list[OutMessage] = []
+    users = {u: EntityState(h) for u, h in reads.users.items()}
+    items = {i: EntityState(h) for i, h in reads.items.items()}
+    recent = {u: parse_recent(r) for u, r in reads.recent.items()}
+    join = JoinState(max_ts=reads.max_ts, pending=reads.pending, followups=reads.followups)
+    seen = set(reads.seen)
+    hl_args = [x for label, h in fc.half_lives_ms for x in (label, h)]
+    examples: list[Example] = []
+
+    for msg, ev in fresh:
+        counts["processed"] += 1
+        if isinstance(ev, InvalidEvent):
+            counts["invalid"] += 1
+            outbox.append(_dlq_record(cfg, partition, msg, ev.code, ev.detail))
+            continue
+        if ev.event_id in seen:
+            counts["duplicate"] += 1
+            continue
+        seen.add(ev.event_id)
+        counts["accepted"] += 1
+        ops.append(["zadd", store.k_part("seen", partition), ev.event_id, msg.offset])
+        observe(join, ev, lc, counts)
+
+        user = users.setdefault(ev.user_id, EntityState())
+        item = items.setdefault(ev.item_id, EntityState())
+        user_recent = recent.setdefault(ev.user_id, [])
+        category = ev.category or item.fields.get("cat")
+
+        def snapshot(item_state: EntityState, cat: str | None, price: float | None,
+                     ev: Event = ev, user: EntityState = user,
+                     user_recent: list[tuple[str, int]] = user_recent) -> dict[str, float]:
+            return feature_values(user.fields, user_recent, item_state.fields, cat, price,
+                                  ev.ts, fc)
+
+        recent_ids = [i for i, _ in user_recent]
+        if ev.event_type == "view" and lc.mode == "exposure":
+            on_view(join, Exposure(ev.event_id, ev.user_id, ev.item_id, ev.ts, category,
+                                   snapshot(item, category, ev.price), recent_ids, msg.offset), lc)
+        elif ev.event_type != "view":
+            if lc.mode == "exposure":
+                on_followup(join, ev, lc, counts)
+            else:
+                trace = {"event_ts": ev.ts, "closed_ms": now_ms, "offset": msg.offset}
+                examples.append(Example(
+                    ev.event_id, ev.user_id, ev.item_id, category, ev.ts, 1,
+                    int(ev.event_type == "purchase"), False, snapshot(item, category, ev.price),
+                    recent_ids, trace))
+                for k, neg in enumerate(negatives.get(ev.event_id, ())):
+                    neg_state = items.get(neg, EntityState())
+                    neg_cat = neg_state.fields.get("cat")
+                    examples.append(Example(
+                        f"{ev.event_id}:n{k}", ev.user_id, neg, neg_cat, ev.ts, 0, 0, True,
+                        snapshot(neg_state, neg_cat, None), recent_ids, trace))
+
+        # Feature updates: in memory (for later snapshots in this batch) and as ops.
+        weight = EVENT_WEIGHT[ev.event_type]
+        for key, state in ((store.k_user(ev.user_id), user), (store.k_item(ev.item_id), item)):
+            state.add_decayed(ev.event_type, ev.ts, 1.0, fc.half_lives_ms)
+            ops.append(["dadd", key, ev.event_type, ev.ts, 1.0, *hl_args])
+        user.set_max("last", ev.ts)
+        ops.append(["hmax", store.k_user(ev.user_id), "last", ev.ts])
+        if category:
+            user.add_decayed(f"c.{category}", ev.ts, weight,
+                             (("a", fc.affinity_half_life_ms),))
+            ops.append(["dadd", store.k_user(ev.user_id), f"c.{category}", ev.ts, weight,
+                        "a", fc.affinity_half_life_ms])
+        if ev.category:
+            item.fields["cat"] = ev.category
+            ops.append(["hset", store.k_item(ev.item_id), "cat", ev.category])
+        item.incr(f"n.{ev.event_type}")
+        ops.append(["hincr", store.k_item(ev.item_id), f"n.{ev.event_type}", 1])
+        item.set_min("first", ev.ts)
+        ops.append(["hmin", store.k_item(ev.item_id), "first", ev.ts])
+        ops.append(["zincr", store.k_popular(), ev.item_id, 1, 0])
+        for other, other_ts in user_recent:
+            if other != ev.item_id and abs(ev.ts - other_ts) <= fc.covisit_window_ms:
+                ops.append(["zincr", store.k_covisit(other), ev.item_id, 1, fc.covisit_top_k])
+                ops.append(["zincr", store.k_covisit(ev.item_id), other, 1, fc.covisit_top_k])
+        user_recent.insert(0, (ev.item_id, ev.ts))
+        del user_recent[fc.recent_items:]
+        ops.append(["lpush_trim", store.k_recent(ev.user_id), f"{ev.item_id}{SEP}{ev.ts}",
+                    fc.recent_items])
+
+    if lc.mode == "exposure":
+        examples.extend(close_due(join, lc, now_ms))
+    for key in sorted(join.changed_pairs):
+        exposures = join.pending.get(key, [])
+        if exposures:
+            ops.append(["hset", store.k_part("lx", partition), key,
+                        orjson.dumps([e.to_dict() for e in exposures]).decode()])
+            ops.append(["zadd", store.k_part("lxd", partition), key,
+                        earliest_deadline(exposures, lc)])
+        else:
+            ops.append(["hdel", store.k_part("lx", partition), key])
+            ops.append(["zrem", store.k_part("lxd", partition), key])
+    for key in sorted(join.changed_followups):
+        followups = join.followups.get(key, [])
+        if followups:
+            ops.append(["hset", store.k_part("lf", partition), key,
+                        orjson.dumps(followups).decode()])
+        else:
+            ops.append(["hdel", store.k_part("lf", partition), key])
+    if join.max_ts is not None:
+        ops.append(["set", store.k_part("mt", partition), str(join.max_ts)])
+    ops.append(["ztrim", store.k_part("seen", partition), cfg.dedup_window])
+
+    for ex in examples:
+        outbox.append(OutMessage(cfg.examples_topic, ex.user_id.encode(), ex.to_json()))
+    counts["examples"] = len(examples)
+    counts["examples_positive"] = sum(ex.click for ex in examples)
+    counts["examples_sampled"] = sum(ex.sampled for ex in examples)
+    for name, n in counts.items():
+        if n:
+            ops.append(["hincr", store.k_part("stats", partition), name, n])
+    return Plan(ops, outbox, counts, len(examples))
+
+
+def _dlq_record(cfg: ProcessorConfig, partition: int, msg: RawMessage, code: str,
+                detail: str) -> OutMessage:
+    headers = (
+        ("streamrec.reason", code.encode()),
+        ("streamrec.detail", detail[:500].encode()),
+        ("streamrec.source", f"{cfg.source_topic}/{partition}/{msg.offset}".encode()),
+    )
+    return OutMessage(cfg.dlq_topic, msg.key, msg.value, headers)
+
+
+class ProducerSink:
+    """:class:`OutboxSink` on a confluent-kafka producer; waits for acks off the event loop."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    async def send_all(self, messages: Sequence[OutMessage]) -> None:
+        for m in messages:
+            self._producer.send_raw(m.key, m.value, topic=m.topic,
+                                    headers=dict(m.headers) if m.headers else None)
+        await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 60.0)
+
+
+def dlq_reason(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    """DLQ headers -> ``{"streamrec.reason": ..., ...}`` for readers of the DLQ."""
+    return {k: v.decode(errors="replace") for k, v in (headers or ()) if k.startswith("streamrec.")}
+
+
+def decode_example(raw: bytes) -> dict[str, Any]:
+    return orjson.loads(raw)

@@ -1,0 +1,32 @@
+"""Running the stream-processing worker (``streamrec worker``)."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streaming.app import create_app
+from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.settings import Settings
+
+
+def run_worker(settings: Settings) -> int:
+    """Run one Faust worker until SIGINT/SIGTERM (Faust installs the handlers)."""
+    KafkaAdmin(settings).ensure_topics(topic_specs(settings))
+    app = create_app(settings)
+    level = settings.runtime.log_level.upper()
+    worker = faust.Worker(
+        app,
+        loglevel=level,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
+    for name in ("faust", "aiokafka", "mode"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

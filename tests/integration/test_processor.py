@@ -1,0 +1,199 @@
+"""The batch processor on real Redis and a real broker (no Faust: that is test_worker.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from streaming.agents.ingest import processor_config
+from streaming.events import Event
+from streaming.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason
+from streaming.producer import EventProducer
+from streaming.redis_client import client_kwargs
+from streaming.settings import Settings
+from streaming.state_store import StateStore
+from tests.integration.helpers import consume_all
+
+pytestmark = pytest.mark.integration
+T0 = 1_732_000_000_000
+H = 3_600_000
+W = 60_000
+
+
+class Harness:
+    """Feeds scripted messages to one BatchProcessor, like the agent does, and reads back."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.client = aioredis.Redis.from_url(settings.redis.url, **client_kwargs(settings.redis))
+        self.producer = EventProducer(settings, linger_ms=1)
+        self.store = StateStore(self.client, settings.redis.key_prefix, settings.topics.events)
+        self.processor = BatchProcessor(self.store, ProducerSink(self.producer),
+                                        processor_config(settings), clock=lambda: T0 / 1000 + 3600)
+        self.offsets: dict[int, int] = {}
+
+    def feed(self, values: list[bytes | Event], partition: int = 0, key: bytes | None = None) -> Any:
+        msgs = []
+        for v in values:
+            off = self.offsets.get(partition, -1) + 1
+            self.offsets[partition] = off
+            if isinstance(v, Event):
+                msgs.append(RawMessage(off, v.key, v.to_json()))
+            else:
+                msgs.append(RawMessage(off, key, v))
+        return self.loop.run_until_complete(self.processor.process(partition, msgs))
+
+    def replay(self, partition: int, first: int, values: list[Event]) -> Any:
+        msgs = [RawMessage(first + n, v.key, v.to_json()) for n, v in enumerate(values)]
+        return self.loop.run_until_complete(self.processor.process(partition, msgs))
+
+    def hash(self, key: str) -> dict[str, str]:
+        raw = self.loop.run_until_complete(self.client.hgetall(self.settings.redis.key_prefix + key))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def stats(self) -> dict[str, int]:
+        return self.loop.run_until_complete(self.store.stats(range(4)))
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
+@pytest.fixture
+def harness(stack: Settings) -> Iterator[Harness]:
+    settings = stack.with_values({"stream.attribution_window_ms": str(W),
+                                  "stream.allowed_lateness_ms": "1000"})
+    h = Harness(settings)
+    yield h
+    h.close()
+
+
+def e(n: int, kind: str, ts: int, user: str = "u1", item: str = "i1", **kw: Any) -> Event:
+    return Event(f"e{n}", user, item, kind, ts, **kw)
+
+
+def test_exact_feature_values_for_a_scripted_stream(harness: Harness) -> None:
+    harness.feed([
+        e(1, "view", T0, category="shoes", price=10.0),
+        e(2, "click", T0 + 1_000, category="shoes"),
+        e(3, "view", T0 + H, item="i2", category="hats"),
+    ])
+    harness.feed([e(4, "view", T0 + 2 * H, category="shoes")])
+    u = harness.hash("u:u1")
+    assert u["view.t"] == str(T0 + 2 * H)
+    # views at T0, T0+H, T0+2H with a 1 h half-life: 0.25 + 0.5 + 1
+    assert float(u["view.1h"]) == 1.75
+    assert float(u["view.1d"]) == pytest.approx(2 ** (-2 / 24) + 2 ** (-1 / 24) + 1, rel=1e-15)
+    assert float(u["click.1h"]) == 1.0 and u["click.t"] == str(T0 + 1_000)
+    assert u["last"] == str(T0 + 2 * H)
+    # shoes: view (w=1) at T0, click (w=3) at T0+1s, view (w=1) at T0+2h, half-life 1 d
+    expected = (1 * 2 ** (-1_000 / 86_400_000) + 3) * 2 ** (-(2 * H - 1_000) / 86_400_000) + 1
+    assert float(u["c.shoes.a"]) == pytest.approx(expected, rel=1e-15)
+    i1 = harness.hash("i:i1")
+    assert (i1["n.view"], i1["n.click"], i1["first"], i1["cat"]) == ("2", "1", str(T0), "shoes")
+    recent = harness.loop.run_until_complete(
+        harness.client.lrange(harness.settings.redis.key_prefix + "ur:u1", 0, -1))
+    assert [r.decode().split("\x1f")[0] for r in recent] == ["i1", "i2", "i1", "i1"]
+    covisit = harness.loop.run_until_complete(harness.client.zrange(
+        harness.settings.redis.key_prefix + "cv:i1", 0, -1, withscores=True))
+    assert covisit == []  # i2 was viewed an hour later: outside the 30 min co-visit window
+
+
+def test_covisitation_within_the_window(harness: Harness) -> None:
+    harness.feed([e(1, "view", T0), e(2, "view", T0 + 60_000, item="i2"),
+                  e(3, "view", T0 + 120_000, item="i3")])
+    cv = harness.loop.run_until_complete(harness.client.zrange(
+        harness.settings.redis.key_prefix + "cv:i2", 0, -1, withscores=True))
+    assert dict(cv) == {b"i1": 1.0, b"i3": 1.0}
+
+
+def test_window_edges_reach_the_examples_topic(harness: Harness) -> None:
+    t = T0 + 100
+    # Out of order: the click on d arrives before its view (within the allowed lateness).
+    harness.feed([e(7, "click", T0 + 30, item="d"), e(8, "view", T0 + 20, item="d")])
+    harness.feed([
+        e(1, "view", t, item="a"), e(3, "view", t, item="b"), e(5, "view", t, item="c"),
+        e(6, "purchase", t + 5, item="c"),
+        e(2, "click", t + W - 1, item="a"),  # 1 ms inside the window
+        e(4, "click", t + W + 1, item="b"),  # 1 ms outside
+    ])
+    harness.feed([e(9, "view", T0 + 10 * W, item="z")])  # moves the watermark past all windows
+    msgs = consume_all(harness.settings, harness.settings.topics.examples, 4)
+    got = {orjson.loads(m.value())["example_id"]: orjson.loads(m.value()) for m in msgs}
+    assert {k: (v["labels"]["click"], v["labels"]["purchase"]) for k, v in got.items()} == {
+        "e1": (1, 0), "e3": (0, 0), "e5": (1, 1), "e8": (1, 0)}
+    assert all(m.key() == b"u1" for m in msgs)
+    # Features as of the view: the purchase of c and the click on a come later, so they are absent.
+    assert got["e5"]["features"]["user_purchase_1h"] == 0.0
+    assert got["e1"]["features"]["item_click_1h"] == 0.0
+    assert got["e1"]["features"]["user_view_1h"] > 0.0  # the earlier view of d counts
+    assert got["e8"]["trace"]["event_ts"] == T0 + 20
+    stats = harness.stats()
+    # Unmatched at arrival: e7 (its view came later) and e4 (window closed).
+    assert (stats["unmatched_followups"], stats["out_of_order"], stats.get("late", 0)) == (2, 1, 0)
+    assert stats["examples"] == 4 and stats["processed"] == 9 and stats["examples_positive"] == 3
+
+
+def test_late_events_are_counted_and_still_update_features(harness: Harness) -> None:
+    harness.feed([e(1, "view", T0 + 10 * W, item="a"), e(2, "view", T0, item="b")])
+    stats = harness.stats()
+    assert stats["late"] == 1 and stats["out_of_order"] == 1
+    assert harness.hash("i:b")["n.view"] == "1"
+
+
+def test_bad_input_goes_to_the_dlq_with_a_reason(harness: Harness) -> None:
+    bad = [b"{oops", b'{"event_id": "x"}', orjson.dumps({**e(1, "view", T0).to_dict(), "event_type": "like"}),
+           b"\xff\xfe", b"x" * 5000]
+    harness.feed([*bad, e(2, "view", T0)], key=b"u1")
+    wrong_key = e(3, "view", T0)
+    harness.feed([wrong_key.to_json()], key=b"someone-else")
+    dlq = consume_all(harness.settings, harness.settings.topics.dlq, 6)
+    reasons = {m.value(): dlq_reason(m.headers())["streamrec.reason"] for m in dlq}
+    assert reasons == {bad[0]: "not_json", bad[1]: "missing_field", bad[2]: "unknown_event_type",
+                       bad[3]: "not_json", bad[4]: "too_large", wrong_key.to_json(): "key_mismatch"}
+    headers = dlq_reason(dlq[0].headers())
+    assert headers["streamrec.source"].startswith(harness.settings.topics.events + "/0/")
+    assert headers["streamrec.detail"]
+    stats = harness.stats()
+    assert (stats["processed"], stats["invalid"], stats["accepted"]) == (7, 6, 1)
+
+
+def test_duplicates_are_dropped_and_redelivery_is_a_no_op(harness: Harness) -> None:
+    first = [e(1, "view", T0), e(2, "click", T0 + 10), e(1, "view", T0)]
+    harness.feed(first)
+    before = (harness.hash("u:u1"), harness.hash("i:i1"), harness.stats())
+    result = harness.replay(0, 0, first)  # the same offsets again, as after a crash
+    assert not result.applied
+    result = harness.replay(0, 1, first[1:])  # overlap: only offset 3 is new, a duplicate id
+    harness.feed([e(2, "click", T0 + 10)])
+    assert (harness.hash("u:u1"), harness.hash("i:i1")) == before[:2]
+    stats = harness.stats()
+    assert stats["processed"] == stats["accepted"] + stats["duplicate"] + stats.get("invalid", 0)
+    assert stats["duplicate"] == 2 and stats["accepted"] == 2
+
+
+def test_implicit_mode_positive_plus_sampled_negatives(stack: Settings) -> None:
+    settings = stack.with_values({"stream.label_mode": "implicit", "stream.negatives": "2"})
+    h = Harness(settings)
+    try:
+        h.feed([e(n, "purchase", T0 + n, user=f"w{n}", item=f"p{n % 5}") for n in range(20)])
+        h.feed([e(100, "purchase", T0 + 100, user="buyer", item="p1")])
+        # The first batch samples from an empty popularity table (read before the batch), so only
+        # the buyer's purchase gets negatives: 20 + 1 positives, 2 negatives.
+        msgs = consume_all(settings, settings.topics.examples, 23)
+        assert len(msgs) == 23
+        docs = [orjson.loads(m.value()) for m in msgs]
+        mine = [d for d in docs if d["user_id"] == "buyer"]
+        assert [d["sampled"] for d in mine] == [False, True, True]
+        assert mine[0]["labels"] == {"click": 1, "purchase": 1} and mine[0]["item_id"] == "p1"
+        assert all(d["labels"] == {"click": 0, "purchase": 0} and d["item_id"] != "p1"
+                   for d in mine[1:])
+    finally:
+        h.close()

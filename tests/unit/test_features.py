@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import math
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streaming.features import (
+    EntityState,
+    decay,
+    decayed_add,
+    decayed_value,
+    dense_feature_names,
+    feature_values,
+)
+
+H = 3_600_000
+T0 = 1_732_000_000_000
+
+
+def test_decay_halves_per_half_life() -> None:
+    assert decay(8.0, T0, T0 + 3 * H, H) == 1.0
+    assert decay(8.0, T0, T0 - H, H) == 8.0  # never grows into the past
+
+
+def test_two_events_one_half_life_apart() -> None:
+    v, t = decayed_add(0.0, T0, T0, 1.0, H)
+    v, t = decayed_add(v, t, T0 + H, 1.0, H)
+    assert (v, t) == (1.5, T0 + H)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 48 * H), min_size=1, max_size=30), st.randoms())
+def test_counter_does_not_depend_on_arrival_order(offsets: list[int], rnd: random.Random) -> None:
+    def fold(order: list[int]) -> float:
+        s = EntityState()
+        for off in order:
+            s.add_decayed("view", T0 + off, 1.0, (("1h", H),))
+        return decayed_value(s.fields, "view", "1h", H, T0 + 50 * H)
+
+    shuffled = offsets[:]
+    rnd.shuffle(shuffled)
+    expected = sum(2.0 ** (-(50 * H - off) / H) for off in offsets)
+    assert math.isclose(fold(offsets), expected, rel_tol=1e-9, abs_tol=1e-300)
+    assert math.isclose(fold(shuffled), fold(offsets), rel_tol=1e-9, abs_tol=1e-300)
+
+
+def test_feature_values_cover_the_declared_names_and_are_finite() -> None:
+    user, item = EntityState(), EntityState()
+    for kind in ("view", "click"):
+        user.add_decayed(kind, T0, 1.0, (("1h", H), ("1d", 24 * H)))
+        item.add_decayed(kind, T0, 1.0, (("1h", H), ("1d", 24 * H)))
+    user.add_decayed("c.shoes", T0, 3.0, (("a", 24 * H),))
+    user.set_max("last", T0)
+    item.incr("n.view")
+    item.set_min("first", T0 - 10_000)
+    values = feature_values(user.fields, [("i1", T0)], item.fields, "shoes", 9.0, T0 + H)
+    assert list(values) == dense_feature_names()
+    assert all(math.isfinite(v) for v in values.values())
+    assert math.isclose(values["user_view_1h"], math.log1p(0.5))
+    assert math.isclose(values["user_category_affinity"], math.log1p(3.0 * 2 ** (-1 / 24)))
+    assert math.isclose(values["item_age_s"], math.log1p(3610.0))
+    assert values["item_ctr"] == (0 + 20 * 0.05) / (1 + 20)
+    empty = feature_values({}, [], {}, None, None, T0)
+    assert empty["user_recency_s"] == -1.0 and empty["price"] == -1.0

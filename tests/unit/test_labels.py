@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from streaming.events import Event
+from streaming.labels import (
+    Exposure,
+    JoinState,
+    LabelConfig,
+    close_due,
+    observe,
+    on_followup,
+    on_view,
+    sample_negatives,
+)
+
+W = 60_000
+CFG = LabelConfig(window_ms=W, allowed_lateness_ms=1_000)
+T0 = 1_732_000_000_000
+
+
+def ev(n: int, kind: str, ts: int, user: str = "u", item: str = "i") -> Event:
+    return Event(f"e{n}", user, item, kind, ts)
+
+
+def run(events: list[Event]) -> tuple[list, Counter[str], JoinState]:
+    state = JoinState(max_ts=None)
+    counts: Counter[str] = Counter()
+    out = []
+    for n, e in enumerate(events):
+        observe(state, e, CFG, counts)
+        if e.event_type == "view":
+            on_view(state, Exposure(e.event_id, e.user_id, e.item_id, e.ts, None, {}, [], n), CFG)
+        else:
+            on_followup(state, e, CFG, counts)
+        out.extend(close_due(state, CFG, 0))
+    return out, counts, state
+
+
+def labels(examples: list) -> dict[str, tuple[int, int]]:
+    return {x.example_id: (x.click, x.purchase) for x in examples}
+
+
+def test_click_just_inside_and_just_outside_the_window() -> None:
+    inside, _, _ = run([ev(1, "view", T0), ev(2, "click", T0 + W - 1),
+                        ev(3, "view", T0 + 10 * W)])  # advances the watermark
+    assert labels(inside)["e1"] == (1, 0)
+    outside, counts, _ = run([ev(1, "view", T0), ev(2, "click", T0 + W + 1),
+                              ev(3, "view", T0 + 10 * W)])
+    assert labels(outside)["e1"] == (0, 0)
+    assert counts["unmatched_followups"] == 1
+
+
+def test_window_end_is_inclusive_and_purchase_implies_click() -> None:
+    out, _, _ = run([ev(1, "view", T0), ev(2, "purchase", T0 + W), ev(3, "view", T0 + 10 * W)])
+    assert labels(out)["e1"] == (1, 1)
+
+
+def test_exposure_stays_pending_until_the_watermark_passes_the_window() -> None:
+    out, _, state = run([ev(1, "view", T0), ev(2, "view", T0 + W + 999, item="j")])
+    assert out == []  # watermark = T0 + W - 1: not yet closed
+    out2, _, _ = run([ev(1, "view", T0), ev(2, "view", T0 + W + 1_000, item="j")])
+    assert labels(out2) == {"e1": (0, 0)}
+    assert "u\x1fi" in state.pending
+
+
+def test_click_arriving_before_its_view_still_labels_it() -> None:
+    out, counts, _ = run([ev(2, "click", T0 + 500), ev(1, "view", T0), ev(3, "view", T0 + 10 * W)])
+    assert labels(out)["e1"] == (1, 0)
+    assert counts["out_of_order"] == 1 and counts["late"] == 0
+
+
+def test_late_events_are_counted() -> None:
+    _, counts, _ = run([ev(1, "view", T0 + 5_000), ev(2, "view", T0, item="j")])
+    assert counts["late"] == 1 and counts["out_of_order"] == 1
+
+
+def test_other_users_and_items_do_not_label_an_exposure() -> None:
+    out, counts, _ = run([ev(1, "view", T0), ev(2, "click", T0 + 1, user="v"),
+                          ev(3, "click", T0 + 1, item="j"), ev(4, "view", T0 + 10 * W)])
+    assert labels(out)["e1"] == (0, 0)
+    assert counts["unmatched_followups"] == 2
+
+
+def test_each_view_is_a_separate_exposure() -> None:
+    out, _, _ = run([ev(1, "view", T0), ev(2, "view", T0 + 2 * W), ev(3, "click", T0 + 2 * W + 5),
+                     ev(4, "view", T0 + 10 * W, item="z")])
+    assert labels(out) == {"e1": (0, 0), "e2": (1, 0)}
+
+
+def test_negative_sampling_is_deterministic_and_excludes_the_positive() -> None:
+    popular = [(f"i{n}", float(100 - n)) for n in range(50)]
+    a = sample_negatives("evt-1", "i0", popular, 4)
+    assert a == sample_negatives("evt-1", "i0", popular, 4)
+    assert len(set(a)) == 4 and "i0" not in a
+    assert sample_negatives("evt-1", "i0", [("i0", 5.0)], 4) == []

@@ -19,7 +19,10 @@ Redis keys (``P`` = key prefix; ``{type}`` in view/click/purchase; ``{h}`` a hal
 ``P ur:<user>`` list  newest-first ``item\\x1fts`` of the last ``recent_items`` events
 ``P i:<item>``  hash  ``{type}.t``, ``{type}.{h}`` decayed popularity, ``n.{type}`` raw counts,
                       ``first`` first-seen ms, ``cat`` category
-``P cv:<item>`` zset  co-visited item -> count (same user within ``covisit_window_ms``), top-K
+``P cv:<item>`` zset  co-visited item -> count (same user within ``covisit_window_ms``), top-K:
+                      trimmed back to K when it reaches 2K members. Which members survive a
+                      trim depends on the order increments arrive in (an approximation, as any
+                      bounded top-K); below 2K members the counts are exact.
 ``P pop``       zset  item -> raw interaction count (negative sampling, popular fallback)
 """
 

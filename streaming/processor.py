@@ -97,17 +97,18 @@ class BatchProcessor:
         self.sink = sink
         self.cfg = cfg
         self._clock = clock
-        self._outbox_checked: set[int] = set()
+        # One batch or outbox flush at a time per partition (the agent and the flush timer).
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, partition: int) -> asyncio.Lock:
+        return self._locks.setdefault(partition, asyncio.Lock())
 
     async def process(self, partition: int, messages: Sequence[RawMessage]) -> BatchResult:
-        if partition not in self._outbox_checked:
-            # A previous owner may have committed a batch and died before producing its outbox.
-            await self.flush_outbox(partition)
-            self._outbox_checked.add(partition)
-        for _attempt in range(3):
-            result = await self._process_once(partition, messages)
-            if result is not None:
-                return result
+        async with self._lock(partition):
+            for _attempt in range(3):
+                result = await self._process_once(partition, messages)
+                if result is not None:
+                    return result
             log.warning("partition %d: watermark moved under us (rebalance?); re-reading", partition)
         raise StoreError(f"partition {partition}: could not apply batch (watermark keeps moving)")
 
@@ -141,8 +142,9 @@ class BatchProcessor:
         batch_max = max((e.ts for _, e in fresh if isinstance(e, Event)), default=None)
         new_max = max(x for x in (reads.max_ts, batch_max) if x is not None) if (
             reads.max_ts is not None or batch_max is not None) else None
+        expired: list[str] = []
         if new_max is not None and not implicit:
-            due = await self.store.read_due(
+            due, expired = await self.store.read_due(
                 partition, new_max - cfg.labels.allowed_lateness_ms, set(reads.pending))
             reads.pending.update(due)
         negatives: dict[str, list[str]] = {}
@@ -155,21 +157,29 @@ class BatchProcessor:
             if wanted:
                 reads.items.update(await self.store.read_items(sorted(wanted)))
 
-        plan = plan_batch(self.store, partition, fresh, reads, negatives, cfg, now_ms)
-        ok = await self.store.apply(partition, reads.applied_offset, fresh[-1][0].offset,
-                                    plan.ops, plan.outbox)
-        if not ok:
+        plan = plan_batch(self.store, partition, fresh, reads, negatives, cfg, now_ms, expired)
+        outbox_len = await self.store.apply(
+            partition, reads.applied_offset, fresh[-1][0].offset, plan.ops, plan.outbox)
+        if outbox_len is None:
             return None
-        if plan.outbox:
-            await self.sink.send_all(plan.outbox)
-            await self.store.trim_outbox(partition, len(plan.outbox))
+        if outbox_len == len(plan.outbox):
+            if plan.outbox:
+                await self.sink.send_all(plan.outbox)
+                await self.store.trim_outbox(partition, len(plan.outbox))
+        else:
+            # Records left by a run that died between its commit and its produce come first.
+            await self._flush_outbox(partition)
         return BatchResult(plan.counts, plan.examples, applied=True)
 
     async def flush_outbox(self, partition: int) -> int:
+        """Produce whatever a previous run committed but did not produce (after a crash)."""
+        async with self._lock(partition):
+            return await self._flush_outbox(partition)
+
+    async def _flush_outbox(self, partition: int) -> int:
         pending = await self.store.outbox(partition)
         if pending:
-            log.info("partition %d: producing %d outbox records left by a previous run",
-                     partition, len(pending))
+            log.info("partition %d: producing %d outbox records", partition, len(pending))
             await self.sink.send_all(pending)
             await self.store.trim_outbox(partition, len(pending))
         return len(pending)
@@ -191,6 +201,7 @@ def plan_batch(
     negatives: dict[str, list[str]],
     cfg: ProcessorConfig,
     now_ms: int,
+    expired_followups: Sequence[str] = (),
 ) -> Plan:
     """Pure: the ops and outbox records for one batch, given the state it read."""
     fc, lc = cfg.features, cfg.labels
@@ -296,8 +307,15 @@ def plan_batch(
         if followups:
             ops.append(["hset", store.k_part("lf", partition), key,
                         orjson.dumps(followups).decode()])
+            ops.append(["zadd", store.k_part("lfd", partition), key, max(ts for _, ts in followups)])
         else:
             ops.append(["hdel", store.k_part("lf", partition), key])
+            ops.append(["zrem", store.k_part("lfd", partition), key])
+    for key in expired_followups:
+        # Every follow-up of the pair is below the watermark: no future view can match it.
+        if key not in join.changed_followups and key not in join.followups:
+            ops.append(["hdel", store.k_part("lf", partition), key])
+            ops.append(["zrem", store.k_part("lfd", partition), key])
     if join.max_ts is not None:
         ops.append(["set", store.k_part("mt", partition), str(join.max_ts)])
     ops.append(["ztrim", store.k_part("seen", partition), cfg.dedup_window])

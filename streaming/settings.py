@@ -103,13 +103,17 @@ class StreamSettings:
     allowed_lateness_ms: int = _f(10_000, "event-time watermark = max event time - this (ms)")
     negatives: int = _f(4, "implicit mode: sampled negatives per positive")
     dedup_window: int = _f(100_000, "event ids remembered per partition for de-duplication")
+    recent_items: int = _f(20, "recent item ids kept per user")
+    covisit_window_ms: int = _f(30 * 60 * 1000, "two items co-visited if seen this close (ms)")
+    covisit_top_k: int = _f(50, "co-visited items kept per item (trimmed at 2K back to K)")
     batch_size: int = _f(500, "max events per processing batch")
     batch_wait_ms: int = _f(50, "max wait to fill a processing batch (ms)")
 
     def __post_init__(self) -> None:
         if self.label_mode not in ("exposure", "implicit"):
             raise ConfigError(f"stream.label_mode={self.label_mode!r}: exposure or implicit")
-        for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms"):
+        for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms",
+                     "recent_items", "covisit_window_ms", "covisit_top_k"):
             _positive(f"stream.{name}", getattr(self, name))
         if self.allowed_lateness_ms < 0 or self.negatives < 0:
             raise ConfigError("stream.allowed_lateness_ms and stream.negatives must be >= 0")

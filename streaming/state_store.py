@@ -106,7 +106,7 @@ for i = 4, #ARGV do
   redis.call('RPUSH', ob, ARGV[i])
 end
 redis.call('SET', KEYS[1], ARGV[2])
-return {1, ARGV[2]}
+return {1, redis.call('LLEN', ob)}
 """
 
 
@@ -244,19 +244,21 @@ class StateStore:
 
     async def read_due(
         self, partition: int, watermark: int, known: set[str]
-    ) -> dict[str, list[Exposure]]:
-        """Pending exposures of pairs whose earliest window end is <= ``watermark``."""
+    ) -> tuple[dict[str, list[Exposure]], list[str]]:
+        """Pending exposures of pairs whose earliest window end is <= ``watermark`` (those not in
+        ``known``), and the pairs whose follow-ups are all older than ``watermark``."""
         try:
-            due = [_s(m) for m in await self.r.zrangebyscore(
-                self.k_part("lxd", partition), "-inf", watermark)]
-            missing = [p for p in due if p not in known]
-            if not missing:
-                return {}
-            raws = await self.r.hmget(self.k_part("lx", partition), missing)
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(self.k_part("lxd", partition), "-inf", watermark)
+                pipe.zrangebyscore(self.k_part("lfd", partition), "-inf", f"({watermark}")
+                due_raw, expired_raw = await pipe.execute()
+            missing = [p for p in map(_s, due_raw) if p not in known]
+            raws = await self.r.hmget(self.k_part("lx", partition), missing) if missing else []
         except redis.RedisError as exc:
             raise StoreError(f"Redis read of due exposures failed: {exc}") from None
-        return {p: [Exposure.from_dict(d) for d in orjson.loads(raw)]
-                for p, raw in zip(missing, raws, strict=True) if raw is not None}
+        due = {p: [Exposure.from_dict(d) for d in orjson.loads(raw)]
+               for p, raw in zip(missing, raws, strict=True) if raw is not None}
+        return due, [_s(p) for p in expired_raw]
 
     async def read_items(self, items: Sequence[str]) -> dict[str, dict[str, str]]:
         try:
@@ -275,17 +277,17 @@ class StateStore:
         new_offset: int,
         ops: list[list[Any]],
         outbox: Sequence[OutMessage],
-    ) -> bool:
+    ) -> int | None:
         """Atomically apply ``ops`` and append ``outbox`` if the watermark is still
-        ``expected_offset``; returns False (nothing applied) otherwise."""
+        ``expected_offset``. Returns the outbox length afterwards, or None (nothing applied)."""
         keys = [self.k_part("wm", partition), self.k_part("ob", partition)]
         args: list[Any] = [str(expected_offset), str(new_offset), orjson.dumps(ops)]
         args.extend(m.encode() for m in outbox)
         try:
-            ok, _ = await self._apply(keys=keys, args=args)
+            ok, outbox_len = await self._apply(keys=keys, args=args)
         except redis.RedisError as exc:
             raise StoreError(f"Redis apply failed: {exc}") from None
-        return bool(ok)
+        return int(outbox_len) if ok else None
 
     async def outbox(self, partition: int, limit: int = 10_000) -> list[OutMessage]:
         try:

@@ -121,7 +121,12 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def stack(services: Settings, tmp_path: Path) -> Settings:
     """Per-test settings on the shared services: fresh topic names and a fresh Redis prefix,
     with the topics created, so tests never see each other's data."""
+    return make_stack(services, tmp_path)
+
+
+def make_stack(services: Settings, tmp_path: Path) -> Settings:
     tag = uuid.uuid4().hex[:8]
+    tmp_path = tmp_path / tag
     settings = services.with_values({
         "topics.events": f"events-{tag}",
         "topics.dlq": f"events.dlq-{tag}",

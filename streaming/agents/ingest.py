@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from streaming.features import FeatureConfig
 from streaming.labels import LabelConfig
 from streaming.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
 from streaming.producer import EventProducer
@@ -28,6 +29,8 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         examples_topic=settings.topics.examples,
         dlq_topic=settings.topics.dlq,
         source_topic=settings.topics.events,
+        features=FeatureConfig(recent_items=s.recent_items, covisit_window_ms=s.covisit_window_ms,
+                               covisit_top_k=s.covisit_top_k),
         labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
                            allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives),
         dedup_window=s.dedup_window,
@@ -53,13 +56,43 @@ def build_processor(settings: Settings) -> tuple[BatchProcessor, Any]:
     return processor, close
 
 
+class _Resources:
+    """The processor and its clients, shared by the agent and the outbox timer; created in the
+    worker's event loop on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processor: BatchProcessor | None = None
+        self._close: Any = None
+
+    def get(self) -> BatchProcessor:
+        if self.processor is None:
+            self.processor, self._close = build_processor(self.settings)
+        return self.processor
+
+    async def close(self) -> None:
+        if self._close is not None:
+            await self._close()
+            self.processor = self._close = None
+
+
 def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
     batch_size = settings.stream.batch_size
     batch_wait_s = settings.stream.batch_wait_ms / 1000
+    resources = _Resources(settings)
+
+    @app.timer(interval=1.0)
+    async def flush_outboxes() -> None:
+        # A worker that committed a batch and died before producing its examples left them in
+        # the outbox; the partition's next owner produces them even if no new event arrives.
+        assigned = app.consumer.assignment() if app.consumer else set()
+        for tp in assigned:
+            if tp.topic == settings.topics.events:
+                await resources.get().flush_outbox(tp.partition)
 
     @app.agent(topics.events, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        processor, close = build_processor(settings)
+        processor = resources.get()
         try:
             async for batch in stream.take_events(batch_size, within=batch_wait_s):
                 runs: dict[int, list[RawMessage]] = {}
@@ -71,4 +104,4 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
                 for partition, messages in runs.items():
                     await processor.process(partition, messages)
         finally:
-            await close()
+            await resources.close()

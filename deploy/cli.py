@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a stream-processing worker (Faust)")
     _global_options(worker)
 
+    bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (JSON result)")
+    bench.add_argument("name", help="benchmark name, e.g. ingest")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    _global_options(bench)
+
     topics = sub.add_parser("topics", help="create the topics (idempotent) and list them")
     _global_options(topics)
 
@@ -203,6 +208,22 @@ def cmd_worker(args: argparse.Namespace, settings: Any) -> int:
     return run_worker(with_running_endpoints(settings))
 
 
+def cmd_bench(args: argparse.Namespace, settings: Any) -> int:
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / f"{args.name}.py").is_file():
+        available = sorted(p.stem for p in (root / "benchmarks").glob("*.py")
+                           if not p.stem.startswith("_") and p.stem not in {"common", "bare_faust"})
+        raise ConfigError(f"no benchmark {args.name!r} in {root / 'benchmarks'}; "
+                          f"available: {', '.join(available) or 'none'}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(f"benchmarks.{args.name}")
+    module.main(args.bench_args, settings)
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
     from streaming.kafka import KafkaAdmin, topic_specs
@@ -235,6 +256,7 @@ def cmd_config(args: argparse.Namespace, settings: Any) -> int:
 
 
 COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "worker": cmd_worker,
+            "bench": cmd_bench,
             "topics": cmd_topics,
             "config": cmd_config}
 

@@ -8,6 +8,8 @@ Prints a status line every few seconds and, at the end, one JSON summary line.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,12 +19,14 @@ from typing import Any
 
 import confluent_kafka
 
-from deploy.embedded import EmbeddedRuntime, remove_endpoints, write_endpoints
+from deploy.embedded import EmbeddedRuntime, ManagedProcess, remove_endpoints, write_endpoints
 from streaming.emit import EmitReport, emit_records
 from streaming.kafka import KafkaAdmin, client_config, topic_specs
 from streaming.producer import EventProducer
+from streaming.redis_client import connect
 from streaming.settings import Settings
 from streaming.sources import read_records
+from streaming.state_store import read_stats
 from streaming.synthetic import SyntheticStream
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,16 @@ class UpOptions:
     replay: Path | None = None  # replay this file instead of the synthetic generator
     seed: int = 0
     status_every_s: float = 5.0
+    workers: int = 1  # stream-processing worker processes
+
+
+def _component(settings: Settings, run_dir: Path, name: str, *args: str) -> ManagedProcess:
+    """A ``streamrec`` subcommand as a child process, given exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(settings.to_env())
+    env["PYTHONUNBUFFERED"] = "1"
+    return ManagedProcess(name, [sys.executable, "-m", "deploy.cli", *args],
+                          run_dir / f"{name}.log", env=env)
 
 
 class ArrivalMonitor:
@@ -108,6 +122,16 @@ def run_up(
         say(f"redis  {settings.redis.url}")
         say(f"logs   {runtime.run_dir}")
 
+        for n in range(opts.workers):
+            worker = _component(settings, runtime.run_dir, f"worker-{n}", "worker")
+            worker.start()
+            runtime.processes.append(worker)  # stopped (before the broker) with the runtime
+        redis_client = connect(settings.redis)
+        partitions = range(settings.topics.events_partitions)
+
+        def stats() -> dict[str, int]:
+            return read_stats(redis_client, settings.redis.key_prefix, partitions)
+
         monitor = ArrivalMonitor(settings, settings.topics.events)
         monitor.start()
         monitor.assigned.wait(30)
@@ -135,8 +159,11 @@ def run_up(
             runtime.check_alive()
             now = time.monotonic()
             arrived = monitor.count
+            st = stats()
             say(f"[{now - started:6.1f}s] emitted {producer.stats.sent:>8}  "
-                f"arrived {arrived:>8}  ({(arrived - last_arrived) / (now - last_print):.0f}/s)")
+                f"arrived {arrived:>8} ({(arrived - last_arrived) / (now - last_print):.0f}/s)  "
+                f"processed {st.get('processed', 0):>8}  dlq {st.get('invalid', 0):>5}  "
+                f"examples {st.get('examples', 0):>7}")
             last_print, last_arrived = now, arrived
             if (deadline is not None and now >= deadline) or not source.is_alive():
                 break
@@ -144,17 +171,26 @@ def run_up(
         stop_source.set()
         source.join()
         producer.flush(30)
-        # Let the monitor catch up with what was acknowledged before reporting.
-        drain_deadline = time.monotonic() + 10
-        while monitor.count < producer.stats.delivered and time.monotonic() < drain_deadline:
+        # Let the pipeline catch up with what was acknowledged before reporting.
+        drain_deadline = time.monotonic() + 20
+        while time.monotonic() < drain_deadline and (
+                monitor.count < producer.stats.delivered
+                or stats().get("processed", 0) < producer.stats.delivered):
+            runtime.check_alive()
             time.sleep(0.1)
         monitor.stop()
+        st = stats()
+        redis_client.close()
         emit_report = result.get("report", EmitReport())
         return {
             "emitted": emit_report.emitted,
             "invalid_input": emit_report.invalid,
             "delivered": producer.stats.delivered,
             "arrived": monitor.count,
+            "processed": st.get("processed", 0),
+            "dead_lettered": st.get("invalid", 0),
+            "duplicates": st.get("duplicate", 0),
+            "examples": st.get("examples", 0),
             "duration_s": round(time.monotonic() - started, 2),
         }
     finally:

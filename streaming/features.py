@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 EVENT_TYPES = ("view", "click", "purchase")
 SEP = "\x1f"  # separator inside list entries and composite hash fields; not allowed in ids
@@ -42,6 +43,7 @@ class FeatureConfig:
     affinity_half_life_ms: int = 86_400_000
     recent_items: int = 20
     covisit_window_ms: int = 30 * 60 * 1000
+    covisit_recent: int = 5  # pair an event with this many of the user's latest items
     covisit_top_k: int = 50
     ctr_prior: float = 0.05  # smoothed CTR = (clicks + a * prior) / (views + a)
     cvr_prior: float = 0.1
@@ -70,14 +72,18 @@ def decayed_add(
     return value + weight * 2.0 ** (-(ref_ms - ts) / half_life_ms), ref_ms
 
 
-def _f(h: Mapping[str, str], name: str, default: float = 0.0) -> float:
+# State hashes as read for a batch: numeric fields as floats, ``cat`` as a string.
+StateFields = Mapping[str, Any]
+
+
+def _f(h: StateFields, name: str, default: float = 0.0) -> float:
     raw = h.get(name)
     return float(raw) if raw is not None else default
 
 
-def _i(h: Mapping[str, str], name: str) -> int | None:
+def _i(h: StateFields, name: str) -> int | None:
     raw = h.get(name)
-    return int(float(raw)) if raw is not None else None
+    return int(raw) if raw is not None else None
 
 
 class EntityState:
@@ -85,8 +91,8 @@ class EntityState:
 
     __slots__ = ("fields",)
 
-    def __init__(self, fields: Mapping[str, str] | None = None) -> None:
-        self.fields: dict[str, str] = dict(fields or {})
+    def __init__(self, fields: StateFields | None = None) -> None:
+        self.fields: dict[str, Any] = dict(fields or {})
 
     def add_decayed(self, prefix: str, ts: int, weight: float,
                     half_lives: Sequence[tuple[str, int]]) -> None:
@@ -97,24 +103,24 @@ class EntityState:
                 value, new_ref = weight, ts
             else:
                 value, new_ref = decayed_add(_f(self.fields, f"{prefix}.{label}"), ref, ts, weight, h)
-            self.fields[f"{prefix}.{label}"] = repr(value)
-        self.fields[f"{prefix}.t"] = str(new_ref)
+            self.fields[f"{prefix}.{label}"] = value
+        self.fields[f"{prefix}.t"] = float(new_ref)
 
     def set_max(self, name: str, value: int) -> None:
-        old = _i(self.fields, name)
+        old = self.fields.get(name)
         if old is None or value > old:
-            self.fields[name] = str(value)
+            self.fields[name] = float(value)
 
     def set_min(self, name: str, value: int) -> None:
-        old = _i(self.fields, name)
+        old = self.fields.get(name)
         if old is None or value < old:
-            self.fields[name] = str(value)
+            self.fields[name] = float(value)
 
     def incr(self, name: str, n: int = 1) -> None:
-        self.fields[name] = str((_i(self.fields, name) or 0) + n)
+        self.fields[name] = self.fields.get(name, 0.0) + n
 
 
-def decayed_value(h: Mapping[str, str], prefix: str, label: str, half_life_ms: int,
+def decayed_value(h: StateFields, prefix: str, label: str, half_life_ms: int,
                   at_ms: int) -> float:
     ref = _i(h, f"{prefix}.t")
     if ref is None:
@@ -140,9 +146,9 @@ def dense_feature_names(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[str]:
 
 
 def feature_values(
-    user: Mapping[str, str],
+    user: StateFields,
     recent: Sequence[tuple[str, int]],
-    item: Mapping[str, str],
+    item: StateFields,
     category: str | None,
     price: float | None,
     at_ms: int,

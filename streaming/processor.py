@@ -133,20 +133,14 @@ class BatchProcessor:
             pairs={pair_key(e.user_id, e.item_id) for e in events},
             recent_n=cfg.features.recent_items,
             popular_n=cfg.popular_sample if implicit else 0,
+            batch_max_ts=max((e.ts for e in events), default=None),
+            lateness_ms=None if implicit else cfg.labels.allowed_lateness_ms,
         )
         fresh = [(m, e) for m, e in parsed if m.offset > reads.applied_offset]
         if not fresh:
             return BatchResult(Counter(), 0, applied=False)
-
-        # The batch's new event-time watermark decides which pending exposures close now.
-        batch_max = max((e.ts for _, e in fresh if isinstance(e, Event)), default=None)
-        new_max = max(x for x in (reads.max_ts, batch_max) if x is not None) if (
-            reads.max_ts is not None or batch_max is not None) else None
-        expired: list[str] = []
-        if new_max is not None and not implicit:
-            due, expired = await self.store.read_due(
-                partition, new_max - cfg.labels.allowed_lateness_ms, set(reads.pending))
-            reads.pending.update(due)
+        # If part of the batch was already applied, its event times are in the stored max too,
+        # so the watermark the read computed from the whole batch is still the right one.
         negatives: dict[str, list[str]] = {}
         if implicit:
             for _, e in fresh:
@@ -157,7 +151,8 @@ class BatchProcessor:
             if wanted:
                 reads.items.update(await self.store.read_items(sorted(wanted)))
 
-        plan = plan_batch(self.store, partition, fresh, reads, negatives, cfg, now_ms, expired)
+        plan = plan_batch(self.store, partition, fresh, reads, negatives, cfg, now_ms,
+                          reads.expired_followups)
         outbox_len = await self.store.apply(
             partition, reads.applied_offset, fresh[-1][0].offset, plan.ops, plan.outbox)
         if outbox_len is None:
@@ -281,7 +276,7 @@ def plan_batch(
         item.set_min("first", ev.ts)
         ops.append(["hmin", store.k_item(ev.item_id), "first", ev.ts])
         ops.append(["zincr", store.k_popular(), ev.item_id, 1, 0])
-        for other, other_ts in user_recent:
+        for other, other_ts in user_recent[:fc.covisit_recent]:
             if other != ev.item_id and abs(ev.ts - other_ts) <= fc.covisit_window_ms:
                 ops.append(["zincr", store.k_covisit(other), ev.item_id, 1, fc.covisit_top_k])
                 ops.append(["zincr", store.k_covisit(ev.item_id), other, 1, fc.covisit_top_k])

@@ -106,6 +106,7 @@ class StreamSettings:
     recent_items: int = _f(20, "recent item ids kept per user")
     covisit_window_ms: int = _f(30 * 60 * 1000, "two items co-visited if seen this close (ms)")
     covisit_top_k: int = _f(50, "co-visited items kept per item (trimmed at 2K back to K)")
+    covisit_recent: int = _f(5, "an event is paired with this many of the user's latest items")
     batch_size: int = _f(500, "max events per processing batch")
     batch_wait_ms: int = _f(50, "max wait to fill a processing batch (ms)")
 
@@ -113,7 +114,7 @@ class StreamSettings:
         if self.label_mode not in ("exposure", "implicit"):
             raise ConfigError(f"stream.label_mode={self.label_mode!r}: exposure or implicit")
         for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms",
-                     "recent_items", "covisit_window_ms", "covisit_top_k"):
+                     "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent"):
             _positive(f"stream.{name}", getattr(self, name))
         if self.allowed_lateness_ms < 0 or self.negatives < 0:
             raise ConfigError("stream.allowed_lateness_ms and stream.negatives must be >= 0")
@@ -209,6 +210,10 @@ class Settings:
             for f in dataclasses.fields(obj):
                 yield f"{section.name}.{f.name}", getattr(obj, f.name), f
 
+    def to_env(self) -> dict[str, str]:
+        """Every setting as ``STREAMREC_*`` variables, to hand the exact settings to a child."""
+        return {env_name(key): _format(value) for key, value, _ in self.items()}
+
     def redacted(self) -> dict[str, Any]:
         """Flat mapping for display and logs: secrets shown as ``***`` when set."""
         return {
@@ -255,6 +260,12 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
     except ValueError:
         raise ConfigError(f"{key}={raw!r}: expected {hint.__name__}") from None
     return raw
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _positive(key: str, value: float) -> None:

@@ -110,6 +110,59 @@ return {1, redis.call('LLEN', ob)}
 """
 
 
+READ_LUA = r"""
+-- ARGV: prefix, partition, topic, recent_n, popular_n, batch max event time ('' = none),
+-- allowed lateness ms ('' = no label windows), then counted lists:
+-- n, event ids..., n, users..., n, items..., n, pairs...
+local P, part, topic = ARGV[1], ARGV[2], ARGV[3]
+local recent_n, popular_n = tonumber(ARGV[4]), tonumber(ARGV[5])
+local batch_max, lateness = tonumber(ARGV[6]), tonumber(ARGV[7])
+local i = 8
+local function list()
+  local n = tonumber(ARGV[i]); local out = {}
+  for j = 1, n do out[j] = ARGV[i + j] end
+  i = i + n + 1
+  return out
+end
+local ids, users, items, pairs = list(), list(), list(), list()
+local res = {}
+res[1] = redis.call('GET', P .. 'wm:' .. topic .. ':' .. part) or ''
+res[2] = redis.call('GET', P .. 'mt:' .. topic .. ':' .. part) or ''
+res[3] = #ids > 0 and redis.call('ZMSCORE', P .. 'seen:' .. part, unpack(ids)) or {}
+local u, r = {}, {}
+for j, user in ipairs(users) do
+  u[j] = redis.call('HGETALL', P .. 'u:' .. user)
+  r[j] = redis.call('LRANGE', P .. 'ur:' .. user, 0, recent_n - 1)
+end
+res[4], res[5] = u, r
+local it = {}
+for j, item in ipairs(items) do it[j] = redis.call('HGETALL', P .. 'i:' .. item) end
+res[6] = it
+if #pairs > 0 then
+  res[7] = redis.call('HMGET', P .. 'lx:' .. part, unpack(pairs))
+  res[8] = redis.call('HMGET', P .. 'lf:' .. part, unpack(pairs))
+else
+  res[7], res[8] = {}, {}
+end
+res[9] = popular_n > 0 and redis.call('ZREVRANGE', P .. 'pop', 0, popular_n - 1, 'WITHSCORES') or {}
+-- Label windows that the batch's new watermark closes, and follow-ups it expires.
+local newmax = batch_max
+if res[2] ~= '' and (newmax == nil or tonumber(res[2]) > newmax) then newmax = tonumber(res[2]) end
+res[10], res[11], res[12] = {}, {}, {}
+if lateness and newmax then
+  local wm = newmax - lateness
+  local due = redis.call('ZRANGEBYSCORE', P .. 'lxd:' .. part, '-inf', wm)
+  local lx = P .. 'lx:' .. part
+  for j, pair in ipairs(due) do
+    res[10][j] = pair
+    res[11][j] = redis.call('HGET', lx, pair)
+  end
+  res[12] = redis.call('ZRANGEBYSCORE', P .. 'lfd:' .. part, '-inf', '(' .. wm)
+end
+return res
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class OutMessage:
     """A record to produce after the apply commits (example or DLQ entry)."""
@@ -151,10 +204,36 @@ class BatchReads:
     pending: dict[str, list[Exposure]]
     followups: dict[str, list[tuple[str, int]]]
     popular: list[tuple[str, float]] = field(default_factory=list)
+    expired_followups: list[str] = field(default_factory=list)
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[str, Any]:
+    """A Lua HGETALL reply (flat field, value, ...) of a ``u:``/``i:`` hash as a dict whose values
+    are parsed once here: floats, except the ``cat`` field (a string)."""
+    out: dict[str, Any] = {}
+    for j in range(0, len(flat), 2):
+        name = flat[j].decode()
+        out[name] = flat[j + 1].decode() if name == "cat" else float(flat[j + 1])
+    return out
+
+
+def read_stats(client: redis.Redis, key_prefix: str, partitions: Iterable[int]) -> dict[str, int]:
+    """Processor counters summed over ``partitions`` (sync client; for CLIs and monitors)."""
+    total: dict[str, int] = {}
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.hgetall(f"{key_prefix}stats:{p}")
+            for counters in pipe.execute():
+                for k, v in counters.items():
+                    total[_s(k)] = total.get(_s(k), 0) + int(v)
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis stats read failed: {exc}") from None
+    return total
 
 
 class StateStore:
@@ -165,6 +244,7 @@ class StateStore:
         self.p = key_prefix
         self.topic = topic
         self._apply = client.register_script(APPLY_LUA)
+        self._read = client.register_script(READ_LUA)
 
     # -- key names (also used by the processor to build ops) --
     def k_user(self, user: str) -> str:
@@ -196,69 +276,49 @@ class StateStore:
         pairs: Iterable[str],
         recent_n: int,
         popular_n: int = 0,
+        batch_max_ts: int | None = None,
+        lateness_ms: int | None = None,
     ) -> BatchReads:
+        """Everything a batch needs, in one server-side script (one round trip; hundreds of
+        keys per batch would otherwise cost more in client-side command handling than in Redis).
+
+        With ``lateness_ms`` (exposure labelling), also the pending exposures whose window the
+        batch's new watermark (``max(stored, batch_max_ts) - lateness_ms``) closes, and the
+        follow-up pairs it expires.
+        """
         users, items, pairs = list(users), list(items), list(pairs)
+        args: list[Any] = [self.p, partition, self.topic, recent_n, popular_n,
+                           "" if batch_max_ts is None else batch_max_ts,
+                           "" if lateness_ms is None else lateness_ms]
+        for seq in (event_ids, users, items, pairs):
+            args.append(len(seq))
+            args.extend(seq)
         try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                pipe.get(self.k_part("wm", partition))
-                pipe.get(self.k_part("mt", partition))
-                if event_ids:
-                    pipe.zmscore(self.k_part("seen", partition), list(event_ids))
-                for u in users:
-                    pipe.hgetall(self.k_user(u))
-                    pipe.lrange(self.k_recent(u), 0, recent_n - 1)
-                for i in items:
-                    pipe.hgetall(self.k_item(i))
-                if pairs:
-                    pipe.hmget(self.k_part("lx", partition), pairs)
-                    pipe.hmget(self.k_part("lf", partition), pairs)
-                if popular_n:
-                    pipe.zrevrange(self.k_popular(), 0, popular_n - 1, withscores=True)
-                res = await pipe.execute()
+            res = await self._read(keys=[], args=args)
         except redis.RedisError as exc:
             raise StoreError(f"Redis batch read failed: {exc}") from None
-        it = iter(res)
-        wm, mt = next(it), next(it)
-        seen_scores = next(it) if event_ids else []
+        wm, mt, seen_scores, user_h, recent_l, item_h, lx, lf, popular, due, due_raw, exp = res
         out = BatchReads(
-            applied_offset=int(wm) if wm is not None else -1,
-            max_ts=int(mt) if mt is not None else None,
-            seen={eid for eid, s in zip(event_ids, seen_scores, strict=True) if s is not None},
-            users={}, recent={}, items={}, pending={}, followups={},
+            applied_offset=int(wm) if wm else -1,
+            max_ts=int(mt) if mt else None,
+            seen={eid for eid, sc in zip(event_ids, seen_scores, strict=True) if sc is not None},
+            users={u: _pairs(h) for u, h in zip(users, user_h, strict=True)},
+            recent={u: [_s(x) for x in r] for u, r in zip(users, recent_l, strict=True)},
+            items={i: _pairs(h) for i, h in zip(items, item_h, strict=True)},
+            pending={}, followups={},
+            expired_followups=[_s(p) for p in exp],
         )
-        for u in users:
-            out.users[u] = {_s(k): _s(v) for k, v in next(it).items()}
-            out.recent[u] = [_s(x) for x in next(it)]
-        for i in items:
-            out.items[i] = {_s(k): _s(v) for k, v in next(it).items()}
-        if pairs:
-            for pair, raw in zip(pairs, next(it), strict=True):
-                if raw is not None:
-                    out.pending[pair] = [Exposure.from_dict(d) for d in orjson.loads(raw)]
-            for pair, raw in zip(pairs, next(it), strict=True):
-                if raw is not None:
-                    out.followups[pair] = [(k, ts) for k, ts in orjson.loads(raw)]
-        if popular_n:
-            out.popular = [(_s(m), float(s)) for m, s in next(it)]
+        for pair, raw in zip(pairs, lx, strict=True):
+            if raw:
+                out.pending[pair] = [Exposure.from_dict(d) for d in orjson.loads(raw)]
+        for pair, raw in zip(map(_s, due), due_raw, strict=True):
+            if raw and pair not in out.pending:
+                out.pending[pair] = [Exposure.from_dict(d) for d in orjson.loads(raw)]
+        for pair, raw in zip(pairs, lf, strict=True):
+            if raw:
+                out.followups[pair] = [(k, ts) for k, ts in orjson.loads(raw)]
+        out.popular = [(_s(popular[j]), float(popular[j + 1])) for j in range(0, len(popular), 2)]
         return out
-
-    async def read_due(
-        self, partition: int, watermark: int, known: set[str]
-    ) -> tuple[dict[str, list[Exposure]], list[str]]:
-        """Pending exposures of pairs whose earliest window end is <= ``watermark`` (those not in
-        ``known``), and the pairs whose follow-ups are all older than ``watermark``."""
-        try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(self.k_part("lxd", partition), "-inf", watermark)
-                pipe.zrangebyscore(self.k_part("lfd", partition), "-inf", f"({watermark}")
-                due_raw, expired_raw = await pipe.execute()
-            missing = [p for p in map(_s, due_raw) if p not in known]
-            raws = await self.r.hmget(self.k_part("lx", partition), missing) if missing else []
-        except redis.RedisError as exc:
-            raise StoreError(f"Redis read of due exposures failed: {exc}") from None
-        due = {p: [Exposure.from_dict(d) for d in orjson.loads(raw)]
-               for p, raw in zip(missing, raws, strict=True) if raw is not None}
-        return due, [_s(p) for p in expired_raw]
 
     async def read_items(self, items: Sequence[str]) -> dict[str, dict[str, str]]:
         try:
@@ -268,7 +328,7 @@ class StateStore:
                 res = await pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"Redis item read failed: {exc}") from None
-        return {i: {_s(k): _s(v) for k, v in h.items()} for i, h in zip(items, res, strict=True)}
+        return {i: _pairs([x for kv in h.items() for x in kv]) for i, h in zip(items, res, strict=True)}
 
     async def apply(
         self,

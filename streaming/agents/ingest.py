@@ -8,6 +8,7 @@ through the applied-offset watermark in Redis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -30,7 +31,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         dlq_topic=settings.topics.dlq,
         source_topic=settings.topics.events,
         features=FeatureConfig(recent_items=s.recent_items, covisit_window_ms=s.covisit_window_ms,
-                               covisit_top_k=s.covisit_top_k),
+                               covisit_top_k=s.covisit_top_k, covisit_recent=s.covisit_recent),
         labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
                            allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives),
         dedup_window=s.dedup_window,
@@ -101,7 +102,8 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
                     ts_ms = int(m.timestamp * 1000) if m.timestamp else None
                     runs.setdefault(m.partition, []).append(
                         RawMessage(m.offset, m.key, m.value, ts_ms))
-                for partition, messages in runs.items():
-                    await processor.process(partition, messages)
+                # Partitions are independent: while Redis runs one partition's script, Python
+                # plans another's batch.
+                await asyncio.gather(*(processor.process(p, msgs) for p, msgs in runs.items()))
         finally:
             await resources.close()

@@ -76,6 +76,7 @@ def test_up_stops_cleanly_on_signal_leaving_no_process(tmp_path: Path, sig: sign
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["emitted"] > 0 and summary["arrived"] == summary["delivered"] == summary["emitted"]
     assert not any(_pids_matching(m) for m in markers)
+    assert not _pids_matching(f"deploy.cli worker"), "worker left running"
     assert not (tmp_path / "current.json").exists()
 
 
@@ -97,11 +98,14 @@ def test_up_with_duration_prints_a_summary_and_other_commands_find_it(
 ) -> None:
     env = cli_env(stack)
     result = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "up", "--duration", "6", "--rate", "400"],
+        [sys.executable, "-m", "deploy.cli", "up", "--duration", "12", "--rate", "400",
+         "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=500"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     summary = orjson.loads(result.stdout.strip().splitlines()[-1])
     assert summary["emitted"] >= 400
     assert summary["arrived"] == summary["delivered"] == summary["emitted"]
-    assert summary["invalid_input"] == 0
+    assert summary["processed"] == summary["emitted"]  # the Faust worker kept up
+    assert summary["invalid_input"] == summary["dead_lettered"] == 0
+    assert summary["examples"] > 0  # 2 s windows closed during the run

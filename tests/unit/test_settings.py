@@ -88,3 +88,10 @@ def test_parse_assignments() -> None:
     assert parse_assignments(["a.b=1", "c.d=x=y"]) == {"a.b": "1", "c.d": "x=y"}
     with pytest.raises(ConfigError):
         parse_assignments(["novalue"])
+
+
+def test_to_env_round_trips_every_setting() -> None:
+    s = Settings.load(env={}, overrides={"kafka.bootstrap_servers": "k:1",
+                                         "topics.events_partitions": "7",
+                                         "trainer.publish_interval_s": "1.5"})
+    assert Settings.load(env=s.to_env()) == s

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a last line of JSON and writes benchmarks/results/<name>.json."""

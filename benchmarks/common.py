@@ -1,0 +1,75 @@
+"""Helpers shared by the benchmarks (not imported by library code)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from deploy.embedded import EmbeddedRuntime
+from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextlib.contextmanager
+def services(settings: Settings) -> Iterator[Settings]:
+    """Embedded Kafka + Redis unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point elsewhere."""
+    with EmbeddedRuntime(settings) as runtime:
+        yield runtime.settings
+
+
+def fresh_topics(settings: Settings, **overrides: str) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    s = settings.with_values({
+        "topics.events": f"bench-events-{tag}", "topics.dlq": f"bench-dlq-{tag}",
+        "topics.examples": f"bench-examples-{tag}", "topics.model_updates": f"bench-mu-{tag}",
+        "redis.key_prefix": f"b{tag}:", **overrides,
+    })
+    KafkaAdmin(s).ensure_topics(topic_specs(s))
+    return s
+
+
+def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(settings.to_env())
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    result = {"name": name, **result, "machine": {
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(orjson.dumps(result).decode(), flush=True)

@@ -1,0 +1,173 @@
+"""bench ingest: throughput of the full ingest agent against bare Faust and a raw consumer,
+and event-to-feature-visible latency at a fixed rate. All measured in the same run.
+
+- raw_consume_events_per_s: confluent-kafka consumer reading the preloaded topic;
+- bare_faust_events_per_s: a Faust agent that only iterates the same topic (same batching);
+- events_per_s: `streamrec worker` (validation + dedup + features + labels + outbox), from its
+  first processed batch to the last event, read from its Redis counters;
+- feature_visible_p99_ms: events produced at --rate/s while the worker runs; time from produce
+  to the event id appearing in the partition's applied dedup set (same Lua apply as features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+
+import confluent_kafka
+import orjson
+
+from benchmarks.common import fresh_topics, percentile, report, services, spawn, stop
+from streaming.events import Event
+from streaming.kafka import client_config
+from streaming.producer import EventProducer
+from streaming.redis_client import connect
+from streaming.settings import Settings
+from streaming.state_store import read_stats
+from streaming.synthetic import SyntheticStream
+
+
+def preload(settings: Settings, n: int) -> None:
+    start = int(time.time() * 1000) - 3_600_000
+    with EventProducer(settings, linger_ms=20) as producer:
+        for e in SyntheticStream(1).events(start, rate=500.0, limit=n):
+            producer.send(e)
+
+
+def raw_consume(settings: Settings, n: int) -> float:
+    consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{
+        "group.id": "bench-raw", "enable.auto.commit": False}))
+    md = consumer.list_topics(settings.topics.events, timeout=10)
+    consumer.assign([confluent_kafka.TopicPartition(settings.topics.events, p,
+                                                    confluent_kafka.OFFSET_BEGINNING)
+                     for p in md.topics[settings.topics.events].partitions])
+    got, first, t0 = 0, 0, 0.0
+    while got < n:
+        msgs = consumer.consume(1000, 5.0)
+        if not msgs:
+            break
+        if not got:
+            t0, first = time.perf_counter(), len(msgs)
+        got += len(msgs)
+    elapsed = time.perf_counter() - t0
+    consumer.close()
+    return (got - first) / elapsed
+
+
+def bare_faust(settings: Settings, n: int, log: Path) -> float:
+    proc = spawn(settings, ["-m", "benchmarks.bare_faust", str(n)], log)
+    try:
+        proc.wait(300)
+    finally:
+        stop(proc)
+    # Faust may prefix output with terminal control sequences; take the JSON part.
+    last = [line[line.index("{"):] for line in log.read_text().splitlines() if "{" in line][-1]
+    return float(orjson.loads(last)["rate"])
+
+
+def full_agent(settings: Settings, n: int, log: Path) -> tuple[float, object]:
+    """Returns (events/s, the still running worker process)."""
+    client = connect(settings.redis)
+    parts = range(settings.topics.events_partitions)
+    proc = spawn(settings, ["-m", "deploy.cli", "worker"], log)
+    t_first, n_first = 0.0, 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        done = read_stats(client, settings.redis.key_prefix, parts).get("processed", 0)
+        now = time.perf_counter()
+        if done and not t_first:
+            t_first, n_first = now, done
+        if done >= n:
+            client.close()
+            return (done - n_first) / (now - t_first), proc
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited:\n{log.read_text()[-2000:]}")
+        time.sleep(0.01)
+    raise SystemExit("worker did not finish in time")
+
+
+def visible_latency(settings: Settings, rate: float, seconds: float) -> list[float]:
+    """Each event has its own user, so ``EXISTS u:<user>`` tells when its features landed."""
+    client = connect(settings.redis)
+    outstanding: dict[str, float] = {}  # user key -> time produced
+    latencies: list[float] = []
+    lock = threading.Lock()
+    producing_done = threading.Event()
+
+    def poll() -> None:
+        while not producing_done.is_set() or outstanding:
+            with lock:
+                keys = list(outstanding)
+            if keys:
+                with client.pipeline(transaction=False) as pipe:
+                    for k in keys:
+                        pipe.exists(k)
+                    found = pipe.execute()
+                now = time.perf_counter()
+                with lock:
+                    for k, hit in zip(keys, found, strict=True):
+                        if hit:
+                            latencies.append((now - outstanding.pop(k)) * 1000)
+            time.sleep(0.01)  # 10 ms resolution; tighter polling steals CPU from the worker
+
+    poller = threading.Thread(target=poll, name="latency-poller", daemon=True)
+    poller.start()
+    producer = EventProducer(settings, linger_ms=0)
+    interval, t_start = 1.0 / rate, time.perf_counter()
+    for k in range(int(rate * seconds)):
+        due = t_start + k * interval
+        while (wait := due - time.perf_counter()) > 0:
+            time.sleep(min(wait, 0.001))
+        e = Event(f"lat-{k}", f"lat-{k}", f"item-{k % 501}", "view", int(time.time() * 1000))
+        with lock:
+            outstanding[f"{settings.redis.key_prefix}u:{e.user_id}"] = time.perf_counter()
+        producer.send(e)
+    producer.flush(30)
+    deadline = time.monotonic() + 30
+    while outstanding and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with lock:
+        outstanding.clear()
+    producing_done.set()
+    poller.join()
+    client.close()
+    return latencies
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="streamrec bench ingest")
+    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--rate", type=float, default=1_000.0, help="events/s for the latency test")
+    ap.add_argument("--seconds", type=float, default=15.0, help="duration of the latency test")
+    args = ap.parse_args(argv)
+    base = settings or Settings.load()
+    with services(base) as running:
+        settings = fresh_topics(running)
+        log_dir = Path(settings.runtime.run_dir) / "bench"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        preload(settings, args.events)
+        raw = raw_consume(settings, args.events)
+        bare = bare_faust(settings, args.events, log_dir / "bare_faust.log")
+        full, worker = full_agent(settings, args.events, log_dir / "ingest_worker.log")
+        try:
+            lat = visible_latency(settings, args.rate, args.seconds)
+        finally:
+            stop(worker)  # type: ignore[arg-type]
+    report("ingest", {
+        "events": args.events,
+        "events_per_s": round(full, 1),
+        "bare_faust_events_per_s": round(bare, 1),
+        "ratio_vs_bare": round(full / bare, 3),
+        "raw_consume_events_per_s": round(raw, 1),
+        "feature_visible_p50_ms": round(percentile(lat, 50), 1),
+        "feature_visible_p99_ms": round(percentile(lat, 99), 1),
+        "latency_rate_per_s": args.rate,
+        "latency_samples": len(lat),
+        "targets": {"events_per_s": 5000, "ratio_vs_bare": 0.6, "feature_visible_p99_ms": 500},
+    })
+
+
+if __name__ == "__main__":
+    main()

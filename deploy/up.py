@@ -52,28 +52,30 @@ def _component(settings: Settings, run_dir: Path, name: str, *args: str) -> Mana
 
 
 class ArrivalMonitor:
-    """Counts messages arriving on a topic (its own consumer group, no commits needed)."""
+    """Counts messages arriving on a topic after the moment it was created.
+
+    Assigns every partition at its current end offset (read before the source starts), rather
+    than subscribing with ``auto.offset.reset=latest``, which resolves the end only after the
+    group join and misses what is produced meanwhile.
+    """
 
     def __init__(self, settings: Settings, topic: str) -> None:
-        conf = client_config(
-            settings.kafka,
-            **{
-                "group.id": "streamrec-up-monitor",
-                "auto.offset.reset": "latest",
-                "enable.auto.commit": False,
-                "session.timeout.ms": settings.kafka.session_timeout_ms,
-            },
-        )
+        conf = client_config(settings.kafka, **{
+            "group.id": "streamrec-up-monitor",  # required by librdkafka; nothing is committed
+            "enable.auto.commit": False,
+        })
         self._consumer = confluent_kafka.Consumer(conf)
-        self._consumer.subscribe([topic], on_assign=self._on_assign)
-        self.assigned = threading.Event()
+        md = self._consumer.list_topics(topic, timeout=10)
+        start = []
+        for p in md.topics[topic].partitions:
+            tp = confluent_kafka.TopicPartition(topic, p)
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            start.append(confluent_kafka.TopicPartition(topic, p, high))
+        self._consumer.assign(start)
         self.count = 0
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="arrival-monitor", daemon=True)
-
-    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        self.assigned.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -134,7 +136,6 @@ def run_up(
 
         monitor = ArrivalMonitor(settings, settings.topics.events)
         monitor.start()
-        monitor.assigned.wait(30)
 
         producer = EventProducer(settings)
         stop_source = threading.Event()

@@ -76,7 +76,7 @@ def test_up_stops_cleanly_on_signal_leaving_no_process(tmp_path: Path, sig: sign
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["emitted"] > 0 and summary["arrived"] == summary["delivered"] == summary["emitted"]
     assert not any(_pids_matching(m) for m in markers)
-    assert not _pids_matching(f"deploy.cli worker"), "worker left running"
+    assert not _pids_matching("deploy.cli worker"), "worker left running"
     assert not (tmp_path / "current.json").exists()
 
 

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a stream-processing worker (Faust)")
     _global_options(worker)
 
+    train = sub.add_parser("train", help="run the continuous trainer (sharded DLRM)")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="ranks on this machine (launched with torchrun); default 1")
+    train.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps")
+    train.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    _global_options(train)
+
     bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (JSON result)")
     bench.add_argument("name", help="benchmark name, e.g. ingest")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -208,6 +215,21 @@ def cmd_worker(args: argparse.Namespace, settings: Any) -> int:
     return run_worker(with_running_endpoints(settings))
 
 
+def cmd_train(args: argparse.Namespace, settings: Any) -> int:
+    import os
+
+    from deploy.embedded import with_running_endpoints
+    from trainer.main import launch, run_trainer
+
+    settings = with_running_endpoints(settings)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        extra = [f"--max-steps={args.max_steps}"] if args.max_steps else []
+        extra += [f"--duration={args.duration}"] if args.duration else []
+        return launch(settings, args.nproc, extra)
+    run_trainer(settings, max_steps=args.max_steps, duration_s=args.duration)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings: Any) -> int:
     import importlib
 
@@ -256,7 +278,7 @@ def cmd_config(args: argparse.Namespace, settings: Any) -> int:
 
 
 COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "worker": cmd_worker,
-            "bench": cmd_bench,
+            "bench": cmd_bench, "train": cmd_train,
             "topics": cmd_topics,
             "config": cmd_config}
 
@@ -265,11 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args)
+        # Third-party libraries (torchrec, fbgemm) log at INFO on the root logger; keep the root
+        # at WARNING and give our own packages the configured level.
         logging.basicConfig(
-            level=settings.runtime.log_level.upper(),
+            level=logging.WARNING,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        for name in ("streaming", "models", "trainer", "deploy", "streamrec", "benchmarks"):
+            logging.getLogger(name).setLevel(settings.runtime.log_level.upper())
         if settings.runtime.log_level.upper() != "DEBUG":
             # librdkafka logs routine disconnects at INFO; keep its warnings and errors.
             logging.getLogger("streamrec.librdkafka").setLevel(logging.WARNING)

@@ -1,0 +1,58 @@
+"""The declared feature spec: which model inputs exist and how ids map to embedding rows.
+
+Dense inputs are the values of :func:`streaming.features.feature_values` in the order of
+:func:`streaming.features.dense_feature_names`. Sparse inputs are id lists hashed into tables;
+``recent_items`` shares the item table (a multi-hot bag of the user's last items).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import orjson
+
+from streaming.features import dense_feature_names
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    name: str
+    num_embeddings: int  # rows; ids are hashed into [0, num_embeddings)
+    features: tuple[str, ...]  # KJT keys that look up this table
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    dense: tuple[str, ...] = field(default_factory=lambda: tuple(dense_feature_names()))
+    tables: tuple[TableSpec, ...] = (
+        TableSpec("t_user", 100_003, ("user_id",)),
+        TableSpec("t_item", 100_003, ("item_id", "recent_items")),
+        TableSpec("t_category", 1_009, ("category",)),
+    )
+    embedding_dim: int = 16
+    dense_arch: tuple[int, ...] = (64, 16)  # last size must equal embedding_dim (DLRM)
+    over_arch: tuple[int, ...] = (64, 32, 1)
+
+    @property
+    def sparse(self) -> tuple[str, ...]:
+        """KJT keys in batch order."""
+        return tuple(f for t in self.tables for f in t.features)
+
+    def table_of(self, feature: str) -> TableSpec:
+        for t in self.tables:
+            if feature in t.features:
+                return t
+        raise KeyError(feature)
+
+    def digest(self) -> str:
+        """Stable hash of everything that changes the meaning of a checkpoint's tensors."""
+        doc = {
+            "dense": self.dense, "embedding_dim": self.embedding_dim,
+            "tables": [[t.name, t.num_embeddings, list(t.features)] for t in self.tables],
+            "dense_arch": self.dense_arch, "over_arch": self.over_arch, "hash": "fnv1a64",
+        }
+        return hashlib.sha256(orjson.dumps(doc)).hexdigest()[:16]
+
+
+DEFAULT_SPEC = FeatureSpec()

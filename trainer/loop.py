@@ -1,0 +1,230 @@
+"""The continuous trainer: micro-batches from Kafka -> prequential score -> sharded step ->
+periodic checkpoint -> announcement on ``model-updates`` -> offset commit.
+
+Every rank reads its own partitions of ``training-examples`` (``p % world == rank``). Each step
+the ranks agree (one all-reduce) on a common batch size ``n = min(buffered)`` and on whether to
+publish or stop, so collectives always match. Examples stay buffered until trained, and the
+offsets in a checkpoint are those of the last example *trained* per partition, plus one.
+
+Crash safety: offsets are committed to Kafka only after the checkpoint that contains them is
+durable; a restart loads the newest valid checkpoint and seeks every partition to its offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+import torch.distributed as dist
+
+from models.batch import BatchBuilder
+from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
+from models.spec import DEFAULT_SPEC, FeatureSpec
+from streaming.producer import EventProducer
+from streaming.settings import Settings
+from trainer import distributed as D
+from trainer.metrics import Prequential
+from trainer.source import ExampleSource, offset_key
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "default"
+
+
+@dataclass(slots=True)
+class TrainerState:
+    version: int = 0
+    step: int = 0
+    examples_seen: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)  # this rank's next offsets
+    loss_sum: float = 0.0
+    loss_n: int = 0
+
+
+class ContinuousTrainer:
+    def __init__(self, settings: Settings, spec: FeatureSpec = DEFAULT_SPEC,
+                 info: D.DistInfo | None = None) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.info = info or D.init()
+        self.builder = BatchBuilder(spec)
+        self.root = Path(settings.trainer.checkpoint_dir)
+        self.dmp, self.optimizer = D.build_sharded(spec, self.info)
+        self.state = TrainerState()
+        self.metrics = Prequential()
+        self._buffer: deque[tuple[int, int, dict[str, Any]]] = deque()
+        self._polled: dict[int, int] = {}  # partition -> offset after the last polled message
+        self._seen_ids: OrderedDict[str, None] = OrderedDict()  # drops outbox duplicates
+        self.duplicates = 0
+        self.publish_seconds: list[float] = []
+        partitions = [p for p in range(settings.topics.examples_partitions)
+                      if p % self.info.world == self.info.rank]
+        start = self._resume()
+        self.source = ExampleSource(settings, partitions, start)
+        self._last_publish = time.monotonic()
+        self._producer = EventProducer(settings, topic=settings.topics.model_updates) \
+            if self.info.rank == 0 else None
+
+    # -- resume ---------------------------------------------------------------------------
+    def _resume(self) -> dict[str, int]:
+        if self.info.rank == 0:
+            remove_stale_tmp(self.root)
+        dist.barrier()
+        found = latest_valid(self.root, self.spec.digest())
+        if found is None:
+            return {}
+        manifest, state = found
+        D.load_full_state(self.dmp, state)
+        self.state.version = manifest.version
+        self.state.step = manifest.step
+        self.state.examples_seen = manifest.examples_seen
+        log.info("rank %d resumed from checkpoint v%d (step %d, %d examples)", self.info.rank,
+                 manifest.version, manifest.step, manifest.examples_seen)
+        return dict(manifest.offsets)
+
+    # -- one step -------------------------------------------------------------------------
+    def _fill(self) -> None:
+        want = max(1, self.settings.trainer.batch_size // self.info.world) - len(self._buffer)
+        if want <= 0:
+            return
+        got = self.source.poll(want, self.settings.trainer.batch_max_wait_ms / 1000)
+        for part, off, ex in got:
+            self._polled[part] = off + 1
+            eid = ex.get("example_id")
+            if eid in self._seen_ids:
+                self.duplicates += 1
+                continue
+            self._seen_ids[eid] = None
+            if len(self._seen_ids) > 200_000:
+                self._seen_ids.popitem(last=False)
+            self._buffer.append((part, off, ex))
+
+    def _agree(self, stop: bool) -> tuple[int, bool, bool]:
+        """(common batch size, stop, publish) agreed by all ranks."""
+        due = self._publish_due()
+        # MIN over [n, -stop, -publish]: the smallest buffer, and any rank's stop/publish flag.
+        t = torch.tensor([len(self._buffer), -int(stop), -int(due)], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        cap = max(1, self.settings.trainer.batch_size // self.info.world)
+        return min(int(t[0]), cap), bool(t[1] < 0), bool(t[2] < 0)
+
+    def _publish_due(self) -> bool:
+        tc = self.settings.trainer
+        if not self.state.loss_n:  # nothing trained since the last publish
+            return False
+        if time.monotonic() - self._last_publish >= tc.publish_interval_s:
+            return True
+        return bool(tc.publish_every_steps and self.state.step
+                    and self.state.step % tc.publish_every_steps == 0 and self.state.loss_n)
+
+    def train_step(self, n: int) -> float:
+        taken = [self._buffer.popleft() for _ in range(n)]
+        batch = self.builder.build([ex for _, _, ex in taken])
+        self.dmp.train()
+        loss, logits = self.dmp(batch.dense.to(self.info.device),
+                                batch.sparse.to(self.info.device),
+                                batch.labels.to(self.info.device))
+        # Prequential: these logits come from the parameters before this batch's update.
+        probs = torch.sigmoid(logits).cpu().numpy()
+        self.metrics.add(probs, batch.labels.numpy())
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.state.step += 1
+        self.state.examples_seen += n
+        loss_value = loss.detach().item()
+        self.state.loss_sum += loss_value * n
+        self.state.loss_n += n
+        return loss_value
+
+    def next_offsets(self) -> dict[str, int]:
+        """Per partition: the first example not yet trained (still buffered), else the offset
+        after the last one polled. Resuming there trains nothing twice and skips nothing."""
+        first_buffered: dict[int, int] = {}
+        for part, off, _ in self._buffer:
+            first_buffered.setdefault(part, off)
+        offsets = dict(self.state.offsets)
+        for part, after in self._polled.items():
+            offsets[offset_key(self.source.topic, part)] = first_buffered.get(part, after)
+        return offsets
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish(self) -> Manifest | None:
+        """Collective. Rank 0 writes the checkpoint and announces it; then all commit offsets."""
+        t0 = time.perf_counter()
+        self.state.offsets = self.next_offsets()
+        full = D.gather_full_state(self.dmp, self.info)
+        gathered: list[Any] = [None] * self.info.world
+        probs, labels = self.metrics.arrays()
+        dist.all_gather_object(gathered, (self.state.offsets, self.state.examples_seen,
+                                          probs, labels, self.state.loss_sum, self.state.loss_n))
+        totals = torch.tensor([self.state.examples_seen], dtype=torch.int64)
+        dist.all_reduce(totals)
+        manifest = None
+        if self.info.rank == 0:
+            offsets: dict[str, int] = {}
+            for o, *_ in gathered:
+                offsets.update(o)
+            all_p = np.concatenate([g[2] for g in gathered])
+            all_y = np.concatenate([g[3] for g in gathered])
+            loss_n = sum(g[5] for g in gathered)
+            from trainer.metrics import auc, log_loss
+
+            metrics = {
+                "prequential_auc": auc(all_p, all_y) if len(all_p) else float("nan"),
+                "prequential_logloss": log_loss(all_p, all_y) if len(all_p) else float("nan"),
+                "train_loss": sum(g[4] for g in gathered) / loss_n if loss_n else float("nan"),
+                "window_examples": float(len(all_p)),
+            }
+            manifest = Manifest(
+                version=self.state.version + 1, created_at_ms=now_ms(), step=self.state.step,
+                examples_seen=int(totals[0]), offsets=offsets,
+                metrics={k: (None if isinstance(v, float) and math.isnan(v) else v)
+                         for k, v in metrics.items()},  # type: ignore[misc]
+                spec_digest=self.spec.digest(),
+            )
+            path = write_checkpoint(self.root, full or {}, manifest,
+                                    self.settings.trainer.keep_checkpoints)
+            assert self._producer is not None
+            self._producer.send_raw(MODEL_NAME.encode(), orjson.dumps(
+                {"model": MODEL_NAME, "path": str(path.resolve()), **orjson.loads(
+                    manifest.to_json())}))
+            self._producer.flush(30)
+            log.info("published v%d (step %d, %d examples, auc %s)", manifest.version,
+                     manifest.step, manifest.examples_seen, metrics["prequential_auc"])
+        dist.barrier()  # the checkpoint is durable before anyone commits offsets
+        self.state.version += 1
+        self.source.commit(self.state.offsets)
+        self.state.loss_sum = self.state.loss_n = 0
+        self._last_publish = time.monotonic()
+        self.publish_seconds.append(time.perf_counter() - t0)
+        return manifest
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event, max_steps: int | None = None,
+            publish_on_exit: bool = True) -> None:
+        while True:
+            self._fill()
+            halt = stop.is_set() or (max_steps is not None and self.state.step >= max_steps)
+            n, halt, publish = self._agree(halt)
+            if halt:
+                break
+            if n:
+                self.train_step(n)
+            if publish:
+                self.publish()
+        if publish_on_exit and self.state.loss_n:
+            self.publish()
+
+    def close(self) -> None:
+        self.source.close()
+        if self._producer is not None:
+            self._producer.flush(10)

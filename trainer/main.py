@@ -1,0 +1,69 @@
+"""``streamrec train``: one process, or N ranks under torchrun (``--nproc N`` launches them)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def launch(settings: Settings, nproc: int, extra_args: list[str]) -> int:
+    """Start ``nproc`` ranks with torchrun on this machine, the settings passed by environment."""
+    import subprocess
+
+    from deploy.embedded import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(settings.to_env())
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={free_port()}", "-m", "deploy.cli", "train", *extra_args]
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+def run_trainer(settings: Settings, *, max_steps: int | None = None,
+                duration_s: float | None = None) -> dict[str, Any]:
+    from trainer import distributed as D
+    from trainer.loop import ContinuousTrainer
+
+    info = D.init()
+    if info.rank == 0:
+        KafkaAdmin(settings).ensure_topics(topic_specs(settings))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if duration_s:
+        threading.Timer(duration_s, stop.set).start()
+    trainer = ContinuousTrainer(settings, info=info)
+    started = time.monotonic()
+    try:
+        trainer.run(stop, max_steps=max_steps)
+    finally:
+        trainer.close()
+        D.shutdown()
+    elapsed = time.monotonic() - started
+    summary = {
+        "rank": info.rank, "ranks": info.world, "steps": trainer.state.step,
+        "examples_seen": trainer.state.examples_seen, "model_version": trainer.state.version,
+        "duplicates_dropped": trainer.duplicates, "elapsed_s": round(elapsed, 2),
+        "publish_s_max": round(max(trainer.publish_seconds, default=0.0), 3),
+        "metrics": trainer.metrics.summary(),
+    }
+    if info.rank == 0:
+        print(orjson.dumps(summary, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
+    return summary

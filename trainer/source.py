@@ -1,0 +1,88 @@
+"""Reading labelled examples from Kafka for one rank: its own partitions, its own positions.
+
+Positions live in the checkpoint manifest, not in the consumer: a restarted trainer seeks to the
+offsets of the checkpoint it resumes from, so nothing is trained twice or skipped. Offsets are
+also committed to the consumer group after each durable checkpoint, for lag monitoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import confluent_kafka
+import orjson
+
+from streaming.errors import BrokerError
+from streaming.kafka import client_config
+from streaming.settings import Settings
+
+log = logging.getLogger(__name__)
+GROUP = "streamrec-trainer"
+
+
+def offset_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+class ExampleSource:
+    """Decoded examples with their (partition, offset), from an explicit set of partitions."""
+
+    def __init__(self, settings: Settings, partitions: Iterable[int],
+                 start: dict[str, int] | None = None) -> None:
+        self.topic = settings.topics.examples
+        self.partitions = sorted(partitions)
+        self._consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{
+            "group.id": GROUP,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 50,
+        }))
+        start = start or {}
+        committed = {tp.partition: tp.offset for tp in self._consumer.committed(
+            [confluent_kafka.TopicPartition(self.topic, p) for p in self.partitions], timeout=10)}
+        assignment = []
+        for p in self.partitions:
+            # The checkpoint's offset wins; else the group's commit; else the beginning.
+            off = start.get(offset_key(self.topic, p), committed.get(p, -1001))
+            if off < 0:
+                off = confluent_kafka.OFFSET_BEGINNING
+            assignment.append(confluent_kafka.TopicPartition(self.topic, p, off))
+        self._consumer.assign(assignment)
+        self.invalid = 0
+
+    def poll(self, max_n: int, timeout_s: float) -> list[tuple[int, int, dict[str, Any]]]:
+        """Up to ``max_n`` examples, waiting at most ``timeout_s`` for the first."""
+        out: list[tuple[int, int, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < max_n:
+            remaining = deadline - time.monotonic()
+            msgs = self._consumer.consume(max_n - len(out), max(0.0, remaining))
+            for m in msgs:
+                if m.error():
+                    if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        continue
+                    raise BrokerError(f"examples consumer: {m.error().str()}")
+                try:
+                    out.append((m.partition(), m.offset(), orjson.loads(m.value())))
+                except orjson.JSONDecodeError:
+                    self.invalid += 1  # not ours to fix: the ingest agent writes this topic
+                    log.error("undecodable example at %s/%d/%d", self.topic, m.partition(),
+                              m.offset())
+            if not msgs or remaining <= 0:
+                break
+        return out
+
+    def commit(self, offsets: dict[str, int]) -> None:
+        tps = [confluent_kafka.TopicPartition(self.topic, p, offsets[offset_key(self.topic, p)])
+               for p in self.partitions if offset_key(self.topic, p) in offsets]
+        if tps:
+            try:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+            except confluent_kafka.KafkaException as exc:
+                log.warning("offset commit failed (the checkpoint still holds them): %s", exc)
+
+    def close(self) -> None:
+        self._consumer.close()

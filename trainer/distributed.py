@@ -94,7 +94,16 @@ def _export_key(key: str) -> str | None:
 
 
 def gather_full_state(dmp: nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | None:
-    """Collective: every rank calls it; rank 0 gets the unsharded StreamRecModel state_dict."""
+    """Collective: every rank calls it; rank 0 gets the unsharded StreamRecModel state_dict.
+
+    Replicated buffers (the dense normalisation's running statistics) are first broadcast from
+    rank 0: DDP syncs them only at the start of each training forward, after which every rank
+    updates them with its own batch. After this call every rank holds exactly the exported model.
+    """
+    with torch.no_grad():
+        for _, buf in dmp.named_buffers():
+            if not isinstance(buf, ShardedTensor):
+                dist.broadcast(buf, src=0)
     out: dict[str, torch.Tensor] = {}
     for key, value in dmp.state_dict().items():
         name = _export_key(key)

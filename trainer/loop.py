@@ -43,7 +43,8 @@ MODEL_NAME = "default"
 class TrainerState:
     version: int = 0
     step: int = 0
-    examples_seen: int = 0
+    examples_base: int = 0  # global examples_seen of the checkpoint resumed from
+    examples_seen: int = 0  # trained by this rank since start
     offsets: dict[str, int] = field(default_factory=dict)  # this rank's next offsets
     loss_sum: float = 0.0
     loss_n: int = 0
@@ -85,7 +86,7 @@ class ContinuousTrainer:
         D.load_full_state(self.dmp, state)
         self.state.version = manifest.version
         self.state.step = manifest.step
-        self.state.examples_seen = manifest.examples_seen
+        self.state.examples_base = manifest.examples_seen
         log.info("rank %d resumed from checkpoint v%d (step %d, %d examples)", self.info.rank,
                  manifest.version, manifest.step, manifest.examples_seen)
         return dict(manifest.offsets)
@@ -186,7 +187,7 @@ class ContinuousTrainer:
             }
             manifest = Manifest(
                 version=self.state.version + 1, created_at_ms=now_ms(), step=self.state.step,
-                examples_seen=int(totals[0]), offsets=offsets,
+                examples_seen=self.state.examples_base + int(totals[0]), offsets=offsets,
                 metrics={k: (None if isinstance(v, float) and math.isnan(v) else v)
                          for k, v in metrics.items()},  # type: ignore[misc]
                 spec_digest=self.spec.digest(),

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from deploy.embedded import free_port
+
+pytestmark = pytest.mark.distributed
+
+
+def torchrun(args: list[str], timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={free_port()}", *args],
+        capture_output=True, text=True, timeout=timeout_s,
+    )
+
+
+def test_export_scores_like_the_sharded_model(tmp_path: Path) -> None:
+    result = torchrun(["tests/distributed/export_check.py", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = orjson.loads((tmp_path / "result.json").read_bytes())
+    assert [r["rank"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["export_vs_sharded"] < 1e-6, r
+        assert r["reloaded_vs_sharded"] < 1e-6, r

@@ -1,0 +1,134 @@
+"""The continuous trainer on 2 gloo ranks, reading a real topic: publish, and kill -9 + resume."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.checkpoint import list_versions, read_manifest, version_dir
+from models.spec import DEFAULT_SPEC
+from streaming.producer import EventProducer
+from streaming.settings import Settings
+from tests.integration.helpers import consume_all
+
+pytestmark = [pytest.mark.distributed, pytest.mark.integration]
+
+
+def produce_examples(settings: Settings, n: int, seed: int = 0) -> None:
+    """Examples whose click label depends on two dense features (learnable signal)."""
+    rng = random.Random(seed)
+    with EventProducer(settings, topic=settings.topics.examples) as producer:
+        for k in range(n):
+            feats = {name: rng.gauss(0, 1) for name in DEFAULT_SPEC.dense}
+            click = int(feats["item_ctr"] + feats["user_category_affinity"] + rng.gauss(0, 0.5) > 1)
+            user = f"u{rng.randrange(500)}"
+            ex = {"example_id": f"x{k}", "user_id": user, "item_id": f"i{rng.randrange(800)}",
+                  "category": f"c{rng.randrange(20)}", "ts": 1_732_000_000_000 + k,
+                  "labels": {"click": click, "purchase": 0}, "sampled": False,
+                  "features": feats, "recent_items": [f"i{rng.randrange(800)}" for _ in range(3)],
+                  "trace": {}}
+            producer.send_raw(user.encode(), orjson.dumps(ex), topic=settings.topics.examples)
+
+
+def start_trainer(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(settings.to_env())
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "train", "--nproc", "2", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float = 180) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        out, _ = proc.communicate()
+        raise AssertionError("trainer did not finish:\n" + out[-3000:]) from None
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun's ranks are not in its group)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                kids = []
+            pids.extend(kids)
+            frontier.extend(kids)
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def offsets_total(manifest_offsets: dict[str, int]) -> int:
+    return sum(manifest_offsets.values())
+
+
+@pytest.fixture
+def train_settings(stack: Settings) -> Settings:
+    return stack.with_values({
+        "trainer.batch_size": "256", "trainer.batch_max_wait_ms": "200",
+        "trainer.publish_interval_s": "3600", "trainer.keep_checkpoints": "10",
+    })
+
+
+def test_two_ranks_train_from_a_topic_and_publish(train_settings: Settings) -> None:
+    settings = train_settings.with_values({"trainer.publish_every_steps": "5"})
+    produce_examples(settings, 6000)
+    out = finish(start_trainer(settings, "--max-steps", "20"))
+    summary = orjson.loads([ln for ln in out.splitlines() if ln.startswith('{"rank"')][-1])
+    assert summary["ranks"] == 2 and summary["steps"] == 20
+    root = Path(settings.trainer.checkpoint_dir)
+    versions = list_versions(root)
+    assert versions[-1] >= 4
+    m = read_manifest(version_dir(root, versions[-1]))
+    assert m.step == 20 and m.examples_seen == 20 * 256
+    # Offsets are exactly the examples trained: nothing skipped, nothing counted twice.
+    assert offsets_total(m.offsets) == m.examples_seen
+    assert set(m.offsets) == {f"{settings.topics.examples}:{p}" for p in range(4)}
+    assert m.metrics["prequential_auc"] > 0.6
+    updates = consume_all(settings, settings.topics.model_updates, len(versions))
+    announced = [orjson.loads(u.value()) for u in updates]
+    assert [a["version"] for a in announced] == versions
+    assert all(u.key() == b"default" for u in updates)
+    assert announced[-1]["path"] == str(version_dir(root, versions[-1]).resolve())
+
+
+def test_killed_trainer_resumes_from_its_checkpoint(train_settings: Settings) -> None:
+    settings = train_settings.with_values({"trainer.publish_every_steps": "3"})
+    produce_examples(settings, 8000, seed=1)
+    root = Path(settings.trainer.checkpoint_dir)
+    proc = start_trainer(settings)
+    deadline = time.monotonic() + 120
+    while len(list_versions(root)) < 2:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoints"
+        time.sleep(0.2)
+    kill_tree(proc.pid)  # the launcher and both ranks, no shutdown hooks
+    proc.communicate(timeout=30)
+    before = read_manifest(version_dir(root, list_versions(root)[-1]))
+    assert offsets_total(before.offsets) == before.examples_seen
+
+    finish(start_trainer(settings, "--duration", "30"))
+    after = read_manifest(version_dir(root, list_versions(root)[-1]))
+    assert after.version > before.version
+    assert after.examples_seen > before.examples_seen
+    # Resumed at the checkpoint's offsets: every example counted once, none skipped.
+    assert offsets_total(after.offsets) == after.examples_seen <= 8000
+    for key, off in before.offsets.items():
+        assert after.offsets[key] >= off

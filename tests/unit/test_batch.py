@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.batch import BatchBuilder, collision_rate, hash_ids
+from models.dlrm import StreamRecModel
+from models.spec import DEFAULT_SPEC, FeatureSpec, TableSpec
+
+
+def example(n: int, recent: list[str], category: str | None = "c1") -> dict:
+    return {"example_id": f"e{n}", "user_id": f"u{n}", "item_id": f"i{n}", "category": category,
+            "recent_items": recent, "labels": {"click": n % 2, "purchase": 0},
+            "features": {name: float(k + n) for k, name in enumerate(DEFAULT_SPEC.dense)}}
+
+
+def test_hash_is_stable_in_range_and_ignores_padding() -> None:
+    rows = hash_ids(["a", "abc", "a", "ü"], 1000)
+    assert rows.dtype == np.int64 and ((rows >= 0) & (rows < 1000)).all()
+    assert rows[0] == rows[2]
+    # Known FNV-1a 64 of "a" (0xaf63dc4c8601ec8c) mod 1000: independent of batch width.
+    assert rows[0] == 0xAF63DC4C8601EC8C % 1000
+    assert hash_ids(["a"], 1000)[0] == rows[0]
+
+
+def test_collision_rate_is_measured() -> None:
+    assert collision_rate([f"u{i}" for i in range(100)], 10**9) == 0.0
+    assert collision_rate(["a", "b", "c"], 1) == 1.0
+    rate = collision_rate([f"u{i}" for i in range(5000)], 100_003)
+    assert 0.02 < rate < 0.08  # ~ 1 - exp(-5000 / 100003)
+
+
+def test_batch_layout_matches_the_spec() -> None:
+    batch = BatchBuilder(DEFAULT_SPEC).build(
+        [example(0, ["i7", "i8"]), example(1, [], None), example(2, ["i9"])])
+    assert batch.dense.shape == (3, len(DEFAULT_SPEC.dense))
+    assert batch.dense[1, 0].item() == 1.0 and batch.dense[2, 3].item() == 5.0
+    kjt = batch.sparse
+    assert kjt.keys() == list(DEFAULT_SPEC.sparse)
+    per_key = kjt.to_dict()
+    assert per_key["recent_items"].lengths().tolist() == [2, 0, 1]
+    assert per_key["category"].lengths().tolist() == [1, 0, 1]
+    item_rows = hash_ids(["i7", "i8", "i9"], DEFAULT_SPEC.table_of("item_id").num_embeddings)
+    assert per_key["recent_items"].values().tolist() == item_rows.tolist()  # shared item table
+    assert batch.labels.tolist() == [0.0, 1.0, 0.0]
+    assert batch.example_ids == ["e0", "e1", "e2"]
+
+
+def test_model_scores_a_built_batch() -> None:
+    spec = FeatureSpec(tables=(TableSpec("t_user", 101, ("user_id",)),
+                               TableSpec("t_item", 101, ("item_id", "recent_items")),
+                               TableSpec("t_category", 11, ("category",))))
+    model = StreamRecModel(spec)
+    model.eval()
+    batch = BatchBuilder(spec).build([example(n, ["i1"]) for n in range(4)])
+    with torch.no_grad():
+        logits = model(batch.dense, batch.sparse)
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
+
+
+def test_spec_digest_changes_with_meaning() -> None:
+    other = FeatureSpec(embedding_dim=8, dense_arch=(64, 8))
+    assert DEFAULT_SPEC.digest() == FeatureSpec().digest() != other.digest()

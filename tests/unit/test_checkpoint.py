@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import (
+    Manifest,
+    latest_valid,
+    list_versions,
+    load_checkpoint,
+    version_dir,
+    write_checkpoint,
+)
+from streaming.errors import CheckpointError, CorruptCheckpoint
+
+
+def manifest(v: int) -> Manifest:
+    return Manifest(version=v, created_at_ms=1, step=v * 10, examples_seen=v * 100,
+                    offsets={"training-examples:0": v}, metrics={"prequential_auc": 0.7},
+                    spec_digest="abc")
+
+
+def test_write_load_roundtrip_and_keep_last_k(tmp_path: Path) -> None:
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    for v in range(1, 5):
+        write_checkpoint(tmp_path, state, manifest(v), keep=2)
+    assert list_versions(tmp_path) == [3, 4]
+    loaded_manifest, loaded = load_checkpoint(version_dir(tmp_path, 4), "abc")
+    assert loaded_manifest.step == 40 and loaded_manifest.files["model.pt"]
+    assert torch.equal(loaded["w"], state["w"])
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_existing_version_is_never_overwritten(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, {"w": torch.zeros(1)}, manifest(1), keep=3)
+    with pytest.raises(CheckpointError, match="already exists"):
+        write_checkpoint(tmp_path, {"w": torch.ones(1)}, manifest(1), keep=3)
+
+
+def test_corruption_is_rejected_with_a_clear_error(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, {"w": torch.zeros(4)}, manifest(1), keep=3)
+    data = bytearray((path / "model.pt").read_bytes())
+    data[-20] ^= 0xFF
+    (path / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint, match="sha256"):
+        load_checkpoint(path)
+    (path / "model.pt").unlink()
+    with pytest.raises(CorruptCheckpoint, match="missing"):
+        load_checkpoint(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(CorruptCheckpoint, match="manifest"):
+        load_checkpoint(path)
+
+
+def test_spec_mismatch_is_rejected(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, {"w": torch.zeros(1)}, manifest(1), keep=3)
+    with pytest.raises(CorruptCheckpoint, match="feature spec"):
+        load_checkpoint(path, "other")
+
+
+def test_latest_valid_skips_a_corrupt_newest_version(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, {"w": torch.zeros(1)}, manifest(1), keep=3)
+    newest = write_checkpoint(tmp_path, {"w": torch.ones(1)}, manifest(2), keep=3)
+    (newest / "model.pt").write_bytes(b"garbage")
+    found = latest_valid(tmp_path, "abc")
+    assert found is not None and found[0].version == 1
+
+
+def test_pickled_code_is_not_executed(tmp_path: Path) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (print, ("pwned",))
+
+    path = write_checkpoint(tmp_path, {"w": torch.zeros(1)}, manifest(1), keep=3)
+    # A forged checkpoint whose sha256 matches its (malicious) content.
+    (path / "model.pt").write_bytes(pickle.dumps(Evil()))
+    import hashlib
+
+    import orjson
+    doc = orjson.loads((path / "manifest.json").read_bytes())
+    doc["files"]["model.pt"] = hashlib.sha256((path / "model.pt").read_bytes()).hexdigest()
+    (path / "manifest.json").write_bytes(orjson.dumps(doc))
+    with pytest.raises(CorruptCheckpoint, match="does not load"):
+        load_checkpoint(path)

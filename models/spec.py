@@ -45,6 +45,10 @@ class FeatureSpec:
                 return t
         raise KeyError(feature)
 
+    def dense_schema(self) -> str:
+        """Digest of the dense names and order (matches streaming.features.dense_schema)."""
+        return hashlib.sha256(",".join(self.dense).encode()).hexdigest()[:8]
+
     def digest(self) -> str:
         """Stable hash of everything that changes the meaning of a checkpoint's tensors."""
         doc = {

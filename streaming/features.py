@@ -145,6 +145,13 @@ def dense_feature_names(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[str]:
     return names
 
 
+def dense_schema(cfg: FeatureConfig = DEFAULT_FEATURES) -> str:
+    """Short digest of the dense feature names and order; travels with every example."""
+    import hashlib
+
+    return hashlib.sha256(",".join(dense_feature_names(cfg)).encode()).hexdigest()[:8]
+
+
 def feature_values(
     user: StateFields,
     recent: Sequence[tuple[str, int]],

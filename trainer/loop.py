@@ -66,6 +66,8 @@ class ContinuousTrainer:
         self._seen_ids: OrderedDict[str, None] = OrderedDict()  # drops outbox duplicates
         self.duplicates = 0
         self.publish_seconds: list[float] = []
+        self.first_step_at: float | None = None  # perf_counter of the first step's start
+        self.last_step_at: float | None = None
         partitions = [p for p in range(settings.topics.examples_partitions)
                       if p % self.info.world == self.info.rank]
         start = self._resume()
@@ -127,6 +129,8 @@ class ContinuousTrainer:
                     and self.state.step % tc.publish_every_steps == 0 and self.state.loss_n)
 
     def train_step(self, n: int) -> float:
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
         taken = [self._buffer.popleft() for _ in range(n)]
         batch = self.builder.build([ex for _, _, ex in taken])
         self.dmp.train()
@@ -142,6 +146,7 @@ class ContinuousTrainer:
         self.state.step += 1
         self.state.examples_seen += n
         loss_value = loss.detach().item()
+        self.last_step_at = time.perf_counter()
         self.state.loss_sum += loss_value * n
         self.state.loss_n += n
         return loss_value

@@ -57,11 +57,17 @@ def run_trainer(settings: Settings, *, max_steps: int | None = None,
         trainer.close()
         D.shutdown()
     elapsed = time.monotonic() - started
+    span = (trainer.last_step_at or 0) - (trainer.first_step_at or 0)
+    # Every rank trains the same number of examples per step (see ContinuousTrainer._agree).
+    trained = trainer.state.examples_seen * info.world
     summary = {
         "rank": info.rank, "ranks": info.world, "steps": trainer.state.step,
         "examples_seen": trainer.state.examples_seen, "model_version": trainer.state.version,
         "duplicates_dropped": trainer.duplicates, "elapsed_s": round(elapsed, 2),
         "publish_s_max": round(max(trainer.publish_seconds, default=0.0), 3),
+        "publish_s_median": round(sorted(trainer.publish_seconds)[len(trainer.publish_seconds) // 2]
+                                  if trainer.publish_seconds else 0.0, 3),
+        "examples_per_s": round(trained / span, 1) if span > 0 else 0.0,
         "metrics": trainer.metrics.summary(),
     }
     if info.rank == 0:

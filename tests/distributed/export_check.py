@@ -33,7 +33,7 @@ def examples(seed: int, n: int = 64) -> list[dict]:
         out.append({"example_id": f"{seed}-{k}", "user_id": f"u{u}", "item_id": f"i{i}",
                     "category": f"c{i % 7}", "recent_items": [f"i{(i + d) % 300}" for d in range(k % 4)],
                     "labels": {"click": int(dense[0] > 0.5), "purchase": 0},
-                    "features": dict(zip(SPEC.dense, dense, strict=True))})
+                    "dense_schema": SPEC.dense_schema(), "dense": dense})
     return out
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,29 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from benchmarks.examples_gen import produce_examples
 from models.checkpoint import list_versions, read_manifest, version_dir
-from models.spec import DEFAULT_SPEC
-from streaming.producer import EventProducer
 from streaming.settings import Settings
 from tests.integration.helpers import consume_all
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
-
-
-def produce_examples(settings: Settings, n: int, seed: int = 0) -> None:
-    """Examples whose click label depends on two dense features (learnable signal)."""
-    rng = random.Random(seed)
-    with EventProducer(settings, topic=settings.topics.examples) as producer:
-        for k in range(n):
-            feats = {name: rng.gauss(0, 1) for name in DEFAULT_SPEC.dense}
-            click = int(feats["item_ctr"] + feats["user_category_affinity"] + rng.gauss(0, 0.5) > 1)
-            user = f"u{rng.randrange(500)}"
-            ex = {"example_id": f"x{k}", "user_id": user, "item_id": f"i{rng.randrange(800)}",
-                  "category": f"c{rng.randrange(20)}", "ts": 1_732_000_000_000 + k,
-                  "labels": {"click": click, "purchase": 0}, "sampled": False,
-                  "features": feats, "recent_items": [f"i{rng.randrange(800)}" for _ in range(3)],
-                  "trace": {}}
-            producer.send_raw(user.encode(), orjson.dumps(ex), topic=settings.topics.examples)
 
 
 def start_trainer(settings: Settings, *args: str) -> subprocess.Popen[str]:

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from streaming.agents.ingest import processor_config
 from streaming.events import Event
+from streaming.labels import example_features
 from streaming.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason
 from streaming.producer import EventProducer
 from streaming.redis_client import client_kwargs
@@ -127,6 +128,8 @@ def test_window_edges_reach_the_examples_topic(harness: Harness) -> None:
     harness.feed([e(9, "view", T0 + 10 * W, item="z")])  # moves the watermark past all windows
     msgs = consume_all(harness.settings, harness.settings.topics.examples, 4)
     got = {orjson.loads(m.value())["example_id"]: orjson.loads(m.value()) for m in msgs}
+    for doc in got.values():
+        doc["features"] = example_features(doc)
     assert {k: (v["labels"]["click"], v["labels"]["purchase"]) for k, v in got.items()} == {
         "e1": (1, 0), "e3": (0, 0), "e5": (1, 1), "e8": (1, 0)}
     assert all(m.key() == b"u1" for m in msgs)

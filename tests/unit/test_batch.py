@@ -11,15 +11,20 @@ from models.spec import DEFAULT_SPEC, FeatureSpec, TableSpec
 def example(n: int, recent: list[str], category: str | None = "c1") -> dict:
     return {"example_id": f"e{n}", "user_id": f"u{n}", "item_id": f"i{n}", "category": category,
             "recent_items": recent, "labels": {"click": n % 2, "purchase": 0},
-            "features": {name: float(k + n) for k, name in enumerate(DEFAULT_SPEC.dense)}}
+            "dense_schema": DEFAULT_SPEC.dense_schema(),
+            "dense": [float(k + n) for k in range(len(DEFAULT_SPEC.dense))]}
 
 
 def test_hash_is_stable_in_range_and_ignores_padding() -> None:
     rows = hash_ids(["a", "abc", "a", "ü"], 1000)
     assert rows.dtype == np.int64 and ((rows >= 0) & (rows < 1000)).all()
     assert rows[0] == rows[2]
-    # Known FNV-1a 64 of "a" (0xaf63dc4c8601ec8c) mod 1000: independent of batch width.
-    assert rows[0] == 0xAF63DC4C8601EC8C % 1000
+    # FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c; then murmur3's fmix64; independent of batch width.
+    h, m = 0xAF63DC4C8601EC8C, (1 << 64) - 1
+    for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        h = ((h ^ (h >> 33)) * mult) & m
+    h ^= h >> 33
+    assert rows[0] == h % 1000
     assert hash_ids(["a"], 1000)[0] == rows[0]
 
 
@@ -56,6 +61,16 @@ def test_model_scores_a_built_batch() -> None:
     with torch.no_grad():
         logits = model(batch.dense, batch.sparse)
     assert logits.shape == (4,) and torch.isfinite(logits).all()
+
+
+def test_schema_mismatch_is_refused() -> None:
+    import pytest
+
+    from streaming.errors import StreamrecError
+
+    bad = {**example(0, []), "dense_schema": "deadbeef"}
+    with pytest.raises(StreamrecError, match="dense schema"):
+        BatchBuilder(DEFAULT_SPEC).build([bad])
 
 
 def test_spec_digest_changes_with_meaning() -> None:

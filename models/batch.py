@@ -2,8 +2,9 @@
 
 Columnar: ids of a whole batch are hashed with vectorised 64-bit FNV-1a over a ``B x L`` byte
 matrix (numpy), then mixed with murmur3's 64-bit finaliser (FNV alone spreads short, similar
-ids such as ``u1``..``u2000`` poorly), never one id at a time in Python. Every id maps into its table's range; there is
-no "unknown id = row 0": collisions are the price, and :func:`collision_rate` measures them.
+ids such as ``u1``..``u2000`` poorly), never one id at a time in Python. Every id maps into its
+table's range; there is no "unknown id = row 0": collisions are the price, and
+:func:`collision_rate` measures them.
 """
 
 from __future__ import annotations

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a stream-processing worker (Faust)")
     _global_options(worker)
 
+    score = sub.add_parser("score", help="run a scorer worker (keeps users' feeds fresh)")
+    score.add_argument("--debounce-ms", type=int, default=200, help="coalesce a user's events")
+    _global_options(score)
+
     train = sub.add_parser("train", help="run the continuous trainer (sharded DLRM)")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="ranks on this machine (launched with torchrun); default 1")
@@ -215,6 +219,16 @@ def cmd_worker(args: argparse.Namespace, settings: Any) -> int:
     return run_worker(with_running_endpoints(settings))
 
 
+def cmd_score(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.embedded import with_running_endpoints
+    from streaming.scorer_worker import ScorerConfig, ScorerWorker
+
+    worker = ScorerWorker(with_running_endpoints(settings), ScorerConfig(debounce_ms=args.debounce_ms))
+    with stop_on_signals() as stop:
+        worker.run(stop)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     import os
 
@@ -278,7 +292,7 @@ def cmd_config(args: argparse.Namespace, settings: Any) -> int:
 
 
 COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "worker": cmd_worker,
-            "bench": cmd_bench, "train": cmd_train,
+            "bench": cmd_bench, "train": cmd_train, "score": cmd_score,
             "topics": cmd_topics,
             "config": cmd_config}
 

@@ -20,6 +20,7 @@ from typing import Any
 import confluent_kafka
 
 from deploy.embedded import EmbeddedRuntime, ManagedProcess, remove_endpoints, write_endpoints
+from models.checkpoint import list_versions, read_manifest, version_dir
 from streaming.emit import EmitReport, emit_records
 from streaming.kafka import KafkaAdmin, client_config, topic_specs
 from streaming.producer import EventProducer
@@ -94,6 +95,40 @@ class ArrivalMonitor:
         self._consumer.close()
 
 
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+def consumer_lag(settings: Settings) -> dict[str, int]:
+    """Max lag (messages) per consumer group over its topic's partitions, clamped at 0.
+    A first version for the summary; the lag monitor (observability) refines it."""
+    groups = {"streamrec-ingest": settings.topics.events,
+              "streamrec-scorer": settings.topics.events,
+              "streamrec-trainer": settings.topics.examples}
+    out: dict[str, int] = {}
+    for group, topic in groups.items():
+        consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{
+            "group.id": group, "enable.auto.commit": False}))
+        try:
+            md = consumer.list_topics(topic, timeout=10)
+            tps = [confluent_kafka.TopicPartition(topic, p) for p in md.topics[topic].partitions]
+            worst = 0
+            for tp in consumer.committed(tps, timeout=10):
+                _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                if tp.offset >= 0:
+                    worst = max(worst, high - tp.offset)
+                elif high > 0:
+                    worst = max(worst, high)
+            out[group] = worst
+        except confluent_kafka.KafkaException as exc:
+            log.warning("lag of %s unavailable: %s", group, exc)
+        finally:
+            consumer.close()
+    return out
+
+
 def _source(settings: Settings, opts: UpOptions) -> Iterable[tuple[str, Any]]:
     if opts.replay is not None:
         return read_records(opts.replay)
@@ -124,15 +159,20 @@ def run_up(
         say(f"redis  {settings.redis.url}")
         say(f"logs   {runtime.run_dir}")
 
-        for n in range(opts.workers):
-            worker = _component(settings, runtime.run_dir, f"worker-{n}", "worker")
-            worker.start()
-            runtime.processes.append(worker)  # stopped (before the broker) with the runtime
+        components = [(f"worker-{n}", ["worker"]) for n in range(opts.workers)]
+        components += [("trainer", ["train"]), ("scorer", ["score"])]
+        for name, args in components:
+            proc = _component(settings, runtime.run_dir, name, *args)
+            proc.start()
+            runtime.processes.append(proc)  # stopped (before the broker) with the runtime
         redis_client = connect(settings.redis)
         partitions = range(settings.topics.events_partitions)
 
         def stats() -> dict[str, int]:
-            return read_stats(redis_client, settings.redis.key_prefix, partitions)
+            out = read_stats(redis_client, settings.redis.key_prefix, partitions)
+            scorer = redis_client.hgetall(f"{settings.redis.key_prefix}scorer:stats")
+            out.update({f"scorer_{k.decode()}": int(v) for k, v in scorer.items()})
+            return out
 
         monitor = ArrivalMonitor(settings, settings.topics.events)
         monitor.start()
@@ -164,7 +204,8 @@ def run_up(
             say(f"[{now - started:6.1f}s] emitted {producer.stats.sent:>8}  "
                 f"arrived {arrived:>8} ({(arrived - last_arrived) / (now - last_print):.0f}/s)  "
                 f"processed {st.get('processed', 0):>8}  dlq {st.get('invalid', 0):>5}  "
-                f"examples {st.get('examples', 0):>7}")
+                f"examples {st.get('examples', 0):>7}  model v{st.get('scorer_model_version', '-')}  "
+                f"feeds {st.get('scorer_feeds_written', 0):>7}")
             last_print, last_arrived = now, arrived
             if (deadline is not None and now >= deadline) or not source.is_alive():
                 break
@@ -181,7 +222,13 @@ def run_up(
             time.sleep(0.1)
         monitor.stop()
         st = stats()
+        fresh = sorted(float(x) for x in redis_client.lrange(
+            f"{settings.redis.key_prefix}scorer:fresh", 0, -1))
         redis_client.close()
+        checkpoints = list_versions(Path(settings.trainer.checkpoint_dir))
+        train_steps = (read_manifest(version_dir(Path(settings.trainer.checkpoint_dir),
+                                                 checkpoints[-1])).step if checkpoints else 0)
+        lag = consumer_lag(settings)
         emit_report = result.get("report", EmitReport())
         return {
             "emitted": emit_report.emitted,
@@ -192,6 +239,13 @@ def run_up(
             "dead_lettered": st.get("invalid", 0),
             "duplicates": st.get("duplicate", 0),
             "examples": st.get("examples", 0),
+            "train_steps": train_steps,
+            "checkpoints": len(checkpoints),
+            "model_version": st.get("scorer_model_version"),
+            "feeds_written": st.get("scorer_feeds_written", 0),
+            "freshness_ms": {"p50": _pct(fresh, 50), "p99": _pct(fresh, 99), "n": len(fresh)},
+            "lag_max": max(lag.values(), default=0),
+            "lag": lag,
             "duration_s": round(time.monotonic() - started, 2),
         }
     finally:

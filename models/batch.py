@@ -72,7 +72,6 @@ class ExampleBatch:
 class BatchBuilder:
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
-        self._dense_getter = operator.itemgetter(*spec.dense)
         self.schema = spec.dense_schema()
 
     def build(self, examples: Sequence[Mapping[str, Any]]) -> ExampleBatch:
@@ -98,15 +97,16 @@ class BatchBuilder:
 
     def build_for_scoring(
         self,
-        dense_rows: Sequence[Mapping[str, float]],
+        dense: np.ndarray,
         user_id: str,
         items: Sequence[str],
         categories: Sequence[str | None],
         recent: Sequence[str],
     ) -> ExampleBatch:
-        """One user against many candidate items (the scorer's shape)."""
+        """One user against many candidate items (the scorer's shape); ``dense`` is
+        ``streaming.features.feature_matrix`` (``N x D``)."""
         n = len(items)
-        dense = np.array(list(map(self._dense_getter, dense_rows)), dtype=np.float32)
+        dense = np.asarray(dense, dtype=np.float32)
         return self._assemble(dense.reshape(n, len(self.spec.dense)), [user_id] * n, list(items),
                               list(categories), [list(recent)] * n, np.zeros(n, np.float32),
                               np.zeros(n, np.float32), list(items))

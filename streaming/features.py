@@ -18,20 +18,24 @@ Redis keys (``P`` = key prefix; ``{type}`` in view/click/purchase; ``{h}`` a hal
                       weighted view 1, click 3, purchase 10)
 ``P ur:<user>`` list  newest-first ``item\\x1fts`` of the last ``recent_items`` events
 ``P i:<item>``  hash  ``{type}.t``, ``{type}.{h}`` decayed popularity, ``n.{type}`` raw counts,
-                      ``first`` first-seen ms, ``cat`` category
+                      ``first`` first-seen ms, ``cat`` category, ``price`` last seen price
 ``P cv:<item>`` zset  co-visited item -> count (same user within ``covisit_window_ms``), top-K:
                       trimmed back to K when it reaches 2K members. Which members survive a
                       trim depends on the order increments arrive in (an approximation, as any
                       bounded top-K); below 2K members the counts are exact.
 ``P pop``       zset  item -> raw interaction count (negative sampling, popular fallback)
+``P ci:<cat>``  zset  item -> interaction count within the category (top-K), for candidates
+``P new``       zset  item -> first-seen time (ms), the newest ``new_items_kept`` items
+``P ub:<user>`` zset  purchased item -> time (ms), the newest ``purchased_kept``
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 EVENT_TYPES = ("view", "click", "purchase")
 SEP = "\x1f"  # separator inside list entries and composite hash fields; not allowed in ids
@@ -44,6 +48,9 @@ class FeatureConfig:
     recent_items: int = 20
     covisit_window_ms: int = 30 * 60 * 1000
     covisit_recent: int = 5  # pair an event with this many of the user's latest items
+    category_top_k: int = 500  # items kept per category index (trimmed at 2K back to K)
+    new_items_kept: int = 1_000  # newest first-seen items kept
+    purchased_kept: int = 200  # per user, newest purchases (excluded from feeds)
     covisit_top_k: int = 50
     ctr_prior: float = 0.05  # smoothed CTR = (clicks + a * prior) / (views + a)
     cvr_prior: float = 0.1
@@ -152,6 +159,77 @@ def dense_schema(cfg: FeatureConfig = DEFAULT_FEATURES) -> str:
     return hashlib.sha256(",".join(dense_feature_names(cfg)).encode()).hexdigest()[:8]
 
 
+def feature_rows(
+    users: Sequence[StateFields],
+    recent_counts: Sequence[int],
+    items: Sequence[StateFields],
+    categories: Sequence[str | None],
+    prices: Sequence[float | None],
+    at_ms: Sequence[int] | int,
+    cfg: FeatureConfig = DEFAULT_FEATURES,
+) -> np.ndarray:
+    """Dense model inputs, ``N x D`` float64 in :func:`dense_feature_names` order; row ``k`` is
+    user ``users[k]`` (with ``recent_counts[k]`` recent items) against ``items[k]`` as of
+    ``at_ms[k]``. Counts and times (s) are ``log1p``-compressed, rates in [0, 1], absent
+    times -1. The one implementation behind training examples (the ingest agent computes a
+    batch's snapshots in one call) and serving (the scorer, one user x hundreds of items)."""
+    n = len(items)
+    at = np.broadcast_to(np.asarray(at_ms, dtype=np.float64), (n,))
+    out = np.empty((n, len(dense_feature_names(cfg))), dtype=np.float64)
+
+    def column(rows: Sequence[StateFields], name: str, default: float = np.nan) -> np.ndarray:
+        return np.fromiter((r.get(name, default) for r in rows), np.float64, n)
+
+    def decayed(value: np.ndarray, ref: np.ndarray, h: int) -> np.ndarray:
+        elapsed = np.maximum(at - ref, 0.0)  # never grows into the past
+        return np.where(np.isnan(ref), 0.0, value * np.exp2(-elapsed / h))
+
+    col = 0
+    for t in EVENT_TYPES:
+        ref = column(users, f"{t}.t")
+        for label, h in cfg.half_lives_ms:
+            out[:, col] = np.log1p(decayed(column(users, f"{t}.{label}", 0.0), ref, h))
+            col += 1
+    last = column(users, "last")
+    out[:, col] = np.where(np.isnan(last), -1.0, np.log1p(np.maximum(0.0, at - last) / 1000))
+    cats = [c or it.get("cat") for c, it in zip(categories, items, strict=True)]
+    aff_ref = np.fromiter((u.get(f"c.{c}.t", np.nan) if c else np.nan
+                           for u, c in zip(users, cats, strict=True)), np.float64, n)
+    aff = np.fromiter((u.get(f"c.{c}.a", 0.0) if c else 0.0
+                       for u, c in zip(users, cats, strict=True)), np.float64, n)
+    out[:, col + 1] = np.log1p(decayed(aff, aff_ref, cfg.affinity_half_life_ms))
+    out[:, col + 2] = np.asarray(recent_counts, dtype=np.float64)
+    col += 3
+    for t in EVENT_TYPES:
+        ref = column(items, f"{t}.t")
+        for label, h in cfg.half_lives_ms:
+            out[:, col] = np.log1p(decayed(column(items, f"{t}.{label}", 0.0), ref, h))
+            col += 1
+    views, clicks, buys = (column(items, f"n.{t}", 0.0) for t in EVENT_TYPES)
+    a = cfg.smoothing
+    out[:, col] = (clicks + a * cfg.ctr_prior) / (views + a)
+    out[:, col + 1] = (buys + a * cfg.cvr_prior) / (clicks + a)
+    first = column(items, "first")
+    out[:, col + 2] = np.where(np.isnan(first), -1.0, np.log1p(np.maximum(0.0, at - first) / 1000))
+    price = np.fromiter((p if p is not None and p >= 0 else np.nan for p in prices), np.float64, n)
+    out[:, col + 3] = np.where(np.isnan(price), -1.0, np.log1p(np.nan_to_num(price)))
+    return out
+
+
+def feature_matrix(
+    user: StateFields,
+    recent: Sequence[tuple[str, int]],
+    items: Sequence[StateFields],
+    categories: Sequence[str | None],
+    prices: Sequence[float | None],
+    at_ms: int,
+    cfg: FeatureConfig = DEFAULT_FEATURES,
+) -> np.ndarray:
+    """One user against ``N`` items (the scorer's shape): :func:`feature_rows`."""
+    n = len(items)
+    return feature_rows([user] * n, [len(recent)] * n, items, categories, prices, at_ms, cfg)
+
+
 def feature_values(
     user: StateFields,
     recent: Sequence[tuple[str, int]],
@@ -161,30 +239,6 @@ def feature_values(
     at_ms: int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
 ) -> dict[str, float]:
-    """Dense model inputs for (user, item) as of ``at_ms`` from raw state. Values are
-    ``log1p``-compressed counts and times (s), and rates in [0, 1]; all finite."""
-    out: dict[str, float] = {}
-    for t in EVENT_TYPES:
-        for label, h in cfg.half_lives_ms:
-            out[f"user_{t}_{label}"] = math.log1p(decayed_value(user, t, label, h, at_ms))
-    last = _i(user, "last")
-    out["user_recency_s"] = math.log1p(max(0, at_ms - last) / 1000) if last is not None else -1.0
-    cat = category or item.get("cat")
-    affinity = 0.0
-    if cat:
-        ref = _i(user, f"c.{cat}.t")
-        if ref is not None:
-            affinity = decay(_f(user, f"c.{cat}.a"), ref, at_ms, cfg.affinity_half_life_ms)
-    out["user_category_affinity"] = math.log1p(affinity)
-    out["user_recent_count"] = float(len(recent))
-    for t in EVENT_TYPES:
-        for label, h in cfg.half_lives_ms:
-            out[f"item_{t}_{label}"] = math.log1p(decayed_value(item, t, label, h, at_ms))
-    views, clicks, buys = (_f(item, f"n.{t}") for t in EVENT_TYPES)
-    a = cfg.smoothing
-    out["item_ctr"] = (clicks + a * cfg.ctr_prior) / (views + a)
-    out["item_cvr"] = (buys + a * cfg.cvr_prior) / (clicks + a)
-    first = _i(item, "first")
-    out["item_age_s"] = math.log1p(max(0, at_ms - first) / 1000) if first is not None else -1.0
-    out["price"] = math.log1p(price) if price is not None and price >= 0 else -1.0
-    return out
+    """:func:`feature_rows` for one (user, item), by name."""
+    row = feature_rows([user], [len(recent)], [item], [category], [price], at_ms, cfg)[0]
+    return dict(zip(dense_feature_names(cfg), row.tolist(), strict=True))

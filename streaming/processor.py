@@ -32,7 +32,8 @@ from streaming.features import (
     SEP,
     EntityState,
     FeatureConfig,
-    feature_values,
+    dense_feature_names,
+    feature_rows,
     parse_recent,
 )
 from streaming.labels import (
@@ -210,6 +211,11 @@ def plan_batch(
     seen = set(reads.seen)
     hl_args = [x for label, h in fc.half_lives_ms for x in (label, h)]
     examples: list[Example] = []
+    # Model inputs are snapshotted during the walk (copies of the state before the event's own
+    # update) and computed for the whole batch at the end, in one vectorised call.
+    snap_rows: list[tuple[dict[str, Any], int, dict[str, Any], str | None, float | None, int]] = []
+    snap_exposures: list[tuple[Exposure, int]] = []
+    snap_examples: list[tuple[dict[str, Any], int]] = []  # Example fields except features
 
     for msg, ev in fresh:
         counts["processed"] += 1
@@ -232,29 +238,36 @@ def plan_batch(
 
         def snapshot(item_state: EntityState, cat: str | None, price: float | None,
                      ev: Event = ev, user: EntityState = user,
-                     user_recent: list[tuple[str, int]] = user_recent) -> dict[str, float]:
-            return feature_values(user.fields, user_recent, item_state.fields, cat, price,
-                                  ev.ts, fc)
+                     user_recent: list[tuple[str, int]] = user_recent) -> int:
+            snap_rows.append((dict(user.fields), len(user_recent), dict(item_state.fields), cat,
+                              price, ev.ts))
+            return len(snap_rows) - 1
 
         recent_ids = [i for i, _ in user_recent]
         if ev.event_type == "view" and lc.mode == "exposure":
-            on_view(join, Exposure(ev.event_id, ev.user_id, ev.item_id, ev.ts, category,
-                                   snapshot(item, category, ev.price), recent_ids, msg.offset), lc)
+            exposure = Exposure(ev.event_id, ev.user_id, ev.item_id, ev.ts, category, {},
+                                recent_ids, msg.offset)
+            snap_exposures.append((exposure, snapshot(item, category, ev.price)))
+            on_view(join, exposure, lc)
         elif ev.event_type != "view":
             if lc.mode == "exposure":
                 on_followup(join, ev, lc, counts)
             else:
                 trace = {"event_ts": ev.ts, "closed_ms": now_ms, "offset": msg.offset}
-                examples.append(Example(
-                    ev.event_id, ev.user_id, ev.item_id, category, ev.ts, 1,
-                    int(ev.event_type == "purchase"), False, snapshot(item, category, ev.price),
-                    recent_ids, trace))
+                common = {"user_id": ev.user_id, "ts": ev.ts, "recent": recent_ids,
+                          "trace": trace}
+                snap_examples.append(({**common, "example_id": ev.event_id,
+                                       "item_id": ev.item_id, "category": category, "click": 1,
+                                       "purchase": int(ev.event_type == "purchase"),
+                                       "sampled": False},
+                                      snapshot(item, category, ev.price)))
                 for k, neg in enumerate(negatives.get(ev.event_id, ())):
                     neg_state = items.get(neg, EntityState())
                     neg_cat = neg_state.fields.get("cat")
-                    examples.append(Example(
-                        f"{ev.event_id}:n{k}", ev.user_id, neg, neg_cat, ev.ts, 0, 0, True,
-                        snapshot(neg_state, neg_cat, None), recent_ids, trace))
+                    snap_examples.append(({**common, "example_id": f"{ev.event_id}:n{k}",
+                                           "item_id": neg, "category": neg_cat, "click": 0,
+                                           "purchase": 0, "sampled": True},
+                                          snapshot(neg_state, neg_cat, None)))
 
         # Feature updates: in memory (for later snapshots in this batch) and as ops.
         weight = EVENT_WEIGHT[ev.event_type]
@@ -271,11 +284,21 @@ def plan_batch(
         if ev.category:
             item.fields["cat"] = ev.category
             ops.append(["hset", store.k_item(ev.item_id), "cat", ev.category])
+        if ev.price is not None:  # the item's last seen price, for serving-time features
+            item.fields["price"] = ev.price
+            ops.append(["hset", store.k_item(ev.item_id), "price", repr(ev.price)])
         item.incr(f"n.{ev.event_type}")
         ops.append(["hincr", store.k_item(ev.item_id), f"n.{ev.event_type}", 1])
         item.set_min("first", ev.ts)
         ops.append(["hmin", store.k_item(ev.item_id), "first", ev.ts])
         ops.append(["zincr", store.k_popular(), ev.item_id, 1, 0])
+        if category:
+            ops.append(["zincr", store.k_category_items(category), ev.item_id, 1,
+                        fc.category_top_k])
+        ops.append(["zadd_nx", store.k_new_items(), ev.item_id, ev.ts, fc.new_items_kept])
+        if ev.event_type == "purchase":
+            ops.append(["zadd", store.k_purchased(ev.user_id), ev.item_id, ev.ts])
+            ops.append(["ztrim", store.k_purchased(ev.user_id), fc.purchased_kept])
         for other, other_ts in user_recent[:fc.covisit_recent]:
             if other != ev.item_id and abs(ev.ts - other_ts) <= fc.covisit_window_ms:
                 ops.append(["zincr", store.k_covisit(other), ev.item_id, 1, fc.covisit_top_k])
@@ -285,6 +308,14 @@ def plan_batch(
         ops.append(["lpush_trim", store.k_recent(ev.user_id), f"{ev.item_id}{SEP}{ev.ts}",
                     fc.recent_items])
 
+    if snap_rows:
+        matrix = feature_rows(*zip(*snap_rows, strict=True), cfg=fc)  # type: ignore[misc]
+        names = dense_feature_names(fc)
+        rows = [dict(zip(names, r, strict=True)) for r in matrix.tolist()]
+        for exposure, idx in snap_exposures:
+            exposure.features = rows[idx]
+        for fields, idx in snap_examples:
+            examples.append(Example(features=rows[idx], **fields))
     if lc.mode == "exposure":
         examples.extend(close_due(join, lc, now_ms))
     for key in sorted(join.changed_pairs):

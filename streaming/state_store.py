@@ -89,6 +89,11 @@ for _, op in ipairs(ops) do
     end
   elseif name == 'zadd' then
     redis.call('ZADD', op[2], op[4], op[3])
+  elseif name == 'zadd_nx' then
+    -- first sighting only (score = first event time); keep the newest op[5] members
+    if redis.call('ZADD', op[2], 'NX', op[4], op[3]) == 1 and redis.call('ZCARD', op[2]) > op[5] then
+      redis.call('ZREMRANGEBYRANK', op[2], 0, -(op[5] + 1))
+    end
   elseif name == 'zrem' then
     redis.call('ZREM', op[2], op[3])
   elseif name == 'ztrim' then
@@ -261,6 +266,15 @@ class StateStore:
 
     def k_popular(self) -> str:
         return f"{self.p}pop"
+
+    def k_category_items(self, category: str) -> str:
+        return f"{self.p}ci:{category}"
+
+    def k_new_items(self) -> str:
+        return f"{self.p}new"
+
+    def k_purchased(self, user: str) -> str:
+        return f"{self.p}ub:{user}"
 
     def k_part(self, name: str, partition: int) -> str:
         if name in ("wm", "mt"):

@@ -117,7 +117,9 @@ class ContinuousTrainer:
         t = torch.tensor([len(self._buffer), -int(stop), -int(due)], dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         cap = max(1, self.settings.trainer.batch_size // self.info.world)
-        return min(int(t[0]), cap), bool(t[1] < 0), bool(t[2] < 0)
+        n = min(int(t[0]), cap)
+        # Batch statistics (the dense normalisation) need at least 2 examples per rank.
+        return (n if n >= 2 else 0), bool(t[1] < 0), bool(t[2] < 0)
 
     def _publish_due(self) -> bool:
         tc = self.settings.trainer

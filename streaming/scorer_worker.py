@@ -1,0 +1,180 @@
+"""``streamrec score``: keeps users' feeds fresh.
+
+Triggers:
+
+- a user's own events: the scorer consumes ``events`` in the consumer group ``streamrec-scorer``
+  (so scorers scale out by user partition). Users are coalesced for ``debounce_ms``. A user is
+  re-scored once the ingest worker has applied the event (the user's ``last`` time in Redis has
+  reached it), or after ``max_wait_ms`` regardless.
+- a new model version on ``model-updates``: loaded in the background, verified, swapped in; then
+  the users active in the last ``active_window_s`` are re-scored, most recently active first.
+- the popular-items fallback feed is refreshed every ``popular_every_s``.
+
+Counters go to ``P scorer:stats`` (``feeds_written``, ``model_loads``, ``model_load_failures``,
+``model_version``). Event-to-feed latencies (ms) go to ``P scorer:fresh`` (the last 20,000).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import confluent_kafka
+import orjson
+
+from streaming.errors import StreamrecError
+from streaming.feeds import FeedStore
+from streaming.kafka import client_config
+from streaming.redis_client import connect
+from streaming.scorer import FeedRanker, ModelHolder
+from streaming.settings import Settings
+
+log = logging.getLogger(__name__)
+GROUP = "streamrec-scorer"
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerConfig:
+    debounce_ms: int = 200
+    max_wait_ms: int = 10_000
+    active_window_s: float = 900.0
+    popular_every_s: float = 10.0
+    feed_size: int = 50
+    candidates: int = 500
+    feed_ttl_s: float = 86_400.0
+
+
+class ScorerWorker:
+    def __init__(self, settings: Settings, cfg: ScorerConfig | None = None) -> None:
+        self.settings = settings
+        self.cfg = cfg = cfg or ScorerConfig()
+        self.client = connect(settings.redis)
+        self.p = settings.redis.key_prefix
+        self.holder = ModelHolder()
+        self.ranker = FeedRanker(self.client, self.p, self.holder, feed_size=cfg.feed_size,
+                                 candidates=cfg.candidates)
+        self.feeds = FeedStore(self.client, self.p, ttl_s=cfg.feed_ttl_s)
+        self.pending: dict[str, tuple[int, float]] = {}  # user -> (event ts, first seen, monotonic)
+        self.active: dict[str, float] = {}  # user -> last event (wall s)
+        self._lock = threading.Lock()
+        self.feeds_written = 0
+
+    # -- model updates ----------------------------------------------------------------------
+    def _follow_models(self, stop: threading.Event) -> None:
+        consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
+            "group.id": f"{GROUP}-models", "enable.auto.commit": False}))
+        topic = self.settings.topics.model_updates
+        consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+        try:
+            while not stop.is_set():
+                newest = None
+                for msg in consumer.consume(100, 0.5):
+                    if msg.error():
+                        continue
+                    try:
+                        doc = orjson.loads(msg.value())
+                        if newest is None or doc["version"] > newest["version"]:
+                            newest = doc
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        log.error("unreadable model announcement at offset %d", msg.offset())
+                if newest is not None and self.holder.load(newest["path"], newest["version"]):
+                    self.client.hset(f"{self.p}scorer:stats", mapping={
+                        "model_version": newest["version"], "model_loads": self.holder.loads})
+                    self._rescore_active()
+                elif newest is not None and self.holder.failures:
+                    self.client.hset(f"{self.p}scorer:stats",
+                                     "model_load_failures", self.holder.failures)
+        finally:
+            consumer.close()
+
+    def _rescore_active(self) -> None:
+        horizon = time.time() - self.cfg.active_window_s
+        with self._lock:
+            users = sorted(((t, u) for u, t in self.active.items() if t >= horizon), reverse=True)
+            now = time.monotonic()
+            for _, u in users:
+                self.pending.setdefault(u, (0, now))
+
+    # -- feeds ------------------------------------------------------------------------------
+    def _refresh(self, budget_s: float, stop: threading.Event) -> None:
+        """Re-score pending users, most recently active first, for at most ``budget_s``: the
+        loop goes back to consuming (and to the stop flag) between cycles."""
+        with self._lock:
+            batch = sorted(self.pending.items(), key=lambda kv: -self.active.get(kv[0], 0.0))
+        now_mono = time.monotonic()
+        for user, (event_ts, since) in batch:
+            if stop.is_set() or time.monotonic() - now_mono > budget_s:
+                break
+            try:
+                feed = self.ranker.rank(user)
+            except StreamrecError as exc:
+                log.warning("scoring %s failed: %s", user, exc)
+                continue
+            applied = feed is not None and (feed.source_event_ts_ms or 0) >= event_ts
+            waited = (now_mono - since) * 1000 >= self.cfg.max_wait_ms
+            if not applied and not waited:
+                continue  # the ingest worker has not applied the user's event yet
+            with self._lock:
+                if self.pending.get(user, (None,))[0] == event_ts:
+                    del self.pending[user]
+            if feed is None:
+                continue
+            self.feeds.write(feed)
+            self.feeds_written += 1
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hincrby(f"{self.p}scorer:stats", "feeds_written", 1)
+                if event_ts:
+                    pipe.lpush(f"{self.p}scorer:fresh", feed.generated_at_ms - event_ts)
+                    pipe.ltrim(f"{self.p}scorer:fresh", 0, 19_999)
+                pipe.execute()
+
+    def _refresh_popular(self) -> None:
+        feed = self.ranker.popular_feed()
+        if feed is not None:
+            self.feeds.write(feed)
+
+    def run(self, stop: threading.Event) -> None:
+        loader = threading.Thread(target=self._follow_models, args=(stop,), name="model-loader",
+                                  daemon=True)
+        loader.start()
+        consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
+            "group.id": GROUP, "auto.offset.reset": "earliest", "enable.auto.commit": True,
+            "session.timeout.ms": self.settings.kafka.session_timeout_ms,
+        }))
+        consumer.subscribe([self.settings.topics.events])
+        debounce = self.cfg.debounce_ms / 1000
+        last_popular = 0.0
+        try:
+            while not stop.is_set():
+                deadline = time.monotonic() + debounce
+                while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
+                    for msg in consumer.consume(1000, left):
+                        if msg.error() or msg.key() is None:
+                            continue
+                        self._note(msg)
+                if self.pending:
+                    self._refresh(budget_s=1.0, stop=stop)
+                if time.monotonic() - last_popular >= self.cfg.popular_every_s:
+                    self._refresh_popular()
+                    last_popular = time.monotonic()
+        finally:
+            consumer.close()
+            loader.join()
+            self.client.close()
+
+    def _note(self, msg: confluent_kafka.Message) -> None:
+        try:
+            doc = orjson.loads(msg.value())
+            ts = int(doc["ts"])
+            user = doc["user_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return  # invalid events are the ingest agent's to dead-letter
+        if not isinstance(user, str):
+            return
+        with self._lock:
+            old = self.pending.get(user)
+            self.pending[user] = (max(ts, old[0]) if old else ts,
+                                  old[1] if old else time.monotonic())
+            self.active[user] = time.time()

@@ -91,8 +91,12 @@ def _fields(h: dict[Any, Any]) -> dict[str, Any]:
 class FeedRanker:
     def __init__(self, client: redis.Redis, key_prefix: str, holder: ModelHolder, *,
                  feed_size: int = 50, candidates: int = 500,
-                 features: FeatureConfig = DEFAULT_FEATURES) -> None:
+                 features: FeatureConfig = DEFAULT_FEATURES, item_cache_s: float = 1.0) -> None:
         self.r = client
+        # Consecutive users share most candidates (popular, category, co-visited items): item
+        # state read within the last ``item_cache_s`` seconds is reused.
+        self.item_cache_s = item_cache_s
+        self._items: dict[str, tuple[float, dict[str, Any]]] = {}
         self.p = key_prefix
         self.holder = holder
         self.feed_size = feed_size
@@ -136,6 +140,24 @@ class FeedRanker:
         )
         return user, recent, reads
 
+    def read_items(self, items: list[str]) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        cache = self._items
+        missing = [i for i in items if i not in cache or now - cache[i][0] > self.item_cache_s]
+        if missing:
+            try:
+                with self.r.pipeline(transaction=False) as pipe:
+                    for item in missing:
+                        pipe.hgetall(f"{self.p}i:{item}")
+                    for item, h in zip(missing, pipe.execute(), strict=True):
+                        cache[item] = (now, _fields(h))
+            except redis.RedisError as exc:
+                raise StoreError(f"Redis item read failed: {exc}") from None
+        if len(cache) > 50_000:
+            for item in [i for i, (t, _) in cache.items() if now - t > self.item_cache_s]:
+                del cache[item]
+        return [cache[i][1] for i in items]
+
     def model_inputs(self, user_id: str, user: dict[str, Any], recent: list[tuple[str, int]],
                      items: list[str], item_states: list[dict[str, Any]], now_ms: int) -> Any:
         """The exact inputs the model sees for (user, items) now: the functions that built the
@@ -153,13 +175,7 @@ class FeedRanker:
         if not cands:
             return None
         items = [c for c, _ in cands]
-        try:
-            with self.r.pipeline(transaction=False) as pipe:
-                for item in items:
-                    pipe.hgetall(f"{self.p}i:{item}")
-                states = [_fields(h) for h in pipe.execute()]
-        except redis.RedisError as exc:
-            raise StoreError(f"Redis item read failed: {exc}") from None
+        states = self.read_items(items)
         loaded = self.holder.current
         if loaded is None:
             # No model published yet: rank by the candidate sources' order.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import confluent_kafka
 import orjson
+import torch
 
 from streaming.errors import StreamrecError
 from streaming.feeds import FeedStore
@@ -50,6 +51,9 @@ class ScorerWorker:
     def __init__(self, settings: Settings, cfg: ScorerConfig | None = None) -> None:
         self.settings = settings
         self.cfg = cfg = cfg or ScorerConfig()
+        # One intra-op thread: batches of ~500 rows gain nothing from more, and on a shared
+        # machine extra threads only contend with the stream workers.
+        torch.set_num_threads(1)
         self.client = connect(settings.redis)
         self.p = settings.redis.key_prefix
         self.holder = ModelHolder()
@@ -102,7 +106,10 @@ class ScorerWorker:
         """Re-score pending users, most recently active first, for at most ``budget_s``: the
         loop goes back to consuming (and to the stop flag) between cycles."""
         with self._lock:
-            batch = sorted(self.pending.items(), key=lambda kv: -self.active.get(kv[0], 0.0))
+            # Users with new events first, oldest trigger first (bounded latency even when the
+            # scorer falls behind); then re-scores after a model update, most recent user first.
+            batch = sorted(self.pending.items(), key=lambda kv: (
+                kv[1][0] == 0, kv[1][1] if kv[1][0] else -self.active.get(kv[0], 0.0)))
         now_mono = time.monotonic()
         for user, (event_ts, since) in batch:
             if stop.is_set() or time.monotonic() - now_mono > budget_s:

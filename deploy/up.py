@@ -191,6 +191,11 @@ def run_up(
         source.start()
         what = f"replaying {opts.replay}" if opts.replay else f"synthetic events (seed {opts.seed})"
         say(f"ready: {what} at {opts.rate:g}/s; Ctrl-C to stop")
+        host, _, port = settings.redis.url.removeprefix("redis://").partition("/")[0].partition(":")
+        say("look: .venv/bin/streamrec feed u1        (a user's live feed; users are u0..u1999)")
+        say(f"      redis-cli -h {host} -p {port} GET {settings.redis.key_prefix}feed:u1")
+        say(f"      .venv/bin/streamrec emit --synthetic --rate 100   (more events; logs in "
+            f"{runtime.run_dir})")
 
         deadline = None if opts.duration_s is None else started + opts.duration_s
         last_print, last_arrived = time.monotonic(), 0

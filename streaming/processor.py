@@ -295,7 +295,7 @@ def plan_batch(
         if category:
             ops.append(["zincr", store.k_category_items(category), ev.item_id, 1,
                         fc.category_top_k])
-        ops.append(["zadd_nx", store.k_new_items(), ev.item_id, ev.ts, fc.new_items_kept])
+        ops.append(["zadd_min", store.k_new_items(), ev.item_id, ev.ts, fc.new_items_kept])
         if ev.event_type == "purchase":
             ops.append(["zadd", store.k_purchased(ev.user_id), ev.item_id, ev.ts])
             ops.append(["ztrim", store.k_purchased(ev.user_id), fc.purchased_kept])

@@ -97,6 +97,7 @@ class FeedRanker:
         # state read within the last ``item_cache_s`` seconds is reused.
         self.item_cache_s = item_cache_s
         self._items: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.last_candidates = 0
         self.p = key_prefix
         self.holder = holder
         self.feed_size = feed_size
@@ -172,6 +173,7 @@ class FeedRanker:
         now_ms = now_ms or int(time.time() * 1000)
         user, recent, reads = self.read_user(user_id, now_ms)
         cands = generate(reads, self.n_candidates)
+        self.last_candidates = len(cands)
         if not cands:
             return None
         items = [c for c, _ in cands]

@@ -89,9 +89,9 @@ for _, op in ipairs(ops) do
     end
   elseif name == 'zadd' then
     redis.call('ZADD', op[2], op[4], op[3])
-  elseif name == 'zadd_nx' then
-    -- first sighting only (score = first event time); keep the newest op[5] members
-    if redis.call('ZADD', op[2], 'NX', op[4], op[3]) == 1 and redis.call('ZCARD', op[2]) > op[5] then
+  elseif name == 'zadd_min' then
+    -- score = earliest event time seen (LT: order-independent); keep the newest op[5] members
+    if redis.call('ZADD', op[2], 'LT', op[4], op[3]) == 1 and redis.call('ZCARD', op[2]) > op[5] then
       redis.call('ZREMRANGEBYRANK', op[2], 0, -(op[5] + 1))
     end
   elseif name == 'zrem' then

@@ -92,8 +92,8 @@ def test_events_change_the_users_feed_and_new_models_reach_it(tmp_path: Path) ->
         wait_for("a newer model", lambda: model_version() > v, 60)
         third = None
         for n in range(3, 8):  # each new event (fresh id) triggers a re-score with the new model
-            third = wait_for("the feed after a new event", lambda e=act(n, "view", hot): feed_after(e),
-                             20)
+            event = act(n, "view", hot)
+            third = wait_for("the feed after a new event", lambda e=event: feed_after(e), 20)
             if third.model_version > v:
                 break
         assert third is not None and third.model_version > v

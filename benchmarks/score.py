@@ -1,0 +1,119 @@
+"""bench score: one scorer with the default model (untrained weights, same shapes).
+
+- candidates_per_s: users ranked back to back (500 candidates each), candidates per second;
+- refresh_p50_ms / refresh_p99_ms: one user's refresh, including the state and candidate reads,
+  feature computation, the model, and the feed write (item state cached for 1 s across users,
+  as in the scorer worker);
+- feed_read_p99_ms: FeedStore.read of a random user's feed;
+- model_only_candidates_per_s: the model's forward alone on the same 500-row batches (same run),
+  the ceiling for candidates_per_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import fresh_topics, percentile, report, services
+from models.checkpoint import Manifest, write_checkpoint
+from models.dlrm import StreamRecModel
+from models.spec import DEFAULT_SPEC
+from streaming.agents.ingest import build_processor
+from streaming.feeds import FeedStore
+from streaming.processor import RawMessage
+from streaming.redis_client import connect
+from streaming.scorer import FeedRanker, ModelHolder
+from streaming.settings import Settings
+from streaming.synthetic import SyntheticStream
+
+
+def fill_state(settings: Settings, n_events: int) -> None:
+    """Run synthetic events through the real batch processor (features, co-visitation, ...)."""
+    events = list(SyntheticStream(3).events(int(time.time() * 1000) - 3_600_000, rate=50.0,
+                                            limit=n_events))
+
+    async def run() -> None:
+        processor, close = build_processor(settings)
+        offsets: dict[int, int] = {}
+        for start in range(0, len(events), 500):
+            by_partition: dict[int, list[RawMessage]] = {}
+            for e in events[start:start + 500]:
+                p = sum(e.user_id.encode()) % 4
+                offsets[p] = offsets.get(p, -1) + 1
+                by_partition.setdefault(p, []).append(RawMessage(offsets[p], e.key, e.to_json()))
+            for p, msgs in by_partition.items():
+                await processor.process(p, msgs)
+        await close()
+
+    asyncio.run(run())
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="streamrec bench score")
+    ap.add_argument("--users", type=int, default=300)
+    ap.add_argument("--events", type=int, default=30_000)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    with services(settings or Settings.load()) as running, tempfile.TemporaryDirectory() as ckpt:
+        s = fresh_topics(running)
+        fill_state(s, args.events)
+        model = StreamRecModel(DEFAULT_SPEC)
+        path = write_checkpoint(Path(ckpt), model.state_dict(),
+                                Manifest(1, 0, 0, 0, {}, {}, DEFAULT_SPEC.digest()), keep=1)
+        holder = ModelHolder()
+        assert holder.load(path, 1)
+        client = connect(s.redis)
+        ranker = FeedRanker(client, s.redis.key_prefix, holder, candidates=500)
+        feeds = FeedStore(client, s.redis.key_prefix)
+        users = [f"u{i}" for i in range(args.users)]
+        refresh_ms, candidates = [], 0
+        t0 = time.perf_counter()
+        for user in users:
+            t = time.perf_counter()
+            feed = ranker.rank(user)
+            if feed is not None:
+                feeds.write(feed)
+                candidates += ranker.last_candidates
+            refresh_ms.append((time.perf_counter() - t) * 1000)
+        elapsed = time.perf_counter() - t0
+        # Model alone on a 500-row batch of the same shape.
+        user, recent, _ = ranker.read_user(users[0], int(time.time() * 1000))
+        items = [f"i{k}" for k in range(500)]
+        batch = ranker.model_inputs(users[0], user, recent, items, ranker.read_items(items),
+                                    int(time.time() * 1000))
+        loaded = holder.current
+        assert loaded is not None
+        with torch.inference_mode():
+            loaded.model(batch.dense, batch.sparse)
+            t = time.perf_counter()
+            for _ in range(50):
+                loaded.model(batch.dense, batch.sparse)
+            model_rate = 50 * 500 / (time.perf_counter() - t)
+        read_ms = []
+        for _ in range(5000):
+            u = random.choice(users)
+            t = time.perf_counter()
+            feeds.read(u)
+            read_ms.append((time.perf_counter() - t) * 1000)
+        client.close()
+    report("score", {
+        "candidates_per_s": round(candidates / elapsed, 1),
+        "model_only_candidates_per_s": round(model_rate, 1),
+        "ratio_vs_model_only": round(candidates / elapsed / model_rate, 3),
+        "refresh_p50_ms": round(percentile(refresh_ms, 50), 2),
+        "refresh_p99_ms": round(percentile(refresh_ms, 99), 2),
+        "feed_read_p99_ms": round(percentile(read_ms, 99), 3),
+        "users": len(users),
+        "candidates_per_user": round(candidates / max(1, len(users)), 1),
+        "targets": {"candidates_per_s": 100_000, "refresh_p99_ms": 50, "feed_read_p99_ms": 1},
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -107,26 +107,35 @@ class BatchBuilder:
         ``streaming.features.feature_matrix`` (``N x D``)."""
         n = len(items)
         dense = np.asarray(dense, dtype=np.float32)
+        # The user and their recent items are the same on every row: hash them once.
+        user_row = hash_ids([user_id], self.spec.table_of("user_id").num_embeddings)
+        recent_rows = hash_ids(list(recent), self.spec.table_of("recent_items").num_embeddings)
         return self._assemble(dense.reshape(n, len(self.spec.dense)), [user_id] * n, list(items),
                               list(categories), [list(recent)] * n, np.zeros(n, np.float32),
-                              np.zeros(n, np.float32), list(items))
+                              np.zeros(n, np.float32), list(items),
+                              prehashed={"user_id": np.repeat(user_row, n),
+                                         "recent_items": np.tile(recent_rows, n)})
 
     def _assemble(self, dense: np.ndarray, users: list[str], items: list[str],
                   categories: list[str | None], recent: list[list[str]], clicks: np.ndarray,
-                  purchases: np.ndarray, example_ids: list[str]) -> ExampleBatch:
+                  purchases: np.ndarray, example_ids: list[str],
+                  prehashed: dict[str, np.ndarray] | None = None) -> ExampleBatch:
         n = len(users)
         present = [c is not None for c in categories]
         by_feature = {
             "user_id": (users, np.ones(n, np.int32)),
             "item_id": (items, np.ones(n, np.int32)),
             "category": ([c for c in categories if c is not None], np.array(present, np.int32)),
-            "recent_items": ([i for r in recent for i in r],
+            "recent_items": ([] if prehashed else [i for r in recent for i in r],
                              np.fromiter(map(len, recent), np.int32, n)),
         }
         values, lengths = [], []
         for feature in self.spec.sparse:
             ids, lens = by_feature[feature]
-            values.append(hash_ids(ids, self.spec.table_of(feature).num_embeddings))
+            if prehashed is not None and feature in prehashed:
+                values.append(prehashed[feature])
+            else:
+                values.append(hash_ids(ids, self.spec.table_of(feature).num_embeddings))
             lengths.append(lens)
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=list(self.spec.sparse),

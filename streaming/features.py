@@ -180,17 +180,25 @@ def feature_rows(
     def column(rows: Sequence[StateFields], name: str, default: float = np.nan) -> np.ndarray:
         return np.fromiter((r.get(name, default) for r in rows), np.float64, n)
 
+    # The scorer's shape (one user against every row): read the user's fields once.
+    one_user = all(u is users[0] for u in users)
+
+    def user_column(name: str, default: float = np.nan) -> np.ndarray:
+        if one_user:
+            return np.full(n, users[0].get(name, default) if n else default, dtype=np.float64)
+        return column(users, name, default)
+
     def decayed(value: np.ndarray, ref: np.ndarray, h: int) -> np.ndarray:
         elapsed = np.maximum(at - ref, 0.0)  # never grows into the past
         return np.where(np.isnan(ref), 0.0, value * np.exp2(-elapsed / h))
 
     col = 0
     for t in EVENT_TYPES:
-        ref = column(users, f"{t}.t")
+        ref = user_column(f"{t}.t")
         for label, h in cfg.half_lives_ms:
-            out[:, col] = np.log1p(decayed(column(users, f"{t}.{label}", 0.0), ref, h))
+            out[:, col] = np.log1p(decayed(user_column(f"{t}.{label}", 0.0), ref, h))
             col += 1
-    last = column(users, "last")
+    last = user_column("last")
     out[:, col] = np.where(np.isnan(last), -1.0, np.log1p(np.maximum(0.0, at - last) / 1000))
     cats = [c or it.get("cat") for c, it in zip(categories, items, strict=True)]
     aff_ref = np.fromiter((u.get(f"c.{c}.t", np.nan) if c else np.nan

@@ -15,7 +15,7 @@ services:
 	@bash deploy/ensure-redis.sh
 
 demo: $(STAMP) services
-	$(BIN)/streamrec up --set stream.attribution_window_ms=60000
+	$(BIN)/streamrec up
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest -q -p no:cacheprovider

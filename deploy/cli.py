@@ -140,7 +140,16 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def cmd_up(args: argparse.Namespace, settings: Any) -> int:
+    import os
+
     from deploy.up import UpOptions, run_up
+    from streaming.settings import env_name
+
+    key = "stream.attribution_window_ms"
+    if not any(a.startswith(key + "=") for a in args.set) and env_name(key) not in os.environ:
+        # The all-in-one runner should show examples and models within a minute: unless set
+        # explicitly, label windows close after 60 s (synthetic clicks follow views within 60 s).
+        settings = settings.with_values({key: "60000"})
 
     opts = UpOptions(duration_s=args.duration, rate=args.rate, replay=args.replay, seed=args.seed)
     if opts.replay is not None and not opts.replay.is_file():

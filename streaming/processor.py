@@ -274,28 +274,34 @@ def plan_batch(
         for key, state in ((store.k_user(ev.user_id), user), (store.k_item(ev.item_id), item)):
             state.add_decayed(ev.event_type, ev.ts, 1.0, fc.half_lives_ms)
             ops.append(["dadd", key, ev.event_type, ev.ts, 1.0, *hl_args])
-        user.set_max("last", ev.ts)
-        ops.append(["hmax", store.k_user(ev.user_id), "last", ev.ts])
+        # Ops that could not change Redis are skipped: the state read for this batch bounds what
+        # is there (``last`` only grows, ``first`` only shrinks), which keeps the scripts short.
+        if ev.ts > user.fields.get("last", -1.0):
+            user.set_max("last", ev.ts)
+            ops.append(["hmax", store.k_user(ev.user_id), "last", ev.ts])
         if category:
             user.add_decayed(f"c.{category}", ev.ts, weight,
                              (("a", fc.affinity_half_life_ms),))
             ops.append(["dadd", store.k_user(ev.user_id), f"c.{category}", ev.ts, weight,
                         "a", fc.affinity_half_life_ms])
-        if ev.category:
+        if ev.category and item.fields.get("cat") != ev.category:
             item.fields["cat"] = ev.category
             ops.append(["hset", store.k_item(ev.item_id), "cat", ev.category])
-        if ev.price is not None:  # the item's last seen price, for serving-time features
+        if ev.price is not None and item.fields.get("price") != ev.price:
+            # The item's last seen price, for serving-time features.
             item.fields["price"] = ev.price
             ops.append(["hset", store.k_item(ev.item_id), "price", repr(ev.price)])
         item.incr(f"n.{ev.event_type}")
         ops.append(["hincr", store.k_item(ev.item_id), f"n.{ev.event_type}", 1])
-        item.set_min("first", ev.ts)
-        ops.append(["hmin", store.k_item(ev.item_id), "first", ev.ts])
+        first = item.fields.get("first")
+        if first is None or ev.ts < first:
+            item.set_min("first", ev.ts)
+            ops.append(["hmin", store.k_item(ev.item_id), "first", ev.ts])
+            ops.append(["zadd_min", store.k_new_items(), ev.item_id, ev.ts, fc.new_items_kept])
         ops.append(["zincr", store.k_popular(), ev.item_id, 1, 0])
         if category:
             ops.append(["zincr", store.k_category_items(category), ev.item_id, 1,
                         fc.category_top_k])
-        ops.append(["zadd_min", store.k_new_items(), ev.item_id, ev.ts, fc.new_items_kept])
         if ev.event_type == "purchase":
             ops.append(["zadd", store.k_purchased(ev.user_id), ev.item_id, ev.ts])
             ops.append(["ztrim", store.k_purchased(ev.user_id), fc.purchased_kept])

@@ -390,6 +390,3 @@ def dlq_reason(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     """DLQ headers -> ``{"streamrec.reason": ..., ...}`` for readers of the DLQ."""
     return {k: v.decode(errors="replace") for k, v in (headers or ()) if k.startswith("streamrec.")}
 
-
-def decode_example(raw: bytes) -> dict[str, Any]:
-    return orjson.loads(raw)

@@ -29,6 +29,7 @@ from streaming.candidates import CandidateReads, generate, top_categories
 from streaming.errors import CorruptCheckpoint, StoreError
 from streaming.features import DEFAULT_FEATURES, FeatureConfig, feature_matrix, parse_recent
 from streaming.feeds import POPULAR, Feed, FeedItem
+from streaming.state_store import as_text, parse_state_hash
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +77,6 @@ class ModelHolder:
         return True
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _fields(h: dict[Any, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in h.items():
-        name = _s(k)
-        out[name] = _s(v) if name == "cat" else float(v)
-    return out
-
-
 class FeedRanker:
     def __init__(self, client: redis.Redis, key_prefix: str, holder: ModelHolder, *,
                  feed_size: int = 50, candidates: int = 500,
@@ -106,7 +95,7 @@ class FeedRanker:
         self.builder = BatchBuilder(holder.spec)
 
     def _zlist(self, raw: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
-        return [(_s(m), float(s)) for m, s in raw]
+        return [(as_text(m), float(s)) for m, s in raw]
 
     def read_user(self, user_id: str, now_ms: int) -> tuple[dict[str, Any], list[tuple[str, int]],
                                                             CandidateReads]:
@@ -119,8 +108,8 @@ class FeedRanker:
                 pipe.zrevrange(f"{p}pop", 0, 199, withscores=True)
                 pipe.zrevrange(f"{p}new", 0, 49, withscores=True)
                 user_raw, recent_raw, bought, popular, new = pipe.execute()
-            user = _fields(user_raw)
-            recent = parse_recent([_s(x) for x in recent_raw])
+            user = parse_state_hash(user_raw.items())
+            recent = parse_recent([as_text(x) for x in recent_raw])
             recent_items = list(dict.fromkeys(i for i, _ in recent))[:5]
             cats = top_categories(user, now_ms, self.fc.affinity_half_life_ms, 3)
             with self.r.pipeline(transaction=False) as pipe:
@@ -137,7 +126,7 @@ class FeedRanker:
             by_category={c: self._zlist(r) for c, r in
                          zip(cats, res[len(recent_items):], strict=True)},
             new_items=self._zlist(new), popular=self._zlist(popular),
-            purchased={_s(b) for b in bought},
+            purchased={as_text(b) for b in bought},
         )
         return user, recent, reads
 
@@ -151,7 +140,7 @@ class FeedRanker:
                     for item in missing:
                         pipe.hgetall(f"{self.p}i:{item}")
                     for item, h in zip(missing, pipe.execute(), strict=True):
-                        cache[item] = (now, _fields(h))
+                        cache[item] = (now, parse_state_hash(h.items()))
             except redis.RedisError as exc:
                 raise StoreError(f"Redis item read failed: {exc}") from None
         if len(cache) > 50_000:

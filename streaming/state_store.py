@@ -212,18 +212,23 @@ class BatchReads:
     expired_followups: list[str] = field(default_factory=list)
 
 
-def _s(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _pairs(flat: Sequence[bytes]) -> dict[str, Any]:
-    """A Lua HGETALL reply (flat field, value, ...) of a ``u:``/``i:`` hash as a dict whose values
-    are parsed once here: floats, except the ``cat`` field (a string)."""
+def parse_state_hash(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """A ``u:``/``i:`` hash as read from Redis, with values parsed once: floats, except the
+    ``cat`` field (a string)."""
     out: dict[str, Any] = {}
-    for j in range(0, len(flat), 2):
-        name = flat[j].decode()
-        out[name] = flat[j + 1].decode() if name == "cat" else float(flat[j + 1])
+    for raw_name, raw_value in fields:
+        name = raw_name.decode()
+        out[name] = raw_value.decode() if name == "cat" else float(raw_value)
     return out
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[str, Any]:
+    """A Lua HGETALL reply (flat field, value, ...) as :func:`parse_state_hash` does it."""
+    return parse_state_hash(zip(flat[::2], flat[1::2], strict=True))
 
 
 def read_stats(client: redis.Redis, key_prefix: str, partitions: Iterable[int]) -> dict[str, int]:
@@ -235,7 +240,7 @@ def read_stats(client: redis.Redis, key_prefix: str, partitions: Iterable[int]) 
                 pipe.hgetall(f"{key_prefix}stats:{p}")
             for counters in pipe.execute():
                 for k, v in counters.items():
-                    total[_s(k)] = total.get(_s(k), 0) + int(v)
+                    total[as_text(k)] = total.get(as_text(k), 0) + int(v)
     except redis.RedisError as exc:
         raise StoreError(f"Redis stats read failed: {exc}") from None
     return total
@@ -317,21 +322,21 @@ class StateStore:
             max_ts=int(mt) if mt else None,
             seen={eid for eid, sc in zip(event_ids, seen_scores, strict=True) if sc is not None},
             users={u: _pairs(h) for u, h in zip(users, user_h, strict=True)},
-            recent={u: [_s(x) for x in r] for u, r in zip(users, recent_l, strict=True)},
+            recent={u: [as_text(x) for x in r] for u, r in zip(users, recent_l, strict=True)},
             items={i: _pairs(h) for i, h in zip(items, item_h, strict=True)},
             pending={}, followups={},
-            expired_followups=[_s(p) for p in exp],
+            expired_followups=[as_text(p) for p in exp],
         )
         for pair, raw in zip(pairs, lx, strict=True):
             if raw:
                 out.pending[pair] = [Exposure.from_dict(d) for d in orjson.loads(raw)]
-        for pair, raw in zip(map(_s, due), due_raw, strict=True):
+        for pair, raw in zip(map(as_text, due), due_raw, strict=True):
             if raw and pair not in out.pending:
                 out.pending[pair] = [Exposure.from_dict(d) for d in orjson.loads(raw)]
         for pair, raw in zip(pairs, lf, strict=True):
             if raw:
                 out.followups[pair] = [(k, ts) for k, ts in orjson.loads(raw)]
-        out.popular = [(_s(popular[j]), float(popular[j + 1])) for j in range(0, len(popular), 2)]
+        out.popular = [(as_text(popular[j]), float(popular[j + 1])) for j in range(0, len(popular), 2)]
         return out
 
     async def read_items(self, items: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -342,7 +347,7 @@ class StateStore:
                 res = await pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"Redis item read failed: {exc}") from None
-        return {i: _pairs([x for kv in h.items() for x in kv]) for i, h in zip(items, res, strict=True)}
+        return {i: parse_state_hash(h.items()) for i, h in zip(items, res, strict=True)}
 
     async def apply(
         self,
@@ -375,11 +380,3 @@ class StateStore:
             await self.r.ltrim(self.k_part("ob", partition), n, -1)
         except redis.RedisError as exc:
             raise StoreError(f"Redis outbox trim failed: {exc}") from None
-
-    async def stats(self, partitions: Iterable[int]) -> dict[str, int]:
-        """Counters summed over ``partitions``."""
-        total: dict[str, int] = {}
-        for p in partitions:
-            for k, v in (await self.r.hgetall(self.k_part("stats", p))).items():
-                total[_s(k)] = total.get(_s(k), 0) + int(v)
-        return total

@@ -15,9 +15,9 @@ from streaming.events import Event
 from streaming.labels import example_features
 from streaming.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason
 from streaming.producer import EventProducer
-from streaming.redis_client import client_kwargs
+from streaming.redis_client import client_kwargs, connect
 from streaming.settings import Settings
-from streaming.state_store import StateStore
+from streaming.state_store import StateStore, read_stats
 from tests.integration.helpers import consume_all
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,11 @@ class Harness:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def stats(self) -> dict[str, int]:
-        return self.loop.run_until_complete(self.store.stats(range(4)))
+        client = connect(self.settings.redis)
+        try:
+            return read_stats(client, self.settings.redis.key_prefix, range(4))
+        finally:
+            client.close()
 
     def close(self) -> None:
         self.producer.flush(10)

@@ -41,8 +41,7 @@ def fresh_topics(settings: Settings, **overrides: str) -> Settings:
 
 
 def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(settings.to_env())
+    env = settings.child_env(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen([sys.executable, *args], env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT)

@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         from benchmarks.examples_gen import produce_examples
 
         produce_examples(s, n)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-        env.update(s.to_env())
+        env = s.child_env(os.environ)
         env["PYTHONWARNINGS"] = "ignore"
         plain = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.ranks}",

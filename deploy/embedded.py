@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -139,13 +140,13 @@ class ManagedProcess:
         return self.proc.returncode
 
 
-def _wait_healthy(proc: ManagedProcess, probe: object, timeout_s: float) -> None:
+def _wait_healthy(proc: ManagedProcess, probe: Callable[[], object], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         proc.check_alive()
         try:
-            probe()  # type: ignore[operator]
+            probe()
             return
         except ServiceError as exc:
             last = exc

@@ -45,8 +45,7 @@ class UpOptions:
 
 def _component(settings: Settings, run_dir: Path, name: str, *args: str) -> ManagedProcess:
     """A ``streamrec`` subcommand as a child process, given exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(settings.to_env())
+    env = settings.child_env(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return ManagedProcess(name, [sys.executable, "-m", "deploy.cli", *args],
                           run_dir / f"{name}.log", env=env)

@@ -214,6 +214,13 @@ class Settings:
         """Every setting as ``STREAMREC_*`` variables, to hand the exact settings to a child."""
         return {env_name(key): _format(value) for key, value, _ in self.items()}
 
+    def child_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The environment for a child process that must see exactly these settings: ``base``
+        (usually ``os.environ``) without its ``STREAMREC_*`` variables, plus :meth:`to_env`."""
+        env = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
+        env.update(self.to_env())
+        return env
+
     def redacted(self) -> dict[str, Any]:
         """Flat mapping for display and logs: secrets shown as ``***`` when set."""
         return {

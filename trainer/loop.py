@@ -32,7 +32,7 @@ from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.producer import EventProducer
 from streaming.settings import Settings
 from trainer import distributed as D
-from trainer.metrics import Prequential
+from trainer.metrics import Prequential, auc, log_loss
 from trainer.source import ExampleSource, offset_key
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,6 @@ class ContinuousTrainer:
             all_p = np.concatenate([g[2] for g in gathered])
             all_y = np.concatenate([g[3] for g in gathered])
             loss_n = sum(g[5] for g in gathered)
-            from trainer.metrics import auc, log_loss
-
             metrics = {
                 "prequential_auc": auc(all_p, all_y) if len(all_p) else float("nan"),
                 "prequential_logloss": log_loss(all_p, all_y) if len(all_p) else float("nan"),

@@ -24,8 +24,7 @@ def launch(settings: Settings, nproc: int, extra_args: list[str]) -> int:
 
     from deploy.embedded import free_port
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(settings.to_env())
+    env = settings.child_env(os.environ)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={free_port()}", "-m", "deploy.cli", "train", *extra_args]
     proc = subprocess.Popen(cmd, env=env)

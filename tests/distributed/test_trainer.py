@@ -22,10 +22,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
 
 def start_trainer(settings: Settings, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(settings.to_env())
     return subprocess.Popen([sys.executable, "-m", "deploy.cli", "train", "--nproc", "2", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=settings.child_env(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 

@@ -40,18 +40,8 @@ def consume_all(settings: Settings, topic: str, expected: int, timeout_s: float 
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "REDIS_URL": settings.redis.url,
-        "STREAMREC_TOPICS_EVENTS": settings.topics.events,
-        "STREAMREC_TOPICS_DLQ": settings.topics.dlq,
-        "STREAMREC_TOPICS_EXAMPLES": settings.topics.examples,
-        "STREAMREC_TOPICS_MODEL_UPDATES": settings.topics.model_updates,
-        "STREAMREC_REDIS_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_RUNTIME_RUN_DIR": settings.runtime.run_dir,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = settings.child_env(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

@@ -49,13 +49,7 @@ def _produce_stream(settings: Settings) -> int:
 
 
 def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = cli_env(settings)
-    for key in ("stream.attribution_window_ms", "stream.allowed_lateness_ms", "stream.batch_size",
-                "stream.covisit_top_k"):
-        section, name = key.split(".")
-        env[f"STREAMREC_{section.upper()}_{name.upper()}"] = str(
-            getattr(getattr(settings, section), name))
-    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=cli_env(settings),
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
 def start_trainer(settings: Settings, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "deploy.cli", "train", "--nproc", "2", *args],
-                            env=settings.child_env(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            env=settings.child_env(os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen[str], timeout_s: float = 180) -> str:

@@ -40,7 +40,8 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(stack: Sett
         serving = ranker.model_inputs("u1", user, recent, ["i3"], item_state, t_view)
         # Now the event whose example snapshots that same state: u1 views i3 at t_view.
         h.feed([e(6, "view", t_view, item="i3"), e(7, "view", t_view + 10 * W, item="zz")])
-        docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 5)]
+        # Windows closed by then: u1's views e1, e3, e6 and u2's view e4 (e7's is still open).
+        docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 4)]
         example = next(d for d in docs if d["example_id"] == "e6")
         training = BatchBuilder(DEFAULT_SPEC).build([example])
         assert torch.equal(training.dense, serving.dense)  # bit for bit

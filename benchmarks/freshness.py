@@ -16,11 +16,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     ap = argparse.ArgumentParser(prog="streamrec bench freshness")
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--scorers", type=int, default=1)
     args = ap.parse_args(argv)
     base = settings or Settings.load()
     with tempfile.TemporaryDirectory() as ckpt:
         summary = run_up(base.with_values({"trainer.checkpoint_dir": ckpt}),
-                         UpOptions(duration_s=args.duration, rate=args.rate), threading.Event(),
+                         UpOptions(duration_s=args.duration, rate=args.rate,
+                                                   scorers=args.scorers), threading.Event(),
                          say=lambda _: None)
     elapsed = summary["duration_s"]
     report("freshness", {
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         "event_to_feed_p99_ms": summary["freshness_ms"]["p99"],
         "feeds_written": summary["feeds_written"],
         "model_version": summary["model_version"],
+        "scorers": args.scorers,
         "lag": summary["lag"],
         "targets": {"events_per_s": 1000, "event_to_feed_p99_ms": 2000},
     })

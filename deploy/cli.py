@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replay", type=Path, metavar="PATH",
                     help="replay a JSONL/CSV event file instead of synthetic events")
     up.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    up.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="stream-processing workers (one consumer group; default 1)")
+    up.add_argument("--scorers", type=int, default=1, metavar="N",
+                    help="scorer processes (one consumer group; default 1)")
     _global_options(up)
 
     emit = sub.add_parser("emit", help="send events to Kafka from a file or a generator")
@@ -151,7 +155,8 @@ def cmd_up(args: argparse.Namespace, settings: Any) -> int:
         # explicitly, label windows close after 60 s (synthetic clicks follow views within 60 s).
         settings = settings.with_values({key: "60000"})
 
-    opts = UpOptions(duration_s=args.duration, rate=args.rate, replay=args.replay, seed=args.seed)
+    opts = UpOptions(duration_s=args.duration, rate=args.rate, replay=args.replay, seed=args.seed,
+                     workers=args.workers, scorers=args.scorers)
     if opts.replay is not None and not opts.replay.is_file():
         raise ConfigError(f"--replay {opts.replay}: file not found")
     with stop_on_signals() as stop:
@@ -170,8 +175,7 @@ def cmd_emit(args: argparse.Namespace, settings: Any) -> int:
     if args.synthetic:
         stream = SyntheticStream(seed=args.seed)
         rate = args.rate or 1000.0
-        records: Any = ((f"synthetic:{n}", e) for n, e in
-                        enumerate(stream.events(int(time.time() * 1000), rate)))
+        records: Any = ((f"synthetic:{n}", e) for n, e in enumerate(stream.live(rate)))
     else:
         records = read_records(args.file, args.format)
     settings = with_running_endpoints(settings)

@@ -21,7 +21,9 @@ import confluent_kafka
 
 from deploy.embedded import EmbeddedRuntime, ManagedProcess, remove_endpoints, write_endpoints
 from models.checkpoint import list_versions, read_manifest, version_dir
+from streaming import health
 from streaming.emit import EmitReport, emit_records
+from streaming.errors import StreamrecError
 from streaming.kafka import KafkaAdmin, client_config, topic_specs
 from streaming.producer import EventProducer
 from streaming.redis_client import connect
@@ -37,10 +39,12 @@ log = logging.getLogger(__name__)
 class UpOptions:
     duration_s: float | None = None  # None = until stopped
     rate: float = 200.0  # events/s from the source
+    ready_timeout_s: float = 180.0  # for the components to start and join their groups
     replay: Path | None = None  # replay this file instead of the synthetic generator
     seed: int = 0
     status_every_s: float = 5.0
     workers: int = 1  # stream-processing worker processes
+    scorers: int = 1  # scorer processes
 
 
 def _component(settings: Settings, run_dir: Path, name: str, *args: str) -> ManagedProcess:
@@ -134,10 +138,28 @@ def _source(settings: Settings, opts: UpOptions) -> Iterable[tuple[str, Any]]:
     stream = SyntheticStream(seed=opts.seed)
 
     def events() -> Iterator[tuple[str, Any]]:
-        for n, event in enumerate(stream.events(int(time.time() * 1000), opts.rate)):
+        for n, event in enumerate(stream.live(opts.rate)):
             yield f"synthetic:{n}", event
 
     return events()
+
+
+def _wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
+                    components: tuple[str, ...], timeout_s: float, stop: threading.Event,
+                    say: Callable[[str], None]) -> None:
+    """Block until every component beats with partitions assigned (streaming.health), so that
+    the first events are not measured against process start-up and group joins."""
+    say(f"waiting for {', '.join(components)} to join their consumer groups ...")
+    deadline = time.monotonic() + timeout_s
+    missing = set(components)
+    while missing and not stop.is_set():
+        runtime.check_alive()
+        beats = health.parse(client.hgetall(health.key(settings.redis.key_prefix)))
+        missing = set(components) - health.consuming(beats, int(time.time() * 1000))
+        if missing and time.monotonic() > deadline:
+            raise StreamrecError(f"{', '.join(sorted(missing))} not consuming after "
+                                 f"{timeout_s:g} s; see the logs in {runtime.run_dir}")
+        stop.wait(0.25)
 
 
 def run_up(
@@ -159,13 +181,17 @@ def run_up(
         say(f"logs   {runtime.run_dir}")
 
         components = [(f"worker-{n}", ["worker"]) for n in range(opts.workers)]
-        components += [("trainer", ["train"]), ("scorer", ["score"])]
+        components += [("trainer", ["train"])]
+        components += [(f"scorer-{n}", ["score"]) for n in range(opts.scorers)]
         for name, args in components:
             proc = _component(settings, runtime.run_dir, name, *args)
             proc.start()
             runtime.processes.append(proc)  # stopped (before the broker) with the runtime
         redis_client = connect(settings.redis)
         partitions = range(settings.topics.events_partitions)
+        _wait_consuming(redis_client, settings, runtime, ("ingest", "scorer", "trainer"),
+                        opts.ready_timeout_s, stop, say)
+        started = time.monotonic()  # the run's duration counts from the first event
 
         def stats() -> dict[str, int]:
             out = read_stats(redis_client, settings.redis.key_prefix, partitions)

@@ -58,6 +58,19 @@ def collision_rate(ids: Sequence[str], num_embeddings: int) -> float:
 
 
 @dataclass(slots=True)
+class ScoringRows:
+    """One user against ``N`` candidate items, for :meth:`BatchBuilder.build_for_scoring`."""
+
+    dense: np.ndarray  # N x D (streaming.features.feature_matrix)
+    user_id: str
+    items: Sequence[str]  # N
+    categories: Sequence[str | None]  # N
+    recent: Sequence[str]  # the user's recent items, newest first
+    item_rows: np.ndarray | None = None  # N, hash_ids(items) when the caller has them
+    category_rows: np.ndarray | None = None  # N, hash_ids(category) or -1 where absent
+
+
+@dataclass(slots=True)
 class ExampleBatch:
     dense: torch.Tensor  # B x D float32
     sparse: KeyedJaggedTensor  # keys = spec.sparse, batch size B
@@ -95,47 +108,70 @@ class BatchBuilder:
             example_ids=[ex["example_id"] for ex in examples],
         )
 
-    def build_for_scoring(
-        self,
-        dense: np.ndarray,
-        user_id: str,
-        items: Sequence[str],
-        categories: Sequence[str | None],
-        recent: Sequence[str],
-    ) -> ExampleBatch:
-        """One user against many candidate items (the scorer's shape); ``dense`` is
-        ``streaming.features.feature_matrix`` (``N x D``)."""
-        n = len(items)
-        dense = np.asarray(dense, dtype=np.float32)
-        # The user and their recent items are the same on every row: hash them once.
-        user_row = hash_ids([user_id], self.spec.table_of("user_id").num_embeddings)
-        recent_rows = hash_ids(list(recent), self.spec.table_of("recent_items").num_embeddings)
-        return self._assemble(dense.reshape(n, len(self.spec.dense)), [user_id] * n, list(items),
-                              list(categories), [list(recent)] * n, np.zeros(n, np.float32),
-                              np.zeros(n, np.float32), list(items),
-                              prehashed={"user_id": np.repeat(user_row, n),
-                                         "recent_items": np.tile(recent_rows, n)})
+    def build_for_scoring(self, parts: Sequence[ScoringRows]) -> ExampleBatch:
+        """Several users, each against their candidate items (the scorer's shape), as one batch:
+        rows of ``parts[0]`` first. The KJT is what :meth:`build` makes of examples with the
+        same ids; ids are hashed with the same :func:`hash_ids` (once per user and recent
+        list here, and by the caller's item cache when it passes ``item_rows``)."""
+        spec = self.spec
+        ns = np.fromiter((len(p.items) for p in parts), np.int64, len(parts))
+        n = int(ns.sum())
+        dense = np.concatenate([np.asarray(p.dense, dtype=np.float32).reshape(
+            len(p.items), len(spec.dense)) for p in parts]) if parts else np.zeros(
+            (0, len(spec.dense)), np.float32)
+        user_rows = np.repeat(hash_ids([p.user_id for p in parts],
+                                       spec.table_of("user_id").num_embeddings), ns)
+        item_rows, cat_values, cat_lengths, recent_values, recent_lengths = [], [], [], [], []
+        for p in parts:
+            k = len(p.items)
+            item_rows.append(p.item_rows if p.item_rows is not None else
+                             hash_ids(list(p.items), spec.table_of("item_id").num_embeddings))
+            if p.category_rows is not None:
+                present = p.category_rows >= 0
+                cat_values.append(p.category_rows[present])
+            else:
+                present = np.fromiter((c is not None for c in p.categories), bool, k)
+                cat_values.append(hash_ids([c for c in p.categories if c is not None],
+                                           spec.table_of("category").num_embeddings))
+            cat_lengths.append(present.astype(np.int32))
+            recent = hash_ids(list(p.recent), spec.table_of("recent_items").num_embeddings)
+            recent_values.append(np.tile(recent, k))
+            recent_lengths.append(np.full(k, len(recent), np.int32))
+
+        def cat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+            return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+
+        by_feature = {
+            "user_id": (user_rows, np.ones(n, np.int32)),
+            "item_id": (cat(item_rows, np.int64), np.ones(n, np.int32)),
+            "category": (cat(cat_values, np.int64), cat(cat_lengths, np.int32)),
+            "recent_items": (cat(recent_values, np.int64), cat(recent_lengths, np.int32)),
+        }
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(spec.sparse),
+            values=torch.from_numpy(np.concatenate([by_feature[f][0] for f in spec.sparse])),
+            lengths=torch.from_numpy(np.concatenate([by_feature[f][1] for f in spec.sparse])),
+        )
+        zeros = torch.zeros(n)
+        return ExampleBatch(torch.from_numpy(np.ascontiguousarray(dense)), kjt, zeros, zeros,
+                            [i for p in parts for i in p.items])
 
     def _assemble(self, dense: np.ndarray, users: list[str], items: list[str],
                   categories: list[str | None], recent: list[list[str]], clicks: np.ndarray,
-                  purchases: np.ndarray, example_ids: list[str],
-                  prehashed: dict[str, np.ndarray] | None = None) -> ExampleBatch:
+                  purchases: np.ndarray, example_ids: list[str]) -> ExampleBatch:
         n = len(users)
         present = [c is not None for c in categories]
         by_feature = {
             "user_id": (users, np.ones(n, np.int32)),
             "item_id": (items, np.ones(n, np.int32)),
             "category": ([c for c in categories if c is not None], np.array(present, np.int32)),
-            "recent_items": ([] if prehashed else [i for r in recent for i in r],
+            "recent_items": ([i for r in recent for i in r],
                              np.fromiter(map(len, recent), np.int32, n)),
         }
         values, lengths = [], []
         for feature in self.spec.sparse:
             ids, lens = by_feature[feature]
-            if prehashed is not None and feature in prehashed:
-                values.append(prehashed[feature])
-            else:
-                values.append(hash_ids(ids, self.spec.table_of(feature).num_embeddings))
+            values.append(hash_ids(ids, self.spec.table_of(feature).num_embeddings))
             lengths.append(lens)
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=list(self.spec.sparse),

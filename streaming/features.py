@@ -159,6 +159,29 @@ def dense_schema(cfg: FeatureConfig = DEFAULT_FEATURES) -> str:
     return hashlib.sha256(",".join(dense_feature_names(cfg)).encode()).hexdigest()[:8]
 
 
+def item_fields(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[tuple[str, float]]:
+    """The item-hash fields the dense features read, with their defaults (NaN = absent time)."""
+    fields: list[tuple[str, float]] = []
+    for t in EVENT_TYPES:
+        fields.append((f"{t}.t", np.nan))
+        fields += [(f"{t}.{label}", 0.0) for label, _ in cfg.half_lives_ms]
+    fields += [(f"n.{t}", 0.0) for t in EVENT_TYPES]
+    fields.append(("first", np.nan))
+    return fields
+
+
+def item_columns(items: Sequence[StateFields], cfg: FeatureConfig = DEFAULT_FEATURES
+                 ) -> np.ndarray:
+    """Raw item fields, ``N x F`` float64 in :func:`item_fields` order. Item state changes
+    slowly and is shared by every user, so the scorer computes a row once per item and cache
+    period; the decay to the scoring time happens in :func:`feature_rows`."""
+    fields = item_fields(cfg)
+    out = np.empty((len(items), len(fields)), dtype=np.float64)
+    for k, (name, default) in enumerate(fields):
+        out[:, k] = np.fromiter((r.get(name, default) for r in items), np.float64, len(items))
+    return out
+
+
 def feature_rows(
     users: Sequence[StateFields],
     recent_counts: Sequence[int],
@@ -167,13 +190,19 @@ def feature_rows(
     prices: Sequence[float | None],
     at_ms: Sequence[int] | int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
+    item_cols: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dense model inputs, ``N x D`` float64 in :func:`dense_feature_names` order; row ``k`` is
     user ``users[k]`` (with ``recent_counts[k]`` recent items) against ``items[k]`` as of
     ``at_ms[k]``. Counts and times (s) are ``log1p``-compressed, rates in [0, 1], absent
     times -1. The one implementation behind training examples (the ingest agent computes a
-    batch's snapshots in one call) and serving (the scorer, one user x hundreds of items)."""
+    batch's snapshots in one call) and serving (the scorer, one user x hundreds of items).
+    ``item_cols`` is :func:`item_columns` of ``items`` when the caller already has it (the
+    scorer caches it per item)."""
     n = len(items)
+    if item_cols is None:
+        item_cols = item_columns(items, cfg)
+    icol = {name: item_cols[:, k] for k, (name, _) in enumerate(item_fields(cfg))}
     at = np.broadcast_to(np.asarray(at_ms, dtype=np.float64), (n,))
     out = np.empty((n, len(dense_feature_names(cfg))), dtype=np.float64)
 
@@ -209,15 +238,15 @@ def feature_rows(
     out[:, col + 2] = np.asarray(recent_counts, dtype=np.float64)
     col += 3
     for t in EVENT_TYPES:
-        ref = column(items, f"{t}.t")
+        ref = icol[f"{t}.t"]
         for label, h in cfg.half_lives_ms:
-            out[:, col] = np.log1p(decayed(column(items, f"{t}.{label}", 0.0), ref, h))
+            out[:, col] = np.log1p(decayed(icol[f"{t}.{label}"], ref, h))
             col += 1
-    views, clicks, buys = (column(items, f"n.{t}", 0.0) for t in EVENT_TYPES)
+    views, clicks, buys = (icol[f"n.{t}"] for t in EVENT_TYPES)
     a = cfg.smoothing
     out[:, col] = (clicks + a * cfg.ctr_prior) / (views + a)
     out[:, col + 1] = (buys + a * cfg.cvr_prior) / (clicks + a)
-    first = column(items, "first")
+    first = icol["first"]
     out[:, col + 2] = np.where(np.isnan(first), -1.0, np.log1p(np.maximum(0.0, at - first) / 1000))
     price = np.fromiter((p if p is not None and p >= 0 else np.nan for p in prices), np.float64, n)
     out[:, col + 3] = np.where(np.isnan(price), -1.0, np.log1p(np.nan_to_num(price)))
@@ -232,10 +261,12 @@ def feature_matrix(
     prices: Sequence[float | None],
     at_ms: int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
+    item_cols: np.ndarray | None = None,
 ) -> np.ndarray:
     """One user against ``N`` items (the scorer's shape): :func:`feature_rows`."""
     n = len(items)
-    return feature_rows([user] * n, [len(recent)] * n, items, categories, prices, at_ms, cfg)
+    return feature_rows([user] * n, [len(recent)] * n, items, categories, prices, at_ms, cfg,
+                        item_cols)
 
 
 def feature_values(

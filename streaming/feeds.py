@@ -80,6 +80,18 @@ class FeedStore:
         call(lambda: self._r.set(self.key(feed.user_id), feed.to_json(), px=self._ttl_ms),
              "feed write")
 
+    def write_many(self, feeds: list[Feed]) -> None:
+        """One round trip; each feed is still its own single-key ``SET`` (atomic per feed)."""
+
+        def run() -> None:
+            with self._r.pipeline(transaction=False) as pipe:
+                for feed in feeds:
+                    pipe.set(self.key(feed.user_id), feed.to_json(), px=self._ttl_ms)
+                pipe.execute()
+
+        if feeds:
+            call(run, "feed write")
+
     def read(self, user_id: str, *, fallback: bool = True) -> Feed | None:
         """The user's feed; with ``fallback``, the popular feed when the user has none."""
         keys = [self.key(user_id), self.key(POPULAR)] if fallback else [self.key(user_id)]

@@ -2,10 +2,10 @@
 
 ``ModelHolder`` loads a published checkpoint (verified: sha256, spec digest,
 ``weights_only``) into a plain ``StreamRecModel`` and swaps it in atomically; a failed load keeps
-the previous model. ``FeedRanker`` reads a user's state and candidates from Redis, builds model
-inputs with :func:`streaming.features.feature_values` and :class:`models.batch.BatchBuilder` (the
-code that built the training examples: no training/serving skew), scores them in one batch and
-keeps the top K.
+the previous model. ``FeedRanker`` reads users' state and candidates from Redis, builds model
+inputs with :func:`streaming.features.feature_rows` and :func:`models.batch.hash_ids` (the code
+that built the training examples: no training/serving skew), scores several users in one
+forward pass and keeps each one's top K.
 """
 
 from __future__ import annotations
@@ -14,20 +14,28 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 import torch
 
-from models.batch import BatchBuilder
+from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids
 from models.checkpoint import load_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.candidates import CandidateReads, generate, top_categories
 from streaming.errors import CorruptCheckpoint, StoreError
-from streaming.features import DEFAULT_FEATURES, FeatureConfig, feature_matrix, parse_recent
+from streaming.features import (
+    DEFAULT_FEATURES,
+    FeatureConfig,
+    feature_matrix,
+    item_columns,
+    parse_recent,
+)
 from streaming.feeds import POPULAR, Feed, FeedItem
 from streaming.state_store import as_text, parse_state_hash
 
@@ -77,15 +85,40 @@ class ModelHolder:
         return True
 
 
+@dataclass(slots=True)
+class CachedItem:
+    """An item's state as the scorer last read it, with what every user's batch needs of it."""
+
+    read_at: float  # time.monotonic() (s)
+    state: dict[str, Any]
+    cols: np.ndarray  # F, streaming.features.item_columns
+    row: int  # hash_ids(item_id) in the item table
+    category_row: int  # hash_ids(category) in the category table, -1 when absent
+
+
+@dataclass(slots=True)
+class UserReads:
+    user_id: str
+    state: dict[str, Any]
+    recent: list[tuple[str, int]]  # (item, ts ms), newest first
+    candidates: CandidateReads
+
+
 class FeedRanker:
+    """Ranks users' candidates with the current model. Users are scored together: their reads
+    share a Redis round trip and their rows one forward pass.
+
+    What several users share (item state, popular/new lists, co-visitation and category lists)
+    is cached for ``cache_s`` seconds, so a feed may miss up to ``cache_s`` of other users'
+    activity; the user's own state is read fresh on every refresh."""
+
     def __init__(self, client: redis.Redis, key_prefix: str, holder: ModelHolder, *,
                  feed_size: int = 50, candidates: int = 500,
-                 features: FeatureConfig = DEFAULT_FEATURES, item_cache_s: float = 1.0) -> None:
+                 features: FeatureConfig = DEFAULT_FEATURES, cache_s: float = 1.0) -> None:
         self.r = client
-        # Consecutive users share most candidates (popular, category, co-visited items): item
-        # state read within the last ``item_cache_s`` seconds is reused.
-        self.item_cache_s = item_cache_s
-        self._items: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.cache_s = cache_s
+        self._items: dict[str, CachedItem] = {}
+        self._lists: dict[str, tuple[float, list[tuple[str, float]]]] = {}
         self.last_candidates = 0
         self.p = key_prefix
         self.holder = holder
@@ -94,98 +127,162 @@ class FeedRanker:
         self.fc = features
         self.builder = BatchBuilder(holder.spec)
 
-    def _zlist(self, raw: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
+    @staticmethod
+    def _zlist(raw: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
         return [(as_text(m), float(s)) for m, s in raw]
+
+    def _stale(self, key: str, now: float) -> bool:
+        hit = self._lists.get(key)
+        return hit is None or now - hit[0] > self.cache_s
+
+    def _read_lists(self, pipe: Any, wanted: dict[str, int], now: float) -> list[str]:
+        """Queue reads of the stale ones among ``wanted`` (zset key -> how many); returns them."""
+        stale = [k for k in wanted if self._stale(k, now)]
+        for key in stale:
+            pipe.zrevrange(key, 0, wanted[key] - 1, withscores=True)
+        return stale
+
+    def _evict(self, now: float) -> None:
+        if len(self._lists) > 20_000:
+            self._lists = {k: v for k, v in self._lists.items() if now - v[0] <= self.cache_s}
+        if len(self._items) > 50_000:
+            self._items = {k: v for k, v in self._items.items() if now - v.read_at <= self.cache_s}
+
+    def read_users(self, user_ids: Sequence[str], now_ms: int) -> list[UserReads]:
+        """Users' state and candidate lists in two pipelined round trips for all of them."""
+        p, now = self.p, time.monotonic()
+        shared = {f"{p}pop": 200, f"{p}new": 50}
+        try:
+            with self.r.pipeline(transaction=False) as pipe:
+                for u in user_ids:
+                    pipe.hgetall(f"{p}u:{u}")
+                    pipe.lrange(f"{p}ur:{u}", 0, self.fc.recent_items - 1)
+                    pipe.zrange(f"{p}ub:{u}", 0, -1)
+                stale = self._read_lists(pipe, shared, now)
+                res = pipe.execute()
+            for key, raw in zip(stale, res[3 * len(user_ids):], strict=True):
+                self._lists[key] = (now, self._zlist(raw))
+            users = []
+            wanted: dict[str, int] = {}
+            for k, u in enumerate(user_ids):
+                state = parse_state_hash(res[3 * k].items())
+                recent = parse_recent([as_text(x) for x in res[3 * k + 1]])
+                recent_items = list(dict.fromkeys(i for i, _ in recent))[:5]
+                cats = top_categories(state, now_ms, self.fc.affinity_half_life_ms, 3)
+                wanted.update({f"{p}cv:{i}": 50 for i in recent_items})
+                wanted.update({f"{p}ci:{c}": 100 for c in cats})
+                users.append((u, state, recent, recent_items, cats,
+                              {as_text(b) for b in res[3 * k + 2]}))
+            with self.r.pipeline(transaction=False) as pipe:
+                stale = self._read_lists(pipe, wanted, now)
+                for key, raw in zip(stale, pipe.execute() if stale else [], strict=True):
+                    self._lists[key] = (now, self._zlist(raw))
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis read for users {list(user_ids)[:3]!r}... failed: {exc}"
+                             ) from None
+        lists = self._lists
+        out = [UserReads(u, state, recent, CandidateReads(
+            recent=recent_items,
+            covisit={i: lists[f"{p}cv:{i}"][1] for i in recent_items},
+            by_category={c: lists[f"{p}ci:{c}"][1] for c in cats},
+            new_items=lists[f"{p}new"][1], popular=lists[f"{p}pop"][1], purchased=bought))
+            for u, state, recent, recent_items, cats, bought in users]
+        self._evict(now)
+        return out
 
     def read_user(self, user_id: str, now_ms: int) -> tuple[dict[str, Any], list[tuple[str, int]],
                                                             CandidateReads]:
-        p = self.p
-        try:
-            with self.r.pipeline(transaction=False) as pipe:
-                pipe.hgetall(f"{p}u:{user_id}")
-                pipe.lrange(f"{p}ur:{user_id}", 0, self.fc.recent_items - 1)
-                pipe.zrange(f"{p}ub:{user_id}", 0, -1)
-                pipe.zrevrange(f"{p}pop", 0, 199, withscores=True)
-                pipe.zrevrange(f"{p}new", 0, 49, withscores=True)
-                user_raw, recent_raw, bought, popular, new = pipe.execute()
-            user = parse_state_hash(user_raw.items())
-            recent = parse_recent([as_text(x) for x in recent_raw])
-            recent_items = list(dict.fromkeys(i for i, _ in recent))[:5]
-            cats = top_categories(user, now_ms, self.fc.affinity_half_life_ms, 3)
-            with self.r.pipeline(transaction=False) as pipe:
-                for item in recent_items:
-                    pipe.zrevrange(f"{p}cv:{item}", 0, 49, withscores=True)
-                for cat in cats:
-                    pipe.zrevrange(f"{p}ci:{cat}", 0, 99, withscores=True)
-                res = pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"Redis read for user {user_id!r} failed: {exc}") from None
-        reads = CandidateReads(
-            recent=recent_items,
-            covisit={i: self._zlist(r) for i, r in zip(recent_items, res, strict=False)},
-            by_category={c: self._zlist(r) for c, r in
-                         zip(cats, res[len(recent_items):], strict=True)},
-            new_items=self._zlist(new), popular=self._zlist(popular),
-            purchased={as_text(b) for b in bought},
-        )
-        return user, recent, reads
+        r = self.read_users([user_id], now_ms)[0]
+        return r.state, r.recent, r.candidates
 
-    def read_items(self, items: list[str]) -> list[dict[str, Any]]:
+    def read_items(self, items: Sequence[str]) -> dict[str, CachedItem]:
+        """Item state (cached for ``cache_s``), with its feature columns and hashed rows."""
         now = time.monotonic()
         cache = self._items
-        missing = [i for i in items if i not in cache or now - cache[i][0] > self.item_cache_s]
+        missing = [i for i in dict.fromkeys(items)
+                   if i not in cache or now - cache[i].read_at > self.cache_s]
         if missing:
             try:
                 with self.r.pipeline(transaction=False) as pipe:
                     for item in missing:
                         pipe.hgetall(f"{self.p}i:{item}")
-                    for item, h in zip(missing, pipe.execute(), strict=True):
-                        cache[item] = (now, parse_state_hash(h.items()))
+                    states = [parse_state_hash(h.items()) for h in pipe.execute()]
             except redis.RedisError as exc:
                 raise StoreError(f"Redis item read failed: {exc}") from None
-        if len(cache) > 50_000:
-            for item in [i for i, (t, _) in cache.items() if now - t > self.item_cache_s]:
-                del cache[item]
-        return [cache[i][1] for i in items]
+            spec = self.holder.spec
+            cols = item_columns(states, self.fc)
+            rows = hash_ids(missing, spec.table_of("item_id").num_embeddings)
+            cats = [st.get("cat") for st in states]
+            cat_rows = np.full(len(missing), -1, dtype=np.int64)
+            present = [k for k, c in enumerate(cats) if c is not None]
+            cat_rows[present] = hash_ids([cats[k] for k in present],
+                                         spec.table_of("category").num_embeddings)
+            for k, item in enumerate(missing):
+                cache[item] = CachedItem(now, states[k], cols[k], int(rows[k]), int(cat_rows[k]))
+        return {i: cache[i] for i in items}
+
+    def scoring_rows(self, user_id: str, user: dict[str, Any], recent: list[tuple[str, int]],
+                     items: Sequence[str], cached: dict[str, CachedItem], now_ms: int
+                     ) -> ScoringRows:
+        """The exact inputs the model sees for (user, items) now: the functions that built the
+        training examples (feature_rows, hash_ids), on the state read from Redis. The price
+        is the item's last seen price (training used the event's price)."""
+        entries = [cached[i] for i in items]
+        states = [c.state for c in entries]
+        cats = [st.get("cat") for st in states]
+        cols = np.stack([c.cols for c in entries]) if entries else None
+        dense = feature_matrix(user, recent, states, cats, [st.get("price") for st in states],
+                               now_ms, self.fc, cols)
+        return ScoringRows(dense, user_id, items, cats, [i for i, _ in recent],
+                           item_rows=np.fromiter((c.row for c in entries), np.int64, len(entries)),
+                           category_rows=np.fromiter((c.category_row for c in entries), np.int64,
+                                                     len(entries)))
 
     def model_inputs(self, user_id: str, user: dict[str, Any], recent: list[tuple[str, int]],
-                     items: list[str], item_states: list[dict[str, Any]], now_ms: int) -> Any:
-        """The exact inputs the model sees for (user, items) now: the functions that built the
-        training examples (feature_values, BatchBuilder), on the state read from Redis. The price
-        is the item's last seen price (training used the event's price)."""
-        cats = [st.get("cat") for st in item_states]
-        dense = feature_matrix(user, recent, item_states, cats,
-                               [st.get("price") for st in item_states], now_ms, self.fc)
-        return self.builder.build_for_scoring(dense, user_id, items, cats, [i for i, _ in recent])
+                     items: Sequence[str], now_ms: int) -> ExampleBatch:
+        rows = self.scoring_rows(user_id, user, recent, items, self.read_items(items), now_ms)
+        return self.builder.build_for_scoring([rows])
 
     def rank(self, user_id: str, now_ms: int | None = None) -> Feed | None:
+        return self.rank_many([user_id], now_ms)[0]
+
+    def rank_many(self, user_ids: Sequence[str], now_ms: int | None = None) -> list[Feed | None]:
+        """Feeds for ``user_ids`` (``None`` for a user with no candidates at all), scored in one
+        forward pass of ``sum(candidates)`` rows."""
         now_ms = now_ms or int(time.time() * 1000)
-        user, recent, reads = self.read_user(user_id, now_ms)
-        cands = generate(reads, self.n_candidates)
-        self.last_candidates = len(cands)
-        if not cands:
-            return None
-        items = [c for c, _ in cands]
-        states = self.read_items(items)
+        reads = self.read_users(user_ids, now_ms)
+        cands = [generate(r.candidates, self.n_candidates) for r in reads]
+        self.last_candidates = sum(map(len, cands))
+        cached = self.read_items([i for c in cands for i, _ in c])
         loaded = self.holder.current
+        scored = [k for k, c in enumerate(cands) if c]
         if loaded is None:
             # No model published yet: rank by the candidate sources' order.
-            scores = [1.0 / (1 + n) for n in range(len(items))]
+            scores = {k: 1.0 / (1.0 + np.arange(len(cands[k]))) for k in scored}
         else:
-            batch = self.model_inputs(user_id, user, recent, items, states, now_ms)
+            parts = [self.scoring_rows(reads[k].user_id, reads[k].state, reads[k].recent,
+                                       [i for i, _ in cands[k]], cached, now_ms) for k in scored]
+            batch = self.builder.build_for_scoring(parts)
             with torch.inference_mode():
-                scores = torch.sigmoid(loaded.model(batch.dense, batch.sparse)).tolist()
-        order = sorted(range(len(items)), key=lambda k: -scores[k])[:self.feed_size]
-        sources = Counter(cands[k][1] for k in order)
-        last = user.get("last")
-        return Feed(
-            user_id=user_id,
-            items=[FeedItem(items[k], round(float(scores[k]), 6), cands[k][1]) for k in order],
-            model_version=loaded.version if loaded else None,
-            generated_at_ms=int(time.time() * 1000),
-            source_event_ts_ms=int(last) if last is not None else None,
-            sources=dict(sources),
-        )
+                flat = torch.sigmoid(loaded.model(batch.dense, batch.sparse)).numpy()
+            bounds = np.cumsum([0] + [len(cands[k]) for k in scored])
+            scores = {k: flat[bounds[j]:bounds[j + 1]] for j, k in enumerate(scored)}
+        generated = int(time.time() * 1000)
+        feeds: list[Feed | None] = [None] * len(reads)
+        for k in scored:
+            top = np.argsort(-scores[k], kind="stable")[:self.feed_size].tolist()
+            user_cands = cands[k]
+            last = reads[k].state.get("last")
+            feeds[k] = Feed(
+                user_id=reads[k].user_id,
+                items=[FeedItem(user_cands[j][0], round(float(scores[k][j]), 6), user_cands[j][1])
+                       for j in top],
+                model_version=loaded.version if loaded else None,
+                generated_at_ms=generated,
+                source_event_ts_ms=int(last) if last is not None else None,
+                sources=dict(Counter(user_cands[j][1] for j in top)),
+            )
+        return feeds
 
     def popular_feed(self) -> Feed | None:
         try:

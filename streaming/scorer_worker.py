@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 import confluent_kafka
 import orjson
+import redis
 import torch
 
+from streaming import health
 from streaming.errors import StreamrecError
 from streaming.feeds import FeedStore
 from streaming.kafka import client_config
@@ -44,6 +46,7 @@ class ScorerConfig:
     popular_every_s: float = 10.0
     feed_size: int = 50
     candidates: int = 500
+    batch_users: int = 32  # users scored per forward pass
     feed_ttl_s: float = 86_400.0
 
 
@@ -103,39 +106,71 @@ class ScorerWorker:
 
     # -- feeds ------------------------------------------------------------------------------
     def _refresh(self, budget_s: float, stop: threading.Event) -> None:
-        """Re-score pending users, most recently active first, for at most ``budget_s``: the
-        loop goes back to consuming (and to the stop flag) between cycles."""
+        """Re-score pending users, ``batch_users`` per forward pass, for at most ``budget_s``:
+        the loop goes back to consuming (and to the stop flag) between cycles."""
         with self._lock:
             # Users with new events first, oldest trigger first (bounded latency even when the
             # scorer falls behind); then re-scores after a model update, most recent user first.
-            batch = sorted(self.pending.items(), key=lambda kv: (
+            order = sorted(self.pending.items(), key=lambda kv: (
                 kv[1][0] == 0, kv[1][1] if kv[1][0] else -self.active.get(kv[0], 0.0)))
-        now_mono = time.monotonic()
-        for user, (event_ts, since) in batch:
-            if stop.is_set() or time.monotonic() - now_mono > budget_s:
+        started = time.monotonic()
+        step = self.cfg.batch_users
+        for start in range(0, len(order), step):
+            if stop.is_set() or time.monotonic() - started > budget_s:
                 break
+            chunk = self._ready(order[start:start + step], started)
+            if not chunk:
+                continue
             try:
-                feed = self.ranker.rank(user)
+                feeds = self.ranker.rank_many([u for u, _ in chunk])
             except StreamrecError as exc:
-                log.warning("scoring %s failed: %s", user, exc)
+                log.warning("scoring %d users failed: %s", len(chunk), exc)
                 continue
-            applied = feed is not None and (feed.source_event_ts_ms or 0) >= event_ts
-            waited = (now_mono - since) * 1000 >= self.cfg.max_wait_ms
-            if not applied and not waited:
-                continue  # the ingest worker has not applied the user's event yet
+            done, settled, fresh_ms = [], [], []
+            for (user, (event_ts, since)), feed in zip(chunk, feeds, strict=True):
+                applied = feed is not None and (feed.source_event_ts_ms or 0) >= event_ts
+                waited = (started - since) * 1000 >= self.cfg.max_wait_ms
+                if not applied and not waited:
+                    continue  # the ingest worker has not applied the user's event yet
+                settled.append((user, event_ts))
+                if feed is not None:
+                    done.append(feed)
+                    if event_ts:
+                        fresh_ms.append(feed.generated_at_ms - event_ts)
+            try:
+                self.feeds.write_many(done)
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.hincrby(f"{self.p}scorer:stats", "feeds_written", len(done))
+                    if fresh_ms:
+                        pipe.lpush(f"{self.p}scorer:fresh", *fresh_ms)
+                        pipe.ltrim(f"{self.p}scorer:fresh", 0, 19_999)
+                    pipe.execute()
+            except (StreamrecError, redis.RedisError) as exc:
+                log.warning("writing %d feeds failed (kept pending): %s", len(done), exc)
+                continue
+            self.feeds_written += len(done)
             with self._lock:
-                if self.pending.get(user, (None,))[0] == event_ts:
-                    del self.pending[user]
-            if feed is None:
-                continue
-            self.feeds.write(feed)
-            self.feeds_written += 1
+                for user, event_ts in settled:
+                    # A newer event may have arrived meanwhile: then the user stays pending.
+                    if self.pending.get(user, (None,))[0] == event_ts:
+                        del self.pending[user]
+
+    def _ready(self, chunk: list[tuple[str, tuple[int, float]]], now_mono: float
+               ) -> list[tuple[str, tuple[int, float]]]:
+        """The users in ``chunk`` worth scoring now: the ingest worker has applied their event
+        (one ``HGET last`` each, pipelined: far cheaper than scoring a user too early), or they
+        waited ``max_wait_ms``, or it is a model-update re-score (event time 0)."""
+        try:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.hincrby(f"{self.p}scorer:stats", "feeds_written", 1)
-                if event_ts:
-                    pipe.lpush(f"{self.p}scorer:fresh", feed.generated_at_ms - event_ts)
-                    pipe.ltrim(f"{self.p}scorer:fresh", 0, 19_999)
-                pipe.execute()
+                for user, _ in chunk:
+                    pipe.hget(f"{self.p}u:{user}", "last")
+                lasts = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("reading users' last event time failed: %s", exc)
+            return chunk
+        return [(user, (ts, since)) for (user, (ts, since)), last in zip(chunk, lasts, strict=True)
+                if ts == 0 or (last is not None and float(last) >= ts)
+                or (now_mono - since) * 1000 >= self.cfg.max_wait_ms]
 
     def _refresh_popular(self) -> None:
         feed = self.ranker.popular_feed()
@@ -152,9 +187,17 @@ class ScorerWorker:
         }))
         consumer.subscribe([self.settings.topics.events])
         debounce = self.cfg.debounce_ms / 1000
-        last_popular = 0.0
+        last_popular = last_beat = 0.0
+        beat = health.beat_field("scorer")
         try:
             while not stop.is_set():
+                if time.monotonic() - last_beat >= 1.0:
+                    last_beat = time.monotonic()
+                    try:
+                        self.client.hset(health.key(self.p), beat,
+                                         health.beat_value("scorer", len(consumer.assignment())))
+                    except redis.RedisError as exc:
+                        log.warning("heartbeat not written: %s", exc)
                 deadline = time.monotonic() + debounce
                 while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
                     for msg in consumer.consume(1000, left):

@@ -15,8 +15,9 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 from streaming.events import Event
 
@@ -88,6 +89,15 @@ class SyntheticStream:
             + self.item_quality[item]
         )
         return _sigmoid(logit)
+
+    def live(self, rate: float, clock: Callable[[], float] = time.time) -> Iterator[Event]:
+        """:meth:`events` for a live run: each event is stamped with the wall-clock time (ms) at
+        which it is handed to the sender, as an app would stamp it. (:meth:`events` spaces views
+        by ``1 / rate`` of event time and adds their follow-ups, so a sender pacing *all* events
+        at ``rate`` would fall ever further behind the clock, and freshness measured from
+        event time would grow with the run's length.)"""
+        for event in self.events(int(clock() * 1000), rate):
+            yield replace(event, ts=int(clock() * 1000))
 
     def events(self, start_ms: int, rate: float, limit: int | None = None) -> Iterator[Event]:
         """Views at ``rate`` per second of event time from ``start_ms`` plus their follow-ups,

@@ -23,13 +23,16 @@ from typing import Any
 
 import numpy as np
 import orjson
+import redis
 import torch
 import torch.distributed as dist
 
 from models.batch import BatchBuilder
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
 from models.spec import DEFAULT_SPEC, FeatureSpec
+from streaming import health
 from streaming.producer import EventProducer
+from streaming.redis_client import connect
 from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.metrics import Prequential, auc, log_loss
@@ -75,6 +78,10 @@ class ContinuousTrainer:
         self._last_publish = time.monotonic()
         self._producer = EventProducer(settings, topic=settings.topics.model_updates) \
             if self.info.rank == 0 else None
+        self._partitions = partitions
+        self._redis = connect(settings.redis)  # heartbeats only (streaming.health)
+        self._beat_field = health.beat_field(f"trainer-rank{self.info.rank}")
+        self._last_beat = 0.0
 
     # -- resume ---------------------------------------------------------------------------
     def _resume(self) -> dict[str, int]:
@@ -218,6 +225,7 @@ class ContinuousTrainer:
     def run(self, stop: threading.Event, max_steps: int | None = None,
             publish_on_exit: bool = True) -> None:
         while True:
+            self._beat()
             self._fill()
             halt = stop.is_set() or (max_steps is not None and self.state.step >= max_steps)
             n, halt, publish = self._agree(halt)
@@ -230,7 +238,18 @@ class ContinuousTrainer:
         if publish_on_exit and self.state.loss_n:
             self.publish()
 
+    def _beat(self) -> None:
+        if time.monotonic() - self._last_beat < 1.0:
+            return
+        self._last_beat = time.monotonic()
+        try:
+            self._redis.hset(health.key(self.settings.redis.key_prefix), self._beat_field,
+                             health.beat_value("trainer", len(self._partitions)))
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written: %s", exc)
+
     def close(self) -> None:
+        self._redis.close()
         self.source.close()
         if self._producer is not None:
             self._producer.flush(10)

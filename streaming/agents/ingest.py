@@ -13,7 +13,9 @@ import logging
 from typing import Any
 
 import faust
+import redis
 
+from streaming import health
 from streaming.features import FeatureConfig
 from streaming.labels import LabelConfig
 from streaming.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
@@ -81,15 +83,23 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
     batch_size = settings.stream.batch_size
     batch_wait_s = settings.stream.batch_wait_ms / 1000
     resources = _Resources(settings)
+    beat = health.beat_field("ingest")
 
     @app.timer(interval=1.0)
     async def flush_outboxes() -> None:
         # A worker that committed a batch and died before producing its examples left them in
         # the outbox; the partition's next owner produces them even if no new event arrives.
         assigned = app.consumer.assignment() if app.consumer else set()
-        for tp in assigned:
-            if tp.topic == settings.topics.events:
-                await resources.get().flush_outbox(tp.partition)
+        mine = [tp.partition for tp in assigned if tp.topic == settings.topics.events]
+        processor = resources.get()
+        for partition in mine:
+            await processor.flush_outbox(partition)
+        # The same timer is the worker's heartbeat (streaming.health).
+        try:
+            await processor.store.r.hset(health.key(settings.redis.key_prefix), beat,
+                                         health.beat_value("ingest", len(mine)))
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written: %s", exc)
 
     @app.agent(topics.events, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:

@@ -36,8 +36,7 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(stack: Sett
         t_view = T0 + 10_000
         ranker = FeedRanker(redis_client, settings.redis.key_prefix, ModelHolder())
         user, recent, _ = ranker.read_user("u1", t_view)
-        item_state = ranker.read_items(["i3"])
-        serving = ranker.model_inputs("u1", user, recent, ["i3"], item_state, t_view)
+        serving = ranker.model_inputs("u1", user, recent, ["i3"], t_view)
         # Now the event whose example snapshots that same state: u1 views i3 at t_view.
         h.feed([e(6, "view", t_view, item="i3"), e(7, "view", t_view + 10 * W, item="zz")])
         # Windows closed by then: u1's views e1, e3, e6 and u2's view e4 (e7's is still open).

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.batch import BatchBuilder, collision_rate, hash_ids
+from models.batch import BatchBuilder, ScoringRows, collision_rate, hash_ids
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec, TableSpec
 
@@ -49,6 +49,38 @@ def test_batch_layout_matches_the_spec() -> None:
     assert per_key["recent_items"].values().tolist() == item_rows.tolist()  # shared item table
     assert batch.labels.tolist() == [0.0, 1.0, 0.0]
     assert batch.example_ids == ["e0", "e1", "e2"]
+
+
+def test_scoring_batch_of_several_users_equals_the_training_batch() -> None:
+    """The scorer's layout (users x candidates, ids possibly pre-hashed by its item cache) is
+    exactly what training builds from examples with the same ids and dense rows."""
+    users = {"ua": (["i1", "i2", "i3"], ["c1", None, "c2"], ["r1", "r2"]),
+             "ub": (["i2", "i4"], [None, "c1"], [])}
+    examples, parts = [], []
+    for user, (items, cats, recent) in users.items():
+        dense = np.random.default_rng(len(items)).random((len(items), len(DEFAULT_SPEC.dense)))
+        for k, item in enumerate(items):
+            examples.append({"example_id": item, "user_id": user, "item_id": item,
+                             "category": cats[k], "recent_items": recent,
+                             "labels": {"click": 0, "purchase": 0},
+                             "dense_schema": DEFAULT_SPEC.dense_schema(),
+                             "dense": dense[k].tolist()})
+        prehashed = user == "ub"
+        cat_rows = np.array([hash_ids([c], DEFAULT_SPEC.table_of("category").num_embeddings)[0]
+                             if c else -1 for c in cats])
+        parts.append(ScoringRows(
+            dense, user, items, cats, recent,
+            item_rows=hash_ids(items, DEFAULT_SPEC.table_of("item_id").num_embeddings)
+            if prehashed else None,
+            category_rows=cat_rows if prehashed else None))
+    builder = BatchBuilder(DEFAULT_SPEC)
+    training, serving = builder.build(examples), builder.build_for_scoring(parts)
+    assert torch.equal(training.dense, serving.dense)
+    t, s = training.sparse.to_dict(), serving.sparse.to_dict()
+    for key in DEFAULT_SPEC.sparse:
+        assert torch.equal(t[key].values(), s[key].values()), key
+        assert torch.equal(t[key].lengths(), s[key].lengths()), key
+    assert serving.example_ids == ["i1", "i2", "i3", "i2", "i4"]
 
 
 def test_model_scores_a_built_batch() -> None:

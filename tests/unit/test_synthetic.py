@@ -51,3 +51,12 @@ def test_ground_truth_prefers_items_in_the_users_interests() -> None:
     p_top = [stream.click_probability(user, i) for i, c in enumerate(stream.item_category) if c == top]
     p_bot = [stream.click_probability(user, i) for i, c in enumerate(stream.item_category) if c == bottom]
     assert sum(p_top) / len(p_top) > 2 * sum(p_bot) / len(p_bot)
+
+
+def test_live_events_carry_the_clock_at_which_they_are_handed_out() -> None:
+    ticks = iter(range(1_000_000, 2_000_000, 7))
+    clock = lambda: next(ticks) / 1000  # noqa: E731 - seconds, advancing 7 ms per call
+    events = list(itertools.islice(SyntheticStream(1).live(500.0, clock=clock), 50))
+    stamps = [e.ts for e in events]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert stamps[0] >= 1_000_007 and stamps[-1] < 1_000_000 + 7 * 200

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.streamrec-installed
 
-.PHONY: demo test lint services bench-ingest clean
+.PHONY: demo test lint services screenshot bench-ingest clean
 
 $(STAMP): pyproject.toml deploy/bootstrap.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/bootstrap.sh
@@ -18,7 +18,14 @@ demo: $(STAMP) services
 	$(BIN)/streamrec up
 
 test: $(STAMP) services
+	@bash deploy/ensure-chromium.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Refresh docs/dashboard.png from a live run (the browser test, writing into docs/).
+screenshot: $(STAMP) services
+	@bash deploy/ensure-chromium.sh
+	STREAMREC_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/integration/test_observability.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check streaming models trainer deploy tests benchmarks

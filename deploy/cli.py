@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replay", type=Path, metavar="PATH",
                     help="replay a JSONL/CSV event file instead of synthetic events")
     up.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    up.add_argument("--events", type=int, metavar="N",
+                    help="stop the source after N events; everything else keeps running")
+    up.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard")
     up.add_argument("--workers", type=int, default=1, metavar="N",
                     help="stream-processing workers (one consumer group; default 1)")
     up.add_argument("--scorers", type=int, default=1, metavar="N",
@@ -101,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="create the topics (idempotent) and list them")
     _global_options(topics)
+
+    lag = sub.add_parser("lag", help="consumer lag per group/topic/partition, Burrow-style status")
+    lag.add_argument("--json", action="store_true", help="one JSON document per sample")
+    lag.add_argument("--watch", type=float, metavar="S",
+                     help="sample every S seconds until Ctrl-C (status needs a window of samples)")
+    lag.add_argument("--serve", type=int, metavar="PORT",
+                     help="run as the lag exporter: /metrics on PORT (runtime.bind_host)")
+    lag.add_argument("--interval", type=float, default=5.0, metavar="S",
+                     help="sampling interval with --serve (default 5)")
+    _global_options(lag)
+
+    dash = sub.add_parser("dashboard", help="serve the live dashboard (read-only)")
+    dash.add_argument("--port", type=int, help="default: runtime.dashboard_port")
+    _global_options(dash)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--markdown", action="store_true", help="as a Markdown table with env vars")
@@ -156,7 +173,8 @@ def cmd_up(args: argparse.Namespace, settings: Any) -> int:
         settings = settings.with_values({key: "60000"})
 
     opts = UpOptions(duration_s=args.duration, rate=args.rate, replay=args.replay, seed=args.seed,
-                     workers=args.workers, scorers=args.scorers)
+                     workers=args.workers, scorers=args.scorers, max_events=args.events,
+                     dashboard=not args.no_dashboard)
     if opts.replay is not None and not opts.replay.is_file():
         raise ConfigError(f"--replay {opts.replay}: file not found")
     with stop_on_signals() as stop:
@@ -304,10 +322,77 @@ def cmd_config(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def _print_lag(snap: Any, as_json: bool) -> None:
+    if as_json:
+        print(orjson.dumps(snap.as_dict()).decode(), flush=True)
+        return
+    print(f"{'GROUP':<18} {'TOPIC':<20} {'P':>3} {'LOG-END':>9} {'COMMITTED':>9} {'LAG':>7} "
+          f"{'LAG-S':>7}  STATUS   NOTE")
+    for p in snap.partitions:
+        note = f"{p.anomaly} (raw offsets shown, lag clamped at 0)" if p.anomaly else ""
+        committed = p.committed if p.committed >= 0 else "-"
+        print(f"{p.group:<18} {p.topic:<20} {p.partition:>3} {p.log_end:>9} {committed:>9} "
+              f"{p.lag:>7} {p.lag_seconds:>7.1f}  {snap.status.get(p.group, 'OK'):<8} {note}")
+    for group, g in snap.by_group().items():
+        print(f"{group}: lag {g['lag']}, oldest {g['lag_seconds']:.1f} s, {g['status']}")
+    print(flush=True)
+
+
+def cmd_lag(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.embedded import with_running_endpoints
+    from streaming.lag_monitor import LagMonitor
+    from streaming.metrics import serve
+
+    settings = with_running_endpoints(settings)
+    monitor = LagMonitor(settings, interval_s=args.interval)
+    try:
+        if args.serve is not None:
+            server = serve(monitor.metrics.registry, args.serve, settings.runtime.bind_host)
+            print(f"lag exporter on http://{settings.runtime.bind_host}:{server.port}/metrics",
+                  flush=True)
+            try:
+                with stop_on_signals() as stop:
+                    monitor.run(stop)
+            finally:
+                server.close()
+            return 0
+        with stop_on_signals() as stop:
+            while True:
+                _print_lag(monitor.sample(), args.json)
+                if not args.watch or stop.wait(args.watch):
+                    break
+    finally:
+        monitor.close()
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, settings: Any) -> int:
+    import json
+
+    from deploy.dashboard import Dashboard
+    from deploy.embedded import endpoints_path, with_running_endpoints
+
+    settings = with_running_endpoints(settings)
+
+    def metrics_urls() -> dict[str, str]:
+        try:
+            return dict(json.loads(endpoints_path(settings).read_text()).get("metrics") or {})
+        except (OSError, ValueError):
+            return {}
+
+    dashboard = Dashboard(settings, metrics_urls, port=args.port).start()
+    print(f"dashboard {dashboard.url} (read-only; Ctrl-C to stop)", flush=True)
+    try:
+        with stop_on_signals() as stop:
+            stop.wait()
+    finally:
+        dashboard.close()
+    return 0
+
+
 COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "worker": cmd_worker,
-            "bench": cmd_bench, "train": cmd_train, "score": cmd_score,
-            "topics": cmd_topics,
-            "config": cmd_config}
+            "bench": cmd_bench, "train": cmd_train, "score": cmd_score, "topics": cmd_topics,
+            "lag": cmd_lag, "dashboard": cmd_dashboard, "config": cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

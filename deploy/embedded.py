@@ -282,7 +282,10 @@ def endpoints_path(settings: Settings) -> Path:
     return settings.runtime.run_path / "current.json"
 
 
-def write_endpoints(settings: Settings, run_dir: Path) -> Path:
+def write_endpoints(settings: Settings, run_dir: Path, *,
+                    metrics: dict[str, str] | None = None, dashboard: str | None = None) -> Path:
+    """``.streamrec/current.json``: where a running ``streamrec up`` serves what (read by the
+    other subcommands, e.g. ``streamrec lag`` and ``streamrec dashboard``)."""
     path = endpoints_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -291,6 +294,8 @@ def write_endpoints(settings: Settings, run_dir: Path) -> Path:
         "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
         "redis_url": settings.redis.url,
         "run_dir": str(run_dir),
+        "metrics": metrics or {},
+        "dashboard": dashboard,
     }))
     tmp.replace(path)
     return path

@@ -19,12 +19,20 @@ from typing import Any
 
 import confluent_kafka
 
-from deploy.embedded import EmbeddedRuntime, ManagedProcess, remove_endpoints, write_endpoints
+from deploy.dashboard import Dashboard
+from deploy.embedded import (
+    EmbeddedRuntime,
+    ManagedProcess,
+    free_port,
+    remove_endpoints,
+    write_endpoints,
+)
 from models.checkpoint import list_versions, read_manifest, version_dir
 from streaming import health
 from streaming.emit import EmitReport, emit_records
-from streaming.errors import StreamrecError
+from streaming.errors import BrokerError, StreamrecError
 from streaming.kafka import KafkaAdmin, client_config, topic_specs
+from streaming.lag_monitor import LagCollector
 from streaming.producer import EventProducer
 from streaming.redis_client import connect
 from streaming.settings import Settings
@@ -45,6 +53,8 @@ class UpOptions:
     status_every_s: float = 5.0
     workers: int = 1  # stream-processing worker processes
     scorers: int = 1  # scorer processes
+    max_events: int | None = None  # the source stops after this many (the loop keeps running)
+    dashboard: bool = True  # serve the dashboard (runtime.dashboard_port) from this process
 
 
 def _component(settings: Settings, run_dir: Path, name: str, *args: str) -> ManagedProcess:
@@ -105,31 +115,18 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def consumer_lag(settings: Settings) -> dict[str, int]:
-    """Max lag (messages) per consumer group over its topic's partitions, clamped at 0.
-    A first version for the summary; the lag monitor (observability) refines it."""
-    groups = {"streamrec-ingest": settings.topics.events,
-              "streamrec-scorer": settings.topics.events,
-              "streamrec-trainer": settings.topics.examples}
-    out: dict[str, int] = {}
-    for group, topic in groups.items():
-        consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{
-            "group.id": group, "enable.auto.commit": False}))
-        try:
-            md = consumer.list_topics(topic, timeout=10)
-            tps = [confluent_kafka.TopicPartition(topic, p) for p in md.topics[topic].partitions]
-            worst = 0
-            for tp in consumer.committed(tps, timeout=10):
-                _, high = consumer.get_watermark_offsets(tp, timeout=10)
-                if tp.offset >= 0:
-                    worst = max(worst, high - tp.offset)
-                elif high > 0:
-                    worst = max(worst, high)
-            out[group] = worst
-        except confluent_kafka.KafkaException as exc:
-            log.warning("lag of %s unavailable: %s", group, exc)
-        finally:
-            consumer.close()
-    return out
+    """Max lag (messages) over each consumer group's partitions (streaming.lag_monitor)."""
+    collector = LagCollector(settings)
+    try:
+        out: dict[str, int] = {}
+        for p in collector.collect():
+            out[p.group] = max(out.get(p.group, 0), p.lag)
+        return out
+    except BrokerError as exc:
+        log.warning("%s", exc)
+        return {}
+    finally:
+        collector.close()
 
 
 def _source(settings: Settings, opts: UpOptions) -> Iterable[tuple[str, Any]]:
@@ -162,6 +159,20 @@ def _wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
         stop.wait(0.25)
 
 
+def _start_dashboard(settings: Settings, metrics_urls: dict[str, str],
+                     say: Callable[[str], None]) -> Dashboard | None:
+    """The dashboard on ``runtime.dashboard_port``, or a free port when that one is taken."""
+    for port in (settings.runtime.dashboard_port, 0):
+        try:
+            dashboard = Dashboard(settings, lambda: metrics_urls, port=port).start()
+        except OSError as exc:
+            say(f"dashboard port {port} unavailable ({exc}); trying a free port")
+            continue
+        say(f"dashboard {dashboard.url}")
+        return dashboard
+    return None
+
+
 def run_up(
     settings: Settings,
     opts: UpOptions,
@@ -171,6 +182,7 @@ def run_up(
     """Run until ``stop`` is set or the duration elapses; returns the summary dict."""
     runtime = EmbeddedRuntime(settings)
     settings = runtime.start()
+    dashboard: Dashboard | None = None
     started = time.monotonic()
     try:
         write_endpoints(settings, runtime.run_dir)
@@ -183,10 +195,19 @@ def run_up(
         components = [(f"worker-{n}", ["worker"]) for n in range(opts.workers)]
         components += [("trainer", ["train"])]
         components += [(f"scorer-{n}", ["score"]) for n in range(opts.scorers)]
+        host = settings.runtime.bind_host
+        metrics_urls: dict[str, str] = {}
         for name, args in components:
-            proc = _component(settings, runtime.run_dir, name, *args)
+            port = free_port(host)
+            metrics_urls[name] = f"http://{host}:{port}/metrics"
+            proc = _component(settings.with_values({"runtime.metrics_port": str(port)}),
+                              runtime.run_dir, name, *args)
             proc.start()
             runtime.processes.append(proc)  # stopped (before the broker) with the runtime
+        if opts.dashboard:
+            dashboard = _start_dashboard(settings, metrics_urls, say)
+        write_endpoints(settings, runtime.run_dir, metrics=metrics_urls,
+                        dashboard=dashboard.url if dashboard else None)
         redis_client = connect(settings.redis)
         partitions = range(settings.topics.events_partitions)
         _wait_consuming(redis_client, settings, runtime, ("ingest", "scorer", "trainer"),
@@ -208,6 +229,7 @@ def run_up(
         source = threading.Thread(
             target=lambda: result.setdefault("report", emit_records(
                 producer, _source(settings, opts), rate=opts.rate, stop=stop_source,
+                limit=opts.max_events,
                 on_invalid=lambda m: log.warning("invalid input: %s", m),
             )),
             name="event-source",
@@ -237,7 +259,9 @@ def run_up(
                 f"examples {st.get('examples', 0):>7}  model v{st.get('scorer_model_version', '-')}  "
                 f"feeds {st.get('scorer_feeds_written', 0):>7}")
             last_print, last_arrived = now, arrived
-            if (deadline is not None and now >= deadline) or not source.is_alive():
+            # A replay ends the run when the file is done; --events stops the source only.
+            source_done = not source.is_alive() and opts.max_events is None
+            if (deadline is not None and now >= deadline) or source_done:
                 break
 
         stop_source.set()
@@ -279,5 +303,7 @@ def run_up(
             "duration_s": round(time.monotonic() - started, 2),
         }
     finally:
+        if dashboard is not None:
+            dashboard.close()
         remove_endpoints(settings)
         runtime.stop()

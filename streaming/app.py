@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from streaming.metrics import IngestMetrics
 from streaming.settings import Settings
 from streaming.topics import define_topics
 
@@ -39,7 +40,8 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
-def create_app(settings: Settings, *, app_id: str = APP_ID, **overrides: Any) -> faust.App:
+def create_app(settings: Settings, *, app_id: str = APP_ID, metrics: IngestMetrics | None = None,
+               **overrides: Any) -> faust.App:
     servers = [f"kafka://{hp.strip()}" for hp in settings.kafka.bootstrap_servers.split(",")]
     run_dir = Path(settings.runtime.run_dir) / "faust" / app_id
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -64,5 +66,5 @@ def create_app(settings: Settings, *, app_id: str = APP_ID, **overrides: Any) ->
     app = faust.App(app_id, **conf)
     from streaming.agents.ingest import register_ingest
 
-    register_ingest(app, settings, define_topics(app, settings))
+    register_ingest(app, settings, define_topics(app, settings), metrics or IngestMetrics())
     return app

@@ -30,6 +30,7 @@ from streaming import health
 from streaming.errors import StreamrecError
 from streaming.feeds import FeedStore
 from streaming.kafka import client_config
+from streaming.metrics import ScorerMetrics, serve
 from streaming.redis_client import connect
 from streaming.scorer import FeedRanker, ModelHolder
 from streaming.settings import Settings
@@ -67,6 +68,7 @@ class ScorerWorker:
         self.active: dict[str, float] = {}  # user -> last event (wall s)
         self._lock = threading.Lock()
         self.feeds_written = 0
+        self.metrics = ScorerMetrics()
 
     # -- model updates ----------------------------------------------------------------------
     def _follow_models(self, stop: threading.Event) -> None:
@@ -86,11 +88,16 @@ class ScorerWorker:
                             newest = doc
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         log.error("unreadable model announcement at offset %d", msg.offset())
+                t0 = time.perf_counter()
                 if newest is not None and self.holder.load(newest["path"], newest["version"]):
+                    self.metrics.stage.labels("model_load").observe(time.perf_counter() - t0)
+                    self.metrics.model_loads.labels("ok").inc()
+                    self.metrics.model_version.labels("scorer").set(newest["version"])
                     self.client.hset(f"{self.p}scorer:stats", mapping={
                         "model_version": newest["version"], "model_loads": self.holder.loads})
                     self._rescore_active()
                 elif newest is not None and self.holder.failures:
+                    self.metrics.model_loads.labels("failed").inc()
                     self.client.hset(f"{self.p}scorer:stats",
                                      "model_load_failures", self.holder.failures)
         finally:
@@ -124,6 +131,7 @@ class ScorerWorker:
             try:
                 feeds = self.ranker.rank_many([u for u, _ in chunk])
             except StreamrecError as exc:
+                self.metrics.redis_errors.labels("scorer").inc()
                 log.warning("scoring %d users failed: %s", len(chunk), exc)
                 continue
             done, settled, fresh_ms = [], [], []
@@ -146,9 +154,14 @@ class ScorerWorker:
                         pipe.ltrim(f"{self.p}scorer:fresh", 0, 19_999)
                     pipe.execute()
             except (StreamrecError, redis.RedisError) as exc:
+                self.metrics.redis_errors.labels("scorer").inc()
                 log.warning("writing %d feeds failed (kept pending): %s", len(done), exc)
                 continue
             self.feeds_written += len(done)
+            self.metrics.feeds.inc(len(done))
+            stage = self.metrics.stage.labels("event_to_feed")
+            for ms in fresh_ms:
+                stage.observe(ms / 1000)
             with self._lock:
                 for user, event_ts in settled:
                     # A newer event may have arrived meanwhile: then the user stays pending.
@@ -181,6 +194,9 @@ class ScorerWorker:
         loader = threading.Thread(target=self._follow_models, args=(stop,), name="model-loader",
                                   daemon=True)
         loader.start()
+        port = self.settings.runtime.metrics_port
+        server = serve(self.metrics.registry, port, self.settings.runtime.bind_host) \
+            if port else None
         consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
             "group.id": GROUP, "auto.offset.reset": "earliest", "enable.auto.commit": True,
             "session.timeout.ms": self.settings.kafka.session_timeout_ms,
@@ -197,11 +213,16 @@ class ScorerWorker:
                         self.client.hset(health.key(self.p), beat,
                                          health.beat_value("scorer", len(consumer.assignment())))
                     except redis.RedisError as exc:
+                        self.metrics.redis_errors.labels("scorer").inc()
                         log.warning("heartbeat not written: %s", exc)
+                    self.metrics.pending.set(len(self.pending))
                 deadline = time.monotonic() + debounce
                 while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
                     for msg in consumer.consume(1000, left):
-                        if msg.error() or msg.key() is None:
+                        if msg.error():
+                            self.metrics.kafka_errors.labels("scorer").inc()
+                            continue
+                        if msg.key() is None:
                             continue
                         self._note(msg)
                 if self.pending:
@@ -212,6 +233,8 @@ class ScorerWorker:
         finally:
             consumer.close()
             loader.join()
+            if server is not None:
+                server.close()
             self.client.close()
 
     def _note(self, msg: confluent_kafka.Message) -> None:

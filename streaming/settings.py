@@ -143,6 +143,8 @@ class RuntimeSettings:
     run_dir: str = _f(".streamrec", "state of the embedded runtime: logs, endpoints, Redis AOF")
     bind_host: str = _f("127.0.0.1", "address embedded services and HTTP endpoints bind to")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
+    metrics_port: int = _f(0, "port of this component's Prometheus /metrics (0 = not served)")
+    dashboard_port: int = _f(8050, "port of `streamrec dashboard` (bound to runtime.bind_host)")
 
     def __post_init__(self) -> None:
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

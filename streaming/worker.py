@@ -8,13 +8,17 @@ import faust
 
 from streaming.app import create_app
 from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.metrics import IngestMetrics, serve
 from streaming.settings import Settings
 
 
 def run_worker(settings: Settings) -> int:
     """Run one Faust worker until SIGINT/SIGTERM (Faust installs the handlers)."""
     KafkaAdmin(settings).ensure_topics(topic_specs(settings))
-    app = create_app(settings)
+    metrics = IngestMetrics()
+    server = serve(metrics.registry, settings.runtime.metrics_port, settings.runtime.bind_host) \
+        if settings.runtime.metrics_port else None
+    app = create_app(settings, metrics=metrics)
     level = settings.runtime.log_level.upper()
     worker = faust.Worker(
         app,
@@ -29,4 +33,7 @@ def run_worker(settings: Settings) -> int:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
+    finally:
+        if server is not None:
+            server.close()
     return 0

@@ -31,6 +31,7 @@ from models.batch import BatchBuilder
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming import health
+from streaming.metrics import TrainerMetrics, serve
 from streaming.producer import EventProducer
 from streaming.redis_client import connect
 from streaming.settings import Settings
@@ -82,6 +83,11 @@ class ContinuousTrainer:
         self._redis = connect(settings.redis)  # heartbeats only (streaming.health)
         self._beat_field = health.beat_field(f"trainer-rank{self.info.rank}")
         self._last_beat = 0.0
+        self.prom = TrainerMetrics()
+        port = settings.runtime.metrics_port
+        # Rank 0 serves the metrics (one endpoint per job); other ranks keep theirs unexported.
+        self._metrics_server = serve(self.prom.registry, port, settings.runtime.bind_host) \
+            if port and self.info.rank == 0 else None
 
     # -- resume ---------------------------------------------------------------------------
     def _resume(self) -> dict[str, int]:
@@ -142,6 +148,7 @@ class ContinuousTrainer:
             self.first_step_at = time.perf_counter()
         taken = [self._buffer.popleft() for _ in range(n)]
         batch = self.builder.build([ex for _, _, ex in taken])
+        self._observe_traces([ex for _, _, ex in taken])
         self.dmp.train()
         loss, logits = self.dmp(batch.dense.to(self.info.device),
                                 batch.sparse.to(self.info.device),
@@ -158,7 +165,24 @@ class ContinuousTrainer:
         self.last_step_at = time.perf_counter()
         self.state.loss_sum += loss_value * n
         self.state.loss_n += n
+        self.prom.steps.inc()
+        self.prom.examples.inc(n)
+        self.prom.loss.set(loss_value)
         return loss_value
+
+    def _observe_traces(self, examples: list[dict[str, Any]]) -> None:
+        """Stage latencies from each example's trace (ms): event -> example (the label window
+        closing) and example -> trained (now)."""
+        now = time.time() * 1000
+        to_example = self.prom.stage.labels("event_to_example")
+        to_trained = self.prom.stage.labels("example_to_trained")
+        for ex in examples:
+            trace = ex.get("trace") or {}
+            closed, event_ts = trace.get("closed_ms"), trace.get("event_ts")
+            if closed is not None:
+                to_trained.observe(max(0.0, now - closed) / 1000)
+                if event_ts is not None:
+                    to_example.observe(max(0.0, closed - event_ts) / 1000)
 
     def next_offsets(self) -> dict[str, int]:
         """Per partition: the first example not yet trained (still buffered), else the offset
@@ -211,6 +235,12 @@ class ContinuousTrainer:
                 {"model": MODEL_NAME, "path": str(path.resolve()), **orjson.loads(
                     manifest.to_json())}))
             self._producer.flush(30)
+            self.prom.checkpoints.inc()
+            self.prom.model_version.labels("trainer").set(manifest.version)
+            for gauge, name in ((self.prom.auc, "prequential_auc"),
+                                (self.prom.logloss, "prequential_logloss")):
+                if not math.isnan(metrics[name]):
+                    gauge.set(metrics[name])
             log.info("published v%d (step %d, %d examples, auc %s)", manifest.version,
                      manifest.step, manifest.examples_seen, metrics["prequential_auc"])
         dist.barrier()  # the checkpoint is durable before anyone commits offsets
@@ -219,6 +249,7 @@ class ContinuousTrainer:
         self.state.loss_sum = self.state.loss_n = 0
         self._last_publish = time.monotonic()
         self.publish_seconds.append(time.perf_counter() - t0)
+        self.prom.stage.labels("checkpoint_publish").observe(self.publish_seconds[-1])
         return manifest
 
     # -- main loop ------------------------------------------------------------------------
@@ -246,9 +277,12 @@ class ContinuousTrainer:
             self._redis.hset(health.key(self.settings.redis.key_prefix), self._beat_field,
                              health.beat_value("trainer", len(self._partitions)))
         except redis.RedisError as exc:
+            self.prom.redis_errors.labels("trainer").inc()
             log.warning("heartbeat not written: %s", exc)
 
     def close(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         self._redis.close()
         self.source.close()
         if self._producer is not None:

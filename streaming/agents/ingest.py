@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from typing import Any
 
 import faust
 import redis
 
 from streaming import health
+from streaming.errors import StoreError
 from streaming.features import FeatureConfig
 from streaming.labels import LabelConfig
+from streaming.metrics import IngestMetrics
 from streaming.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
 from streaming.producer import EventProducer
 from streaming.settings import Settings
@@ -79,7 +83,8 @@ class _Resources:
             self.processor = self._close = None
 
 
-def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
+def register_ingest(app: faust.App, settings: Settings, topics: Topics,
+                    metrics: IngestMetrics) -> None:
     batch_size = settings.stream.batch_size
     batch_wait_s = settings.stream.batch_wait_ms / 1000
     resources = _Resources(settings)
@@ -99,6 +104,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
             await processor.store.r.hset(health.key(settings.redis.key_prefix), beat,
                                          health.beat_value("ingest", len(mine)))
         except redis.RedisError as exc:
+            metrics.redis_errors.labels("ingest").inc()
             log.warning("heartbeat not written: %s", exc)
 
     @app.agent(topics.events, name="ingest", concurrency=1)
@@ -114,6 +120,19 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics) -> None:
                         RawMessage(m.offset, m.key, m.value, ts_ms))
                 # Partitions are independent: while Redis runs one partition's script, Python
                 # plans another's batch.
-                await asyncio.gather(*(processor.process(p, msgs) for p, msgs in runs.items()))
+                try:
+                    results = await asyncio.gather(
+                        *(processor.process(p, msgs) for p, msgs in runs.items()))
+                except StoreError:
+                    metrics.redis_errors.labels("ingest").inc()
+                    raise
+                now = time.time()
+                counts: Counter[str] = Counter()
+                for result in results:
+                    counts.update(result.counts)
+                # Message timestamps (producer create time), not event times: a replay of old
+                # events would otherwise read as hours of latency.
+                metrics.record_batch(counts, [now - t / 1000 for msgs in runs.values()
+                                              for m in msgs if (t := m.timestamp_ms)])
         finally:
             await resources.close()

@@ -1,0 +1,177 @@
+"""Reading consumer lag from Kafka (the adapter around :mod:`streaming.lag`).
+
+Committed offsets come from one consumer per monitored group (``Consumer.committed``: it never
+subscribes, so it never joins or disturbs the group), log-end and log-start offsets from the
+watermarks, and the age of the oldest unconsumed message from one peek consumer that reads the
+message at each lagging partition's committed offset (``kafka_consumergroup_lag_seconds``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import confluent_kafka
+
+from streaming.errors import BrokerError
+from streaming.kafka import client_config
+from streaming.lag import PartitionLag, StatusEvaluator, partition_lag
+from streaming.metrics import STATUS_CODES, LagMetrics
+from streaming.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedGroup:
+    group: str
+    topic: str
+    role: str  # what the group does, for people reading `streamrec lag`
+
+
+def default_groups(settings: Settings) -> list[WatchedGroup]:
+    t = settings.topics
+    return [
+        WatchedGroup("streamrec-ingest", t.events, "ingest: validation, features, labels"),
+        WatchedGroup("streamrec-scorer", t.events, "scorer: event-triggered feed refresh"),
+        WatchedGroup("streamrec-trainer", t.examples, "trainer: committed at each checkpoint"),
+    ]
+
+
+class LagCollector:
+    def __init__(self, settings: Settings, groups: list[WatchedGroup] | None = None,
+                 timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.groups = groups or default_groups(settings)
+        self.timeout_s = timeout_s
+        self._consumers = {g.group: self._consumer(g.group) for g in self.groups}
+        self._peek = self._consumer("streamrec-lag-monitor")
+        self._partitions: dict[str, list[int]] = {}
+
+    def _consumer(self, group: str) -> confluent_kafka.Consumer:
+        return confluent_kafka.Consumer(client_config(self.settings.kafka, **{
+            "group.id": group, "enable.auto.commit": False, "enable.partition.eof": False}))
+
+    def _topic_partitions(self, topic: str) -> list[int]:
+        if topic not in self._partitions:
+            md = self._peek.list_topics(topic, timeout=self.timeout_s)
+            meta = md.topics.get(topic)
+            if meta is None or meta.error is not None:
+                raise BrokerError(f"topic {topic!r} not found: {meta.error if meta else ''}")
+            self._partitions[topic] = sorted(meta.partitions)
+        return self._partitions[topic]
+
+    def _oldest_ts_ms(self, topic: str, partition: int, offset: int) -> int | None:
+        self._peek.assign([confluent_kafka.TopicPartition(topic, partition, offset)])
+        try:
+            for msg in self._peek.consume(1, min(2.0, self.timeout_s)):
+                if msg.error() is None:
+                    kind, ts = msg.timestamp()
+                    return ts if kind != confluent_kafka.TIMESTAMP_NOT_AVAILABLE else None
+            return None
+        finally:
+            self._peek.unassign()
+
+    def collect(self) -> list[PartitionLag]:
+        now_ms = int(time.time() * 1000)
+        out = []
+        try:
+            for g in self.groups:
+                parts = self._topic_partitions(g.topic)
+                consumer = self._consumers[g.group]
+                committed = consumer.committed(
+                    [confluent_kafka.TopicPartition(g.topic, p) for p in parts],
+                    timeout=self.timeout_s)
+                for tp in committed:
+                    low, high = consumer.get_watermark_offsets(
+                        confluent_kafka.TopicPartition(g.topic, tp.partition),
+                        timeout=self.timeout_s)
+                    start = tp.offset if tp.offset >= 0 else low
+                    oldest = self._oldest_ts_ms(g.topic, tp.partition, start) \
+                        if high > start else None
+                    out.append(partition_lag(g.group, g.topic, tp.partition, high, tp.offset,
+                                             oldest, now_ms, log_start=low))
+        except confluent_kafka.KafkaException as exc:
+            raise BrokerError(f"lag read failed: {exc}") from None
+        return out
+
+    def close(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.close()
+        self._peek.close()
+
+
+@dataclass(frozen=True, slots=True)
+class LagSnapshot:
+    at_ms: int
+    partitions: list[PartitionLag]
+    status: dict[str, str]  # group -> OK / WARNING / STALLED / STOPPED
+
+    def by_group(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for p in self.partitions:
+            g = out.setdefault(p.group, {"lag": 0, "lag_seconds": 0.0, "anomalies": 0,
+                                         "status": self.status.get(p.group, "OK")})
+            g["lag"] = int(g["lag"]) + p.lag  # type: ignore[call-overload]
+            g["lag_seconds"] = max(float(g["lag_seconds"]), p.lag_seconds)  # type: ignore[arg-type]
+            g["anomalies"] = int(g["anomalies"]) + bool(p.anomaly)  # type: ignore[call-overload]
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        return {"at_ms": self.at_ms, "groups": self.by_group(),
+                "partitions": [p.as_dict() for p in self.partitions]}
+
+
+class LagMonitor:
+    """Samples lag every ``interval_s``, rates groups, and updates :class:`LagMetrics`."""
+
+    def __init__(self, settings: Settings, interval_s: float = 5.0,
+                 evaluator: StatusEvaluator | None = None) -> None:
+        self.settings = settings
+        self.interval_s = interval_s
+        self.evaluator = evaluator or StatusEvaluator()
+        self.metrics = LagMetrics()
+        self.latest: LagSnapshot | None = None
+        self._collector: LagCollector | None = None
+        self._lock = threading.Lock()
+
+    def sample(self) -> LagSnapshot:
+        with self._lock:
+            if self._collector is None:
+                self._collector = LagCollector(self.settings)
+            lags = self._collector.collect()
+            now = time.monotonic()
+            self.evaluator.add(lags, now)
+            status = {g: self.evaluator.group_status(g, now) for g in {p.group for p in lags}}
+            snap = LagSnapshot(int(time.time() * 1000), lags, status)
+            self._export(snap)
+            self.latest = snap
+            return snap
+
+    def _export(self, snap: LagSnapshot) -> None:
+        m = self.metrics
+        for p in snap.partitions:
+            labels = (p.group, p.topic, str(p.partition))
+            m.lag.labels(*labels).set(p.lag)
+            m.lag_seconds.labels(*labels).set(p.lag_seconds)
+            m.current.labels(*labels).set(p.committed)
+            m.anomaly.labels(*labels).set(1 if p.anomaly else 0)
+            m.log_end.labels(p.topic, str(p.partition)).set(p.log_end)
+        for group, status in snap.status.items():
+            m.status.labels(group).set(STATUS_CODES[status])
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.sample()
+            except BrokerError as exc:
+                log.warning("%s", exc)
+            stop.wait(self.interval_s)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._collector is not None:
+                self._collector.close()
+                self._collector = None

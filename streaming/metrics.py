@@ -1,0 +1,165 @@
+"""Prometheus metrics of every component, and the HTTP endpoint that serves them.
+
+Each component builds its own metrics object on its own ``CollectorRegistry`` (no module-level
+metric globals: tests and several components in one process stay independent) and serves it
+with :func:`serve` when ``runtime.metrics_port`` is set (``streamrec up`` gives every component
+a free port and lists them in ``.streamrec/current.json``).
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` units); consumer lag
+uses kafka-exporter's names (``kafka_consumergroup_lag``, ``kafka_consumergroup_lag_seconds``)
+so existing dashboards and alerts apply. :data:`METRIC_NAMES` lists every exported family; the
+Grafana dashboard in ``deploy/`` is checked against it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+
+# Seconds; from Redis round trips to label windows of several minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0, 600.0, 1800.0, 3600.0)
+STAGES = ("event_to_feature", "event_to_example", "example_to_trained", "checkpoint_publish",
+          "model_load", "event_to_feed")
+STATUS_CODES = {"OK": 0, "WARNING": 1, "STALLED": 2, "STOPPED": 3}
+
+
+def _stage_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram("streamrec_stage_latency_seconds",
+                     "Latency of a pipeline stage (s): event time -> feature applied, -> example "
+                     "emitted, example -> trained, checkpoint publish, model load, event -> feed",
+                     ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def _errors(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    return (Counter("streamrec_redis_errors_total", "Redis operations that failed",
+                    ["component"], registry=registry),
+            Counter("streamrec_kafka_errors_total", "Kafka client errors seen",
+                    ["component"], registry=registry))
+
+
+class IngestMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter("streamrec_events_total",
+                              "Events read by the ingest workers, by outcome", ["outcome"],
+                              registry=r)
+        self.dead_lettered = Counter("streamrec_dead_lettered_total",
+                                     "Records sent to the dead-letter topic", registry=r)
+        self.examples = Counter("streamrec_examples_total", "Training examples emitted",
+                                registry=r)
+        self.stage = _stage_histogram(r)
+        self.redis_errors, self.kafka_errors = _errors(r)
+        for outcome in ("processed", "accepted", "invalid", "duplicate"):
+            self.events.labels(outcome)
+
+    def record_batch(self, counts: dict[str, int], event_ages_s: list[float]) -> None:
+        for outcome in ("processed", "accepted", "invalid", "duplicate"):
+            if counts.get(outcome):
+                self.events.labels(outcome).inc(counts[outcome])
+        self.dead_lettered.inc(counts.get("invalid", 0))
+        self.examples.inc(counts.get("examples", 0))
+        stage = self.stage.labels("event_to_feature")
+        for age in event_ages_s:
+            stage.observe(age)
+
+
+class TrainerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.examples = Counter("streamrec_trainer_examples_total", "Examples trained on",
+                                registry=r)
+        self.steps = Counter("streamrec_trainer_steps_total", "Optimizer steps", registry=r)
+        self.loss = Gauge("streamrec_trainer_loss", "Training loss of the last step", registry=r)
+        self.auc = Gauge("streamrec_trainer_prequential_auc",
+                         "Prequential AUC (scored before training) over the recent window",
+                         registry=r)
+        self.logloss = Gauge("streamrec_trainer_prequential_logloss",
+                             "Prequential log-loss over the recent window", registry=r)
+        for unknown in (self.loss, self.auc, self.logloss):
+            unknown.set(float("nan"))  # until the first step / publish, not a fake 0
+        self.checkpoints = Counter("streamrec_checkpoints_published_total",
+                                   "Checkpoints published", registry=r)
+        self.model_version = Gauge("streamrec_model_version", "Model version", ["component"],
+                                   registry=r)
+        self.stage = _stage_histogram(r)
+        self.redis_errors, self.kafka_errors = _errors(r)
+
+
+class ScorerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.feeds = Counter("streamrec_feeds_written_total", "Feeds written to Redis",
+                             registry=r)
+        self.pending = Gauge("streamrec_scorer_pending_users", "Users waiting for a refresh",
+                             registry=r)
+        self.model_version = Gauge("streamrec_model_version", "Model version", ["component"],
+                                   registry=r)
+        self.model_loads = Counter("streamrec_model_loads_total", "Model loads by result",
+                                   ["result"], registry=r)
+        self.stage = _stage_histogram(r)
+        self.redis_errors, self.kafka_errors = _errors(r)
+        for result in ("ok", "failed"):
+            self.model_loads.labels(result)
+
+
+class LagMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        labels = ["consumergroup", "topic", "partition"]
+        self.lag = Gauge("kafka_consumergroup_lag", "Log-end offset - committed offset",
+                         labels, registry=r)
+        self.lag_seconds = Gauge("kafka_consumergroup_lag_seconds",
+                                 "Age (s) of the oldest unconsumed message", labels, registry=r)
+        self.current = Gauge("kafka_consumergroup_current_offset", "Committed offset", labels,
+                             registry=r)
+        self.log_end = Gauge("kafka_topic_partition_current_offset",
+                             "Log-end offset (high watermark) as the broker reports it",
+                             ["topic", "partition"], registry=r)
+        self.status = Gauge("streamrec_consumergroup_status",
+                            "Burrow-style status: 0 OK, 1 WARNING, 2 STALLED, 3 STOPPED",
+                            ["consumergroup"], registry=r)
+        self.anomaly = Gauge("streamrec_lag_watermark_anomaly",
+                             "1 when the broker's log-end offset is below the committed offset",
+                             labels, registry=r)
+
+
+def metric_names() -> set[str]:
+    """Every exported metric family name (as Prometheus sees it, with histogram and counter
+    suffixes)."""
+    names: set[str] = set()
+    for metrics in (IngestMetrics(), TrainerMetrics(), ScorerMetrics(), LagMetrics()):
+        for family in metrics.registry.collect():
+            names.add(family.name)
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+            names.update(family.name + s for s in suffixes.get(family.type, ()))
+    return names
+
+
+@dataclass
+class MetricsServer:
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve ``/metrics`` on ``host:port`` (0 = any free port) from a daemon thread."""
+    app: Any = make_wsgi_app(registry)
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    thread = threading.Thread(target=server.serve_forever, name=f"metrics-{port}", daemon=True)
+    thread.start()
+    return MetricsServer(server, thread)

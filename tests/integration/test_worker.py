@@ -88,6 +88,8 @@ def _dump(client: redis.Redis, settings: Settings) -> dict[str, object]:
     out: dict[str, object] = {}
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         name = key.decode()[len(prefix):].replace(settings.topics.events, "TOPIC")
+        if name == "health":
+            continue  # process heartbeats (pid, time), not feature state
         kind = client.type(key).decode()
         if kind == "hash":
             out[name] = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}

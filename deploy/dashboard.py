@@ -63,8 +63,9 @@ class Sampler:
         point: dict[str, Any] = {"t": int(time.time() * 1000)}
         try:
             snap = self.monitor.sample()
-            point["lag"] = {g: v["lag"] for g, v in snap.by_group().items()}
-            point["lag_seconds"] = {g: v["lag_seconds"] for g, v in snap.by_group().items()}
+            groups = snap.by_group()
+            point["lag"] = {g: v["lag"] for g, v in groups.items()}
+            point["lag_seconds"] = {g: v["lag_seconds"] for g, v in groups.items()}
             point["lag_status"] = dict(snap.status)
             point["lag_anomalies"] = sum(1 for p in snap.partitions if p.anomaly)
         except BrokerError as exc:

@@ -183,9 +183,7 @@ def run_up(
     runtime = EmbeddedRuntime(settings)
     settings = runtime.start()
     dashboard: Dashboard | None = None
-    started = time.monotonic()
     try:
-        write_endpoints(settings, runtime.run_dir)
         report = KafkaAdmin(settings).ensure_topics(topic_specs(settings))
         say(f"kafka  {settings.kafka.bootstrap_servers}  "
             f"(topics created: {report.created or 'none'}, existing: {report.existing or 'none'})")
@@ -206,6 +204,7 @@ def run_up(
             runtime.processes.append(proc)  # stopped (before the broker) with the runtime
         if opts.dashboard:
             dashboard = _start_dashboard(settings, metrics_urls, say)
+        # Other subcommands (emit, feed, lag, dashboard) find this run through this file.
         write_endpoints(settings, runtime.run_dir, metrics=metrics_urls,
                         dashboard=dashboard.url if dashboard else None)
         redis_client = connect(settings.redis)

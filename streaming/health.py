@@ -8,6 +8,8 @@ beat every second or so; a beat older than a few seconds means the process is go
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import socket
 import time
@@ -15,6 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+import redis
+
+log = logging.getLogger(__name__)
 
 STALE_MS = 10_000
 
@@ -30,6 +35,32 @@ def beat_field(component: str) -> str:
 def beat_value(component: str, assigned: int, now_ms: int | None = None) -> bytes:
     return orjson.dumps({"component": component, "assigned": assigned,
                          "ts_ms": now_ms if now_ms is not None else int(time.time() * 1000)})
+
+
+class Heartbeat:
+    """Beats for one process from a synchronous loop, at most every ``every_s`` seconds."""
+
+    def __init__(self, client: redis.Redis, prefix: str, component: str, *, instance: str = "",
+                 every_s: float = 1.0) -> None:
+        self._client = client
+        self._key = key(prefix)
+        self.component = component
+        self._field = beat_field(instance or component)
+        self._every_s = every_s
+        self._last = -math.inf
+
+    def beat(self, assigned: int) -> bool:
+        """Write a beat if one is due; False when Redis refused it (logged, never raised: a
+        missed beat must not stop the work it reports on)."""
+        if time.monotonic() - self._last < self._every_s:
+            return True
+        self._last = time.monotonic()
+        try:
+            self._client.hset(self._key, self._field, beat_value(self.component, assigned))
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written: %s", exc)
+            return False
+        return True
 
 
 def parse(raw: dict[Any, Any]) -> list[dict[str, Any]]:

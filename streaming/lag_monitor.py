@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import confluent_kafka
 
@@ -109,17 +110,18 @@ class LagSnapshot:
     partitions: list[PartitionLag]
     status: dict[str, str]  # group -> OK / WARNING / STALLED / STOPPED
 
-    def by_group(self) -> dict[str, dict[str, object]]:
-        out: dict[str, dict[str, object]] = {}
-        for p in self.partitions:
-            g = out.setdefault(p.group, {"lag": 0, "lag_seconds": 0.0, "anomalies": 0,
-                                         "status": self.status.get(p.group, "OK")})
-            g["lag"] = int(g["lag"]) + p.lag  # type: ignore[call-overload]
-            g["lag_seconds"] = max(float(g["lag_seconds"]), p.lag_seconds)  # type: ignore[arg-type]
-            g["anomalies"] = int(g["anomalies"]) + bool(p.anomaly)  # type: ignore[call-overload]
+    def by_group(self) -> dict[str, dict[str, Any]]:
+        """Per group: total lag, the oldest unconsumed message (s), flagged partitions, status."""
+        out = {}
+        for group in sorted({p.group for p in self.partitions}):
+            mine = [p for p in self.partitions if p.group == group]
+            out[group] = {"lag": sum(p.lag for p in mine),
+                          "lag_seconds": max(p.lag_seconds for p in mine),
+                          "anomalies": sum(1 for p in mine if p.anomaly),
+                          "status": self.status.get(group, "OK")}
         return out
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {"at_ms": self.at_ms, "groups": self.by_group(),
                 "partitions": [p.as_dict() for p in self.partitions]}
 

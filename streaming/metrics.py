@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
-from wsgiref.simple_server import WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from streaming.settings import RuntimeSettings
 
 # Seconds; from Redis round trips to label windows of several minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
@@ -158,8 +158,12 @@ class MetricsServer:
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Serve ``/metrics`` on ``host:port`` (0 = any free port) from a daemon thread."""
-    app: Any = make_wsgi_app(registry)
-    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
-    thread = threading.Thread(target=server.serve_forever, name=f"metrics-{port}", daemon=True)
-    thread.start()
+    server, thread = start_http_server(port, host, registry)
     return MetricsServer(server, thread)
+
+
+def serve_configured(registry: CollectorRegistry, runtime: RuntimeSettings) -> MetricsServer | None:
+    """:func:`serve` on ``runtime.metrics_port``; None when it is 0 (not served)."""
+    if not runtime.metrics_port:
+        return None
+    return serve(registry, runtime.metrics_port, runtime.bind_host)

@@ -30,7 +30,7 @@ from streaming import health
 from streaming.errors import StreamrecError
 from streaming.feeds import FeedStore
 from streaming.kafka import client_config
-from streaming.metrics import ScorerMetrics, serve
+from streaming.metrics import ScorerMetrics, serve_configured
 from streaming.redis_client import connect
 from streaming.scorer import FeedRanker, ModelHolder
 from streaming.settings import Settings
@@ -194,28 +194,20 @@ class ScorerWorker:
         loader = threading.Thread(target=self._follow_models, args=(stop,), name="model-loader",
                                   daemon=True)
         loader.start()
-        port = self.settings.runtime.metrics_port
-        server = serve(self.metrics.registry, port, self.settings.runtime.bind_host) \
-            if port else None
+        server = serve_configured(self.metrics.registry, self.settings.runtime)
         consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
             "group.id": GROUP, "auto.offset.reset": "earliest", "enable.auto.commit": True,
             "session.timeout.ms": self.settings.kafka.session_timeout_ms,
         }))
         consumer.subscribe([self.settings.topics.events])
         debounce = self.cfg.debounce_ms / 1000
-        last_popular = last_beat = 0.0
-        beat = health.beat_field("scorer")
+        last_popular = 0.0
+        heartbeat = health.Heartbeat(self.client, self.p, "scorer")
         try:
             while not stop.is_set():
-                if time.monotonic() - last_beat >= 1.0:
-                    last_beat = time.monotonic()
-                    try:
-                        self.client.hset(health.key(self.p), beat,
-                                         health.beat_value("scorer", len(consumer.assignment())))
-                    except redis.RedisError as exc:
-                        self.metrics.redis_errors.labels("scorer").inc()
-                        log.warning("heartbeat not written: %s", exc)
-                    self.metrics.pending.set(len(self.pending))
+                if not heartbeat.beat(len(consumer.assignment())):
+                    self.metrics.redis_errors.labels("scorer").inc()
+                self.metrics.pending.set(len(self.pending))
                 deadline = time.monotonic() + debounce
                 while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
                     for msg in consumer.consume(1000, left):

@@ -8,7 +8,7 @@ import faust
 
 from streaming.app import create_app
 from streaming.kafka import KafkaAdmin, topic_specs
-from streaming.metrics import IngestMetrics, serve
+from streaming.metrics import IngestMetrics, serve_configured
 from streaming.settings import Settings
 
 
@@ -16,8 +16,7 @@ def run_worker(settings: Settings) -> int:
     """Run one Faust worker until SIGINT/SIGTERM (Faust installs the handlers)."""
     KafkaAdmin(settings).ensure_topics(topic_specs(settings))
     metrics = IngestMetrics()
-    server = serve(metrics.registry, settings.runtime.metrics_port, settings.runtime.bind_host) \
-        if settings.runtime.metrics_port else None
+    server = serve_configured(metrics.registry, settings.runtime)
     app = create_app(settings, metrics=metrics)
     level = settings.runtime.log_level.upper()
     worker = faust.Worker(

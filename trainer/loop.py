@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis
 import torch
 import torch.distributed as dist
 
@@ -31,7 +30,7 @@ from models.batch import BatchBuilder
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming import health
-from streaming.metrics import TrainerMetrics, serve
+from streaming.metrics import TrainerMetrics, serve_configured
 from streaming.producer import EventProducer
 from streaming.redis_client import connect
 from streaming.settings import Settings
@@ -81,13 +80,12 @@ class ContinuousTrainer:
             if self.info.rank == 0 else None
         self._partitions = partitions
         self._redis = connect(settings.redis)  # heartbeats only (streaming.health)
-        self._beat_field = health.beat_field(f"trainer-rank{self.info.rank}")
-        self._last_beat = 0.0
+        self._heartbeat = health.Heartbeat(self._redis, settings.redis.key_prefix, "trainer",
+                                           instance=f"trainer-rank{self.info.rank}")
         self.prom = TrainerMetrics()
-        port = settings.runtime.metrics_port
         # Rank 0 serves the metrics (one endpoint per job); other ranks keep theirs unexported.
-        self._metrics_server = serve(self.prom.registry, port, settings.runtime.bind_host) \
-            if port and self.info.rank == 0 else None
+        self._metrics_server = serve_configured(self.prom.registry, settings.runtime) \
+            if self.info.rank == 0 else None
 
     # -- resume ---------------------------------------------------------------------------
     def _resume(self) -> dict[str, int]:
@@ -270,15 +268,8 @@ class ContinuousTrainer:
             self.publish()
 
     def _beat(self) -> None:
-        if time.monotonic() - self._last_beat < 1.0:
-            return
-        self._last_beat = time.monotonic()
-        try:
-            self._redis.hset(health.key(self.settings.redis.key_prefix), self._beat_field,
-                             health.beat_value("trainer", len(self._partitions)))
-        except redis.RedisError as exc:
+        if not self._heartbeat.beat(len(self._partitions)):
             self.prom.redis_errors.labels("trainer").inc()
-            log.warning("heartbeat not written: %s", exc)
 
     def close(self) -> None:
         if self._metrics_server is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 
@@ -51,3 +54,46 @@ def run_cli(args: Sequence[str], env: dict[str, str], timeout_s: float = 120, st
         [sys.executable, "-m", "deploy.cli", *args], env=env, capture_output=True, text=True,
         timeout=timeout_s, input=stdin.decode() if stdin is not None else None,
     )
+
+
+def start_up(run_dir: Path, *args: str, ready_timeout_s: float = 180.0
+             ) -> tuple[subprocess.Popen[str], list[str], Settings | None]:
+    """``streamrec up`` on its own embedded stack (no endpoints inherited from the environment),
+    returned once it prints ``ready:``: the process (stdout still open), the lines it printed,
+    and settings for its broker and Redis (from ``current.json``; None if it has none)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STREAMREC_") and k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "up", "--run-dir", str(run_dir), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("ready:"):
+            try:
+                info = json.loads((run_dir / "current.json").read_text())
+            except (OSError, ValueError):
+                return proc, lines, None
+            return proc, lines, Settings.load(env={}).with_values({
+                "kafka.bootstrap_servers": info["kafka_bootstrap_servers"],
+                "redis.url": info["redis_url"]})
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    raise AssertionError("streamrec up did not become ready:\n" + "".join(lines))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

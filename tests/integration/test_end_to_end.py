@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -19,45 +13,22 @@ from streaming.events import Event
 from streaming.feeds import Feed, FeedStore
 from streaming.producer import EventProducer
 from streaming.redis_client import connect
-from streaming.settings import Settings
+from tests.integration.helpers import start_up, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def test_events_change_the_users_feed_and_new_models_reach_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STREAMREC_") and k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}}
-    env["PYTHONUNBUFFERED"] = "1"
-    up = subprocess.Popen(
-        # 40 events/s: within one scorer's capacity on this machine, so the test checks behaviour;
-        # capacity under load is `streamrec bench freshness`'s subject.
-        [sys.executable, "-m", "deploy.cli", "up", "--run-dir", str(tmp_path), "--rate", "40",
-         "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300",
-         "--set", "trainer.publish_interval_s=4", "--set", "trainer.batch_size=64",
-         "--set", f"trainer.checkpoint_dir={tmp_path / 'ckpt'}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # 40 events/s: within one scorer's capacity on this machine, so the test checks behaviour;
+    # capacity under load is `streamrec bench freshness`'s subject.
+    up, _, settings = start_up(
+        tmp_path, "--rate", "40",
+        "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300",
+        "--set", "trainer.publish_interval_s=4", "--set", "trainer.batch_size=64",
+        "--set", f"trainer.checkpoint_dir={tmp_path / 'ckpt'}")
+    assert settings is not None
     sent: list[Event] = []
     try:
-        assert up.stdout is not None
-        for line in up.stdout:
-            if line.startswith("ready:"):
-                break
-        else:
-            raise AssertionError("up did not start")
-        info = json.loads((tmp_path / "current.json").read_text())
-        settings = Settings.load(env={}).with_values({
-            "kafka.bootstrap_servers": info["kafka_bootstrap_servers"],
-            "redis.url": info["redis_url"]})
         client = connect(settings.redis)
         feeds = FeedStore(client, settings.redis.key_prefix)
 

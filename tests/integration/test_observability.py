@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 from deploy.embedded import free_port
 from streaming.kafka import client_config
 from streaming.settings import Settings
-from tests.integration.test_end_to_end import wait_for
+from tests.integration.helpers import start_up, wait_for
 
 pytestmark = pytest.mark.integration
 GROUPS = {"streamrec-ingest": "events", "streamrec-scorer": "events",
@@ -71,34 +70,21 @@ def independent(settings: Settings) -> dict[tuple[str, str, int], tuple[int, int
 
 
 def test_lag_monitor_and_dashboard_on_a_live_run(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STREAMREC_") and k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}}
-    env["PYTHONUNBUFFERED"] = "1"
     port = free_port()
     chromium = shutil.which("chromium")
     screenshot = os.environ.get("STREAMREC_SCREENSHOT")  # `make screenshot`: docs/dashboard.png
-    up = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "up", "--run-dir", str(tmp_path), "--rate", "100",
-         "--events", "8000" if screenshot else "3000",
-         "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300",
-         "--set", "trainer.publish_interval_s=4", "--set", "trainer.batch_size=64",
-         "--set", f"runtime.dashboard_port={port}",
-         "--set", f"trainer.checkpoint_dir={tmp_path / 'ckpt'}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up, _, settings = start_up(
+        tmp_path, "--rate", "100", "--events", "8000" if screenshot else "3000",
+        "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300",
+        "--set", "trainer.publish_interval_s=4", "--set", "trainer.batch_size=64",
+        "--set", f"runtime.dashboard_port={port}",
+        "--set", f"trainer.checkpoint_dir={tmp_path / 'ckpt'}")
+    assert settings is not None
     base = f"http://127.0.0.1:{port}"
     try:
-        assert up.stdout is not None
-        for line in up.stdout:
-            if line.startswith("ready:"):
-                break
-        else:
-            raise AssertionError("up did not start")
         info = json.loads((tmp_path / "current.json").read_text())
         assert info["dashboard"] == f"{base}/" and set(info["metrics"]) == {
             "worker-0", "trainer", "scorer-0"}
-        settings = Settings.load(env={}).with_values({
-            "kafka.bootstrap_servers": info["kafka_bootstrap_servers"],
-            "redis.url": info["redis_url"]})
 
         def charts_hold_data() -> bool:
             pts = get_json(f"{base}/api/series")["points"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import orjson
 import pytest
 
 from streaming.settings import Settings
-from tests.integration.helpers import cli_env
+from tests.integration.helpers import cli_env, start_up
 
 pytestmark = pytest.mark.integration
 
@@ -31,28 +30,9 @@ def _pids_matching(text: str) -> list[int]:
     return pids
 
 
-def _start_up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STREAMREC_") and k not in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "up", "--run-dir", str(tmp_path), "--rate", "300",
-         *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines: list[str] = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("ready:"):
-            return proc, lines
-    proc.kill()
-    proc.wait()
-    raise AssertionError("streamrec up did not become ready:\n" + "".join(lines))
+def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    proc, lines, _ = start_up(tmp_path, "--rate", "300")
+    return proc, lines
 
 
 def _service_markers(lines: list[str]) -> list[str]:

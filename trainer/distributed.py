@@ -8,8 +8,10 @@ parameters use Adagrad.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -28,6 +30,8 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from models.dlrm import RankingTrain, StreamRecModel
 from models.spec import FeatureSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +64,18 @@ def init(local_port: int | None = None) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), device, backend)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(timeout_s: float = 30.0) -> None:
+    """Tear the process group down once every rank got here: a rank destroying its transport
+    while a peer still finishes its last collective can make gloo abort the process. Bounded,
+    so a dead peer delays exit by ``timeout_s`` at most instead of hanging it."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":  # NCCL has no bounded barrier; it tears down cleanly
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+        except RuntimeError as exc:
+            log.warning("ranks did not all reach shutdown: %s", exc)
+    dist.destroy_process_group()
 
 
 def build_sharded(spec: FeatureSpec, info: DistInfo, lr_sparse: float = 0.05,

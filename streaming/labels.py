@@ -10,7 +10,7 @@ Exposure mode (logs with ``view`` events)
 
 Implicit mode (logs without exposures, e.g. purchases only)
     Each click or purchase gives a positive example at once, plus ``negatives`` examples for items
-    sampled by popularity (``sampled = true``); see :func:`sample_negatives`.
+    sampled from the most popular items (``sampled = true``); see :func:`sample_negatives`.
 
 Features are snapshotted when the exposure (or interaction) is processed, before its own update:
 for a stream in event-time order they are exactly the state as of the event. A view processed
@@ -46,6 +46,10 @@ class LabelConfig:
     window_ms: int = 30 * 60 * 1000
     allowed_lateness_ms: int = 10_000
     negatives: int = 4
+    # "uniform": negatives uniform over the pool, so that a model's scores rank items by the
+    # probability of an interaction (what a feed ranks by); "popularity": weighted by count,
+    # so scores discount popularity (favours the tail, costs recall).
+    negative_sampling: str = "uniform"
 
 
 def pair_key(user_id: str, item_id: str) -> str:
@@ -203,9 +207,11 @@ def earliest_deadline(exposures: Sequence[Exposure], cfg: LabelConfig) -> int | 
 
 
 def sample_negatives(
-    event_id: str, positive_item: str, popular: Sequence[tuple[str, float]], k: int
+    event_id: str, positive_item: str, popular: Sequence[tuple[str, float]], k: int,
+    weighted: bool = False,
 ) -> list[str]:
-    """``k`` distinct items drawn by popularity weight, excluding the positive item.
+    """``k`` distinct items from the pool ``popular`` (``[(item, count)]``), excluding the
+    positive item: uniformly, or by count when ``weighted``.
 
     Seeded by the event id, so a redelivered event samples the same negatives.
     """
@@ -216,7 +222,7 @@ def sample_negatives(
     rng = random.Random(seed)
     chosen: list[str] = []
     items = [c[0] for c in candidates]
-    weights = [c[1] for c in candidates]
+    weights = [c[1] if weighted else 1.0 for c in candidates]
     for _ in range(min(k, len(items))):
         idx = rng.choices(range(len(items)), weights=weights)[0]
         chosen.append(items.pop(idx))

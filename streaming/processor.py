@@ -81,7 +81,7 @@ class ProcessorConfig:
     labels: LabelConfig = field(default_factory=LabelConfig)
     limits: Limits = DEFAULT_LIMITS
     dedup_window: int = 100_000
-    popular_sample: int = 200  # implicit mode: negatives drawn from the top-N popular items
+    popular_sample: int = 2_000  # implicit mode: negatives drawn from the top-N popular items
 
 
 @dataclass(slots=True)
@@ -147,7 +147,8 @@ class BatchProcessor:
             for _, e in fresh:
                 if isinstance(e, Event) and e.event_type != "view":
                     negatives[e.event_id] = sample_negatives(
-                        e.event_id, e.item_id, reads.popular, cfg.labels.negatives)
+                        e.event_id, e.item_id, reads.popular, cfg.labels.negatives,
+                        weighted=cfg.labels.negative_sampling == "popularity")
             wanted = {i for items in negatives.values() for i in items} - set(reads.items)
             if wanted:
                 reads.items.update(await self.store.read_items(sorted(wanted)))
@@ -267,7 +268,11 @@ def plan_batch(
                     snap_examples.append(({**common, "example_id": f"{ev.event_id}:n{k}",
                                            "item_id": neg, "category": neg_cat, "click": 0,
                                            "purchase": 0, "sampled": True},
-                                          snapshot(neg_state, neg_cat, None)))
+                                          # The item's last seen price, as the scorer
+                                          # sees it: a missing price would mark every
+                                          # negative (a label leak the model learns).
+                                          snapshot(neg_state, neg_cat,
+                                                   _price(neg_state.fields.get("price")))))
 
         # Feature updates: in memory (for later snapshots in this batch) and as ops.
         weight = EVENT_WEIGHT[ev.event_type]
@@ -361,6 +366,10 @@ def plan_batch(
         if n:
             ops.append(["hincr", store.k_part("stats", partition), name, n])
     return Plan(ops, outbox, counts, len(examples))
+
+
+def _price(raw: Any) -> float | None:
+    return float(raw) if raw is not None else None
 
 
 def _dlq_record(cfg: ProcessorConfig, partition: int, msg: RawMessage, code: str,

@@ -102,6 +102,9 @@ class StreamSettings:
     attribution_window_ms: int = _f(30 * 60 * 1000, "click/purchase must follow the view within (ms)")
     allowed_lateness_ms: int = _f(10_000, "event-time watermark = max event time - this (ms)")
     negatives: int = _f(4, "implicit mode: sampled negatives per positive")
+    negative_sampling: str = _f("uniform", "implicit mode: uniform over the pool (ranks by "
+                                "interaction probability) or popularity (discounts popular items)")
+    negative_pool: int = _f(2000, "implicit mode: negatives come from the N most popular items")
     dedup_window: int = _f(100_000, "event ids remembered per partition for de-duplication")
     recent_items: int = _f(20, "recent item ids kept per user")
     covisit_window_ms: int = _f(30 * 60 * 1000, "two items co-visited if seen this close (ms)")
@@ -116,6 +119,10 @@ class StreamSettings:
         for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms",
                      "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent"):
             _positive(f"stream.{name}", getattr(self, name))
+        if self.negative_sampling not in ("uniform", "popularity"):
+            raise ConfigError(f"stream.negative_sampling={self.negative_sampling!r}: "
+                              "uniform or popularity")
+        _positive("stream.negative_pool", self.negative_pool)
         if self.allowed_lateness_ms < 0 or self.negatives < 0:
             raise ConfigError("stream.allowed_lateness_ms and stream.negatives must be >= 0")
 

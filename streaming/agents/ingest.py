@@ -39,8 +39,10 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         features=FeatureConfig(recent_items=s.recent_items, covisit_window_ms=s.covisit_window_ms,
                                covisit_top_k=s.covisit_top_k, covisit_recent=s.covisit_recent),
         labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
-                           allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives),
+                           allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives,
+                           negative_sampling=s.negative_sampling),
         dedup_window=s.dedup_window,
+        popular_sample=s.negative_pool,
     )
 
 

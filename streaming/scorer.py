@@ -104,6 +104,23 @@ class UserReads:
     candidates: CandidateReads
 
 
+@dataclass(slots=True)
+class CandidateBatch:
+    """:meth:`FeedRanker.candidate_batch`: rows of ``parts[j]`` (user ``scored[j]``) come
+    ``j``-th in ``batch``."""
+
+    reads: list[UserReads]
+    cands: list[list[tuple[str, str]]]  # per user: (item, source), in source order
+    scored: list[int]  # indices of the users with candidates
+    parts: list[ScoringRows]
+    batch: ExampleBatch
+
+    def split(self, flat: np.ndarray) -> dict[int, np.ndarray]:
+        """One score per batch row -> user index -> scores of that user's candidates."""
+        bounds = np.cumsum([0] + [len(self.cands[k]) for k in self.scored])
+        return {k: flat[bounds[j]:bounds[j + 1]] for j, k in enumerate(self.scored)}
+
+
 class FeedRanker:
     """Ranks users' candidates with the current model. Users are scored together: their reads
     share a Redis round trip and their rows one forward pass.
@@ -246,27 +263,32 @@ class FeedRanker:
     def rank(self, user_id: str, now_ms: int | None = None) -> Feed | None:
         return self.rank_many([user_id], now_ms)[0]
 
-    def rank_many(self, user_ids: Sequence[str], now_ms: int | None = None) -> list[Feed | None]:
-        """Feeds for ``user_ids`` (``None`` for a user with no candidates at all), scored in one
-        forward pass of ``sum(candidates)`` rows."""
-        now_ms = now_ms or int(time.time() * 1000)
+    def candidate_batch(self, user_ids: Sequence[str], now_ms: int) -> CandidateBatch:
+        """Users' reads, candidates and (for those with any) the model inputs of all their
+        candidates in one batch: what a forward pass of any model over them needs."""
         reads = self.read_users(user_ids, now_ms)
         cands = [generate(r.candidates, self.n_candidates) for r in reads]
         self.last_candidates = sum(map(len, cands))
         cached = self.read_items([i for c in cands for i, _ in c])
-        loaded = self.holder.current
         scored = [k for k, c in enumerate(cands) if c]
+        parts = [self.scoring_rows(reads[k].user_id, reads[k].state, reads[k].recent,
+                                   [i for i, _ in cands[k]], cached, now_ms) for k in scored]
+        return CandidateBatch(reads, cands, scored, parts, self.builder.build_for_scoring(parts))
+
+    def rank_many(self, user_ids: Sequence[str], now_ms: int | None = None) -> list[Feed | None]:
+        """Feeds for ``user_ids`` (``None`` for a user with no candidates at all), scored in one
+        forward pass of ``sum(candidates)`` rows."""
+        now_ms = now_ms or int(time.time() * 1000)
+        loaded = self.holder.current
+        cb = self.candidate_batch(user_ids, now_ms)
+        reads, cands, scored = cb.reads, cb.cands, cb.scored
         if loaded is None:
             # No model published yet: rank by the candidate sources' order.
             scores = {k: 1.0 / (1.0 + np.arange(len(cands[k]))) for k in scored}
         else:
-            parts = [self.scoring_rows(reads[k].user_id, reads[k].state, reads[k].recent,
-                                       [i for i, _ in cands[k]], cached, now_ms) for k in scored]
-            batch = self.builder.build_for_scoring(parts)
             with torch.inference_mode():
-                flat = torch.sigmoid(loaded.model(batch.dense, batch.sparse)).numpy()
-            bounds = np.cumsum([0] + [len(cands[k]) for k in scored])
-            scores = {k: flat[bounds[j]:bounds[j + 1]] for j, k in enumerate(scored)}
+                flat = torch.sigmoid(loaded.model(cb.batch.dense, cb.batch.sparse)).numpy()
+            scores = cb.split(flat)
         generated = int(time.time() * 1000)
         feeds: list[Feed | None] = [None] * len(reads)
         for k in scored:

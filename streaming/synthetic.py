@@ -5,6 +5,12 @@ into a click, and a click into a purchase, with probabilities from a hidden logi
 user's interest in the item's category and the item's quality. Follow-ups arrive seconds to
 minutes after the view (event time), so the stream exercises attribution windows.
 
+Concept drift at known points (``drift_every`` views): every user's interests move to other
+categories (a random permutation of the categories), a share of items get a new hidden quality,
+and ``new_items_per_drift`` new items arrive and take the top popularity ranks. The ground truth
+(:meth:`SyntheticStream.click_probability`) always describes the current regime; ``drifts``
+records when each drift happened (view number and event time), for plots.
+
 Pure: no I/O, no wall clock. The same seed gives the same events.
 """
 
@@ -36,6 +42,9 @@ class SyntheticConfig:
     click_delay_ms: tuple[int, int] = (1_000, 60_000)
     purchase_delay_ms: tuple[int, int] = (10_000, 300_000)
     session_gap_ms: int = 30 * 60 * 1000
+    drift_every: int = 0  # views between concept drifts; 0 = a stationary stream
+    new_items_per_drift: int = 250
+    quality_redraw_share: float = 0.5  # share of items whose hidden quality is re-drawn
 
 
 def _sigmoid(x: float) -> float:
@@ -56,19 +65,50 @@ class SyntheticStream:
         # Popularity rank is a random permutation so that item ids carry no signal.
         ranks = list(range(cfg.n_items))
         rng.shuffle(ranks)
-        weights = [1.0 / (r + 1) ** cfg.zipf_a for r in ranks]
-        self._item_cum = list(itertools.accumulate(weights))
-        by_cat: list[list[int]] = [[] for _ in range(cfg.n_categories)]
-        for item, cat in enumerate(self.item_category):
-            by_cat[cat].append(item)
-        self._cat_items = by_cat
-        self._cat_cum = [list(itertools.accumulate(weights[i] for i in items)) for items in by_cat]
+        self._weights = [1.0 / (r + 1) ** cfg.zipf_a for r in ranks]
+        self._index_items()
+        self.drifts: list[tuple[int, int]] = []  # (view number, event time ms) of each drift
         self.user_interest = [self._dirichlet(cfg.n_categories) for _ in range(cfg.n_users)]
         self._user_cum = [list(itertools.accumulate(v)) for v in self.user_interest]
         # Some users are far more active than others.
         self._activity_cum = list(
             itertools.accumulate(1.0 / (r + 1) ** 0.8 for r in range(cfg.n_users))
         )
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_category)
+
+    def _index_items(self) -> None:
+        weights = self._weights
+        self._item_cum = list(itertools.accumulate(weights))
+        by_cat: list[list[int]] = [[] for _ in range(self.config.n_categories)]
+        for item, cat in enumerate(self.item_category):
+            by_cat[cat].append(item)
+        self._cat_items = by_cat
+        self._cat_cum = [list(itertools.accumulate(weights[i] for i in items)) for items in by_cat]
+
+    def drift(self, view_n: int, ts: int) -> None:
+        """Change the hidden model: interests permute, qualities change, new items arrive."""
+        cfg, rng = self.config, self._rng
+        perm = list(range(cfg.n_categories))
+        rng.shuffle(perm)
+        self.user_interest = [[v[perm[c]] for c in range(cfg.n_categories)]
+                              for v in self.user_interest]
+        self._user_cum = [list(itertools.accumulate(v)) for v in self.user_interest]
+        for item in range(self.n_items):
+            if rng.random() < cfg.quality_redraw_share:
+                self.item_quality[item] = rng.gauss(0.0, 0.5)
+        top = self._weights and max(self._weights)
+        for _ in range(cfg.new_items_per_drift):
+            self.item_category.append(rng.randrange(cfg.n_categories))
+            self.item_quality.append(rng.gauss(0.0, 0.5))
+            self.item_price.append(round(math.exp(rng.gauss(3.0, 0.8)), 2))
+            # New arrivals are the hot items: the head of the Zipf curve, in random order.
+            rank = rng.randrange(2 * cfg.new_items_per_drift)
+            self._weights.append(top / (rank + 1) ** cfg.zipf_a)
+        self._index_items()
+        self.drifts.append((view_n, ts))
 
     def _dirichlet(self, k: int) -> list[float]:
         draws = [self._rng.gammavariate(self.config.interest_concentration, 1.0) for _ in range(k)]
@@ -101,7 +141,8 @@ class SyntheticStream:
 
     def events(self, start_ms: int, rate: float, limit: int | None = None) -> Iterator[Event]:
         """Views at ``rate`` per second of event time from ``start_ms`` plus their follow-ups,
-        merged in event-time order. ``limit`` bounds the total number of events yielded."""
+        merged in event-time order. ``limit`` bounds the total number of events yielded.
+        One stream per instance: the generator's state (and its drifts) moves on as it runs."""
         cfg = self.config
         rng = self._rng
         step_ms = 1000.0 / rate
@@ -117,6 +158,8 @@ class SyntheticStream:
                 emitted += 1
                 if limit is not None and emitted >= limit:
                     return
+            if cfg.drift_every and n and n % cfg.drift_every == 0:
+                self.drift(n, ts)
             user = self._pick(rng, self._activity_cum)
             if rng.random() < cfg.explore_prob:
                 item = self._pick(rng, self._item_cum)

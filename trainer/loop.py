@@ -26,7 +26,7 @@ import orjson
 import torch
 import torch.distributed as dist
 
-from models.batch import BatchBuilder
+from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming import health
@@ -51,6 +51,19 @@ class TrainerState:
     offsets: dict[str, int] = field(default_factory=dict)  # this rank's next offsets
     loss_sum: float = 0.0
     loss_n: int = 0
+
+
+def sgd_step(dmp: torch.nn.Module, optimizer: Any, batch: ExampleBatch,
+             device: torch.device) -> tuple[float, np.ndarray]:
+    """One optimizer step on ``batch`` (``B`` examples); returns ``(loss, probs: B)``. The
+    probabilities come from the parameters *before* this update (prequential)."""
+    dmp.train()
+    loss, logits = dmp(batch.dense.to(device), batch.sparse.to(device), batch.labels.to(device))
+    probs = torch.sigmoid(logits).cpu().numpy()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach().item()), probs
 
 
 class ContinuousTrainer:
@@ -147,19 +160,10 @@ class ContinuousTrainer:
         taken = [self._buffer.popleft() for _ in range(n)]
         batch = self.builder.build([ex for _, _, ex in taken])
         self._observe_traces([ex for _, _, ex in taken])
-        self.dmp.train()
-        loss, logits = self.dmp(batch.dense.to(self.info.device),
-                                batch.sparse.to(self.info.device),
-                                batch.labels.to(self.info.device))
-        # Prequential: these logits come from the parameters before this batch's update.
-        probs = torch.sigmoid(logits).cpu().numpy()
+        loss_value, probs = sgd_step(self.dmp, self.optimizer, batch, self.info.device)
         self.metrics.add(probs, batch.labels.numpy())
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
         self.state.step += 1
         self.state.examples_seen += n
-        loss_value = loss.detach().item()
         self.last_step_at = time.perf_counter()
         self.state.loss_sum += loss_value * n
         self.state.loss_n += n

@@ -60,3 +60,24 @@ def test_live_events_carry_the_clock_at_which_they_are_handed_out() -> None:
     stamps = [e.ts for e in events]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     assert stamps[0] >= 1_000_007 and stamps[-1] < 1_000_000 + 7 * 200
+
+
+def test_drift_happens_at_known_points_and_changes_the_hidden_model() -> None:
+    cfg = SyntheticConfig(n_users=200, n_items=500, n_categories=10, drift_every=1000,
+                          new_items_per_drift=50)
+    stream = SyntheticStream(7, cfg)
+    before = [list(v) for v in stream.user_interest]
+    events = list(stream.events(START, rate=100.0, limit=3000))
+    views_until_drift = [e for e in events if e.event_type == "view"]
+    assert [n for n, _ in stream.drifts] == [1000, 2000][:len(stream.drifts)]
+    assert stream.drifts and stream.drifts[0][1] == START + 10_000  # view 1000 at 100 views/s
+    assert stream.n_items == 500 + 50 * len(stream.drifts)
+    # Interests were permuted, not redrawn: same values, other categories.
+    assert sorted(stream.user_interest[0]) == sorted(before[0])
+    assert stream.user_interest != before
+    new_items = {f"i{i}" for i in range(500, stream.n_items)}
+    after = [e for e in views_until_drift if e.ts >= stream.drifts[0][1]]
+    assert sum(e.item_id in new_items for e in after) > 0.05 * len(after)  # new items are hot
+    again = SyntheticStream(7, cfg)
+    assert list(again.events(START, rate=100.0, limit=3000)) == events
+    assert again.drifts == stream.drifts

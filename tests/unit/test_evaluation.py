@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from streaming.events import Event
+from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
+from trainer.evaluation.ranking import (
+    DecayedPopularity,
+    covisit_ranking,
+    ndcg_at_k,
+    recall_at_k,
+    top_k,
+)
+
+H = 3_600_000
+
+
+def ev(item: str, ts: int, kind: str = "click") -> Event:
+    return Event(f"{item}-{ts}", "u1", item, kind, ts)
+
+
+def test_recall_counts_hits_against_at_most_k_relevant_items() -> None:
+    assert recall_at_k(["a", "b", "c"], {"b", "x"}, 3) == 0.5
+    assert recall_at_k(["a", "b"], {f"r{n}" for n in range(30)} | {"a", "b"}, 2) == 1.0
+    assert recall_at_k(["x", "y", "a"], {"a"}, 2) == 0.0  # beyond k
+    with pytest.raises(ValueError):
+        recall_at_k(["a"], set(), 20)
+
+
+def test_ndcg_rewards_hits_near_the_top() -> None:
+    assert ndcg_at_k(["a", "b"], {"a"}, 20) == 1.0
+    assert ndcg_at_k(["b", "a"], {"a"}, 20) == pytest.approx(1 / math.log2(3))
+    assert ndcg_at_k(["a", "b"], {"a", "b"}, 20) == 1.0
+    assert ndcg_at_k(["x"], {"a"}, 20) == 0.0
+
+
+def test_top_k_skips_excluded_items_and_keeps_input_order_on_ties() -> None:
+    items = ["a", "b", "c", "d"]
+    assert top_k(items, np.array([0.1, 0.9, 0.9, 0.5]), 2) == ["b", "c"]
+    assert top_k(items, np.array([0.1, 0.9, 0.9, 0.5]), 2, exclude={"b"}) == ["c", "d"]
+
+
+def test_decayed_popularity_lets_recent_activity_overtake_old() -> None:
+    pop = DecayedPopularity(half_life_ms=H)
+    pop.update([ev("old", 0) for _ in range(10)])  # 10 x 3 at t=0
+    pop.update([ev("new", 5 * H) for _ in range(2)])  # 2 x 3 at 5 half-lives later
+    assert pop.ranking(2) == ["new", "old"]  # 30 / 32 < 6
+    assert pop.ranking(2, exclude={"new"}) == ["old"]
+    pop.update([ev("far", 2000 * H, "purchase")])  # rescales without overflow
+    assert pop.ranking(1) == ["far"]
+
+
+def test_covisit_ranking_sums_counts_over_recent_items() -> None:
+    covisit = {"r1": [("a", 3.0), ("b", 2.0)], "r2": [("b", 2.0), ("c", 4.0)]}
+    assert covisit_ranking(["r1", "r2"], covisit, 3) == ["b", "c", "a"]
+    assert covisit_ranking(["r1", "r2"], covisit, 3, exclude={"b"}) == ["c", "a"]
+    assert covisit_ranking([], covisit, 3) == []
+
+
+def test_lightgbm_rival_is_deterministic_and_learns_a_simple_rule() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(4000, 3))
+    y = (dense[:, 0] + 0.3 * rng.normal(size=4000) > 0).astype(np.float64)
+    x = lgbm_matrix(dense, np.where(rng.random(4000) < 0.2, -1, rng.integers(0, 5, 4000)))
+    assert np.isnan(x[:, 3]).any() and x.shape == (4000, 4)
+    models = []
+    for _ in range(2):
+        m = BatchRetrained(seed=3, rounds=20)
+        assert (m.predict(x[:5]) == 0.5).all()  # before the first fit
+        m.add(x, y)
+        assert m.retrain()
+        models.append(m.predict(x))
+    assert np.array_equal(models[0], models[1])
+    assert ((models[0] > 0.5) == y.astype(bool)).mean() > 0.85
+
+
+def test_lightgbm_rival_keeps_only_the_newest_rows_and_waits_for_both_classes() -> None:
+    m = BatchRetrained(seed=0, max_rows=100)
+    m.add(np.zeros((60, 2)), np.zeros(60))
+    assert not m.retrain()  # one class only
+    m.add(np.ones((60, 2)), np.ones(60))
+    m.add(np.ones((60, 2)), np.ones(60))
+    assert m._rows <= 160 and len(m._y) == 2  # the oldest block went

@@ -1,0 +1,63 @@
+"""``streamrec eval``: start (or connect to) the services, run one prequential evaluation,
+write ``<out>/prequential-<stream>.json`` and ``.png``; the result's summary is returned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.embedded import EmbeddedRuntime
+from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.settings import Settings
+from trainer.evaluation.harness import EvalOptions, PrequentialRun, cleanup, run_tag
+from trainer.evaluation.ingest import Ingest, InProcessIngest, KafkaIngest
+from trainer.evaluation.profiles import load_stream
+from trainer.evaluation.report import plot, write_json
+
+SUMMARY_KEYS = ("name", "stream", "mode", "seed", "auc", "logloss", "recall_at_20", "ndcg_at_20",
+                "sweep", "events", "examples", "elapsed_s")
+
+
+def run_eval(settings: Settings, stream: str, *, seed: int = 7, via: str = "in-process",
+             events: int | None = None, out_dir: Path | None = None, plots: bool = True,
+             opts: EvalOptions | None = None, say: Any = print) -> dict[str, Any]:
+    opts = opts or EvalOptions()
+    loaded = load_stream(stream, seed, events)
+    prof = loaded.profile
+    say(f"eval {prof.name}: {len(loaded.events)} events, {via}, seed {seed}")
+    tag = run_tag()
+    settings = settings.with_values({
+        **prof.settings, "redis.key_prefix": f"eval{tag}:",
+        "topics.events": f"eval-events-{tag}", "topics.dlq": f"eval-dlq-{tag}",
+        "topics.examples": f"eval-examples-{tag}", "topics.model_updates": f"eval-mu-{tag}",
+    })
+    with EmbeddedRuntime(settings) as runtime:
+        settings = runtime.settings
+        ingest: Ingest
+        if via == "kafka":
+            KafkaAdmin(settings).ensure_topics(topic_specs(settings))
+            ingest = KafkaIngest(settings, runtime.run_dir)
+        else:
+            ingest = InProcessIngest(settings)
+        run = None
+        try:
+            run = PrequentialRun(settings, loaded, ingest, seed, opts, say=say)
+            result = run.run()
+        finally:
+            if run is not None:
+                run.close()
+            ingest.close()
+            cleanup(settings)
+    result = {"name": "prequential", "stream": prof.name, "mode": ingest.mode, "seed": seed,
+              "k": opts.k, "source": loaded.description, **result}
+    if out_dir is not None:
+        suffix = "" if via == "in-process" else f"-{via}"
+        write_json(result, out_dir / f"prequential-{prof.name}{suffix}.json")
+        if plots:
+            plot(result, out_dir / f"prequential-{prof.name}{suffix}.png")
+    return result
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The last JSON line: the headline numbers, without the per-window series."""
+    return {k: result[k] for k in SUMMARY_KEYS if k in result}

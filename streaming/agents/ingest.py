@@ -85,6 +85,25 @@ class _Resources:
             self.processor = self._close = None
 
 
+async def _process_until_stored(processor: BatchProcessor, runs: dict[int, list[RawMessage]],
+                                metrics: IngestMetrics, max_backoff_s: float = 5.0) -> list[Any]:
+    """Process the batch, retrying with exponential backoff while Redis is unavailable.
+
+    Retrying is safe: a partition whose batch was applied before the failure sees its offset
+    watermark and skips it. Crashing the agent instead would restart the worker into the same
+    outage (a crash loop) and risks Faust acknowledging the batch it never stored."""
+    delay = 0.1
+    while True:
+        try:
+            return list(await asyncio.gather(
+                *(processor.process(p, msgs) for p, msgs in runs.items())))
+        except StoreError as exc:
+            metrics.redis_errors.labels("ingest").inc()
+            log.warning("Redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+
+
 def register_ingest(app: faust.App, settings: Settings, topics: Topics,
                     metrics: IngestMetrics) -> None:
     batch_size = settings.stream.batch_size
@@ -99,8 +118,12 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics,
         assigned = app.consumer.assignment() if app.consumer else set()
         mine = [tp.partition for tp in assigned if tp.topic == settings.topics.events]
         processor = resources.get()
-        for partition in mine:
-            await processor.flush_outbox(partition)
+        try:
+            for partition in mine:
+                await processor.flush_outbox(partition)
+        except StoreError as exc:  # Redis away: the next tick tries again
+            metrics.redis_errors.labels("ingest").inc()
+            log.warning("outbox not flushed: %s", exc)
         # The same timer is the worker's heartbeat (streaming.health).
         try:
             await processor.store.r.hset(health.key(settings.redis.key_prefix), beat,
@@ -122,12 +145,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics,
                         RawMessage(m.offset, m.key, m.value, ts_ms))
                 # Partitions are independent: while Redis runs one partition's script, Python
                 # plans another's batch.
-                try:
-                    results = await asyncio.gather(
-                        *(processor.process(p, msgs) for p, msgs in runs.items()))
-                except StoreError:
-                    metrics.redis_errors.labels("ingest").inc()
-                    raise
+                results = await _process_until_stored(processor, runs, metrics)
                 now = time.time()
                 counts: Counter[str] = Counter()
                 for result in results:

@@ -26,3 +26,26 @@ def test_log_loss_and_window() -> None:
     summary = pre.summary()
     assert 100 <= summary["n"] < 140 and pre.total == 200
     assert math.isclose(summary["logloss"], math.log(2))
+
+
+def test_ingest_retries_a_batch_with_backoff_while_redis_is_away() -> None:
+    import asyncio
+
+    from streaming.agents import ingest
+    from streaming.errors import StoreError
+    from streaming.metrics import IngestMetrics
+
+    class Flaky:
+        calls = 0
+
+        async def process(self, partition: int, msgs: list) -> str:
+            Flaky.calls += 1
+            if Flaky.calls <= 2:
+                raise StoreError("Redis is loading the dataset in memory")
+            return f"p{partition}:{len(msgs)}"
+
+    metrics = IngestMetrics()
+    out = asyncio.run(ingest._process_until_stored(Flaky(), {0: [1, 2]}, metrics,  # type: ignore[arg-type]
+                                                   max_backoff_s=0.01))
+    assert out == ["p0:2"] and Flaky.calls == 3
+    assert metrics.redis_errors.labels("ingest")._value.get() == 2

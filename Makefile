@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.streamrec-installed
 
-.PHONY: demo test lint services screenshot bench-ingest clean
+.PHONY: demo test lint services screenshot bench-ingest chaos clean
 
 $(STAMP): pyproject.toml deploy/bootstrap.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/bootstrap.sh
@@ -26,6 +26,11 @@ screenshot: $(STAMP) services
 	@bash deploy/ensure-chromium.sh
 	STREAMREC_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/integration/test_observability.py
+
+# Fault injection on the embedded stack: kill -9 worker, trainer, scorer; restart Redis.
+# Prints a last JSON line and writes benchmarks/results/reliability.json.
+chaos: $(STAMP) services
+	$(BIN)/streamrec bench chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check streaming models trainer deploy tests benchmarks

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from streaming.events import Event
+from trainer.evaluation.harness import _relevant_by_window, _sample_users
 from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
 from trainer.evaluation.ranking import (
     DecayedPopularity,
@@ -84,3 +85,15 @@ def test_lightgbm_rival_keeps_only_the_newest_rows_and_waits_for_both_classes() 
     m.add(np.ones((60, 2)), np.ones(60))
     m.add(np.ones((60, 2)), np.ones(60))
     assert m._rows <= 160 and len(m._y) == 2  # the oldest block went
+
+
+def test_next_interactions_are_grouped_by_window_and_users_sampled_reproducibly() -> None:
+    events = [Event("a", "u1", "i1", "view", 0), Event("b", "u1", "i2", "click", 10),
+              Event("c", "u2", "i3", "purchase", 65), Event("d", "u2", "i3", "click", 70)]
+    rel = _relevant_by_window(events, t0=0, window_ms=60, types=("click", "purchase"))
+    assert {w: dict(v) for w, v in rel.items()} == {0: {"u1": {"i2"}}, 1: {"u2": {"i3"}}}
+    many = {f"u{n}": {"i"} for n in range(50)}
+    assert _sample_users(many, 10, seed=7, window=3) == _sample_users(many, 10, seed=7, window=3)
+    assert _sample_users(many, 10, seed=7, window=3) != _sample_users(many, 10, seed=7, window=4)
+    assert len(_sample_users(many, 10, seed=7, window=3)) == 10
+    assert _sample_users({"u1": {"i"}}, 10, seed=7, window=0) == ["u1"]

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     settings = settings or Settings.load()
     with EmbeddedRuntime(settings) as runtime:
         result = run(runtime.settings, args.duration, args.rate)
-    report("soak", result)
+    report(f"soak-{args.rate:g}", result)  # one file per rate: soak-1000.json ...
 
 
 if __name__ == "__main__":

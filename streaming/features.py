@@ -33,9 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from streaming.settings import Settings
 
 EVENT_TYPES = ("view", "click", "purchase")
 SEP = "\x1f"  # separator inside list entries and composite hash fields; not allowed in ids
@@ -58,6 +61,15 @@ class FeatureConfig:
 
 
 DEFAULT_FEATURES = FeatureConfig()
+
+
+def feature_config(settings: Settings) -> FeatureConfig:
+    """The feature rules the settings ask for: the one place both the ingest agent (training
+    examples) and the scorers (serving) take them from, so the two cannot disagree."""
+    s = settings.stream
+    return FeatureConfig(recent_items=s.recent_items, covisit_window_ms=s.covisit_window_ms,
+                         covisit_top_k=s.covisit_top_k, covisit_recent=s.covisit_recent,
+                         affinity_half_life_ms=s.affinity_half_life_ms)
 
 
 def decay(value: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:

@@ -28,6 +28,7 @@ import torch
 
 from streaming import health
 from streaming.errors import StreamrecError
+from streaming.features import feature_config
 from streaming.feeds import FeedStore
 from streaming.kafka import client_config
 from streaming.metrics import ScorerMetrics, serve_configured
@@ -62,7 +63,7 @@ class ScorerWorker:
         self.p = settings.redis.key_prefix
         self.holder = ModelHolder()
         self.ranker = FeedRanker(self.client, self.p, self.holder, feed_size=cfg.feed_size,
-                                 candidates=cfg.candidates)
+                                 candidates=cfg.candidates, features=feature_config(settings))
         self.feeds = FeedStore(self.client, self.p, ttl_s=cfg.feed_ttl_s)
         self.pending: dict[str, tuple[int, float]] = {}  # user -> (event ts, first seen, monotonic)
         self.active: dict[str, float] = {}  # user -> last event (wall s)

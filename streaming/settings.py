@@ -107,6 +107,8 @@ class StreamSettings:
     negative_pool: int = _f(2000, "implicit mode: negatives come from the N most popular items")
     dedup_window: int = _f(100_000, "event ids remembered per partition for de-duplication")
     recent_items: int = _f(20, "recent item ids kept per user")
+    affinity_half_life_ms: int = _f(86_400_000, "half-life of a user's category affinity (ms): "
+                                    "match it to how fast interests change")
     covisit_window_ms: int = _f(30 * 60 * 1000, "two items co-visited if seen this close (ms)")
     covisit_top_k: int = _f(50, "co-visited items kept per item (trimmed at 2K back to K)")
     covisit_recent: int = _f(5, "an event is paired with this many of the user's latest items")
@@ -117,7 +119,8 @@ class StreamSettings:
         if self.label_mode not in ("exposure", "implicit"):
             raise ConfigError(f"stream.label_mode={self.label_mode!r}: exposure or implicit")
         for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms",
-                     "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent"):
+                     "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent",
+                     "affinity_half_life_ms"):
             _positive(f"stream.{name}", getattr(self, name))
         if self.negative_sampling not in ("uniform", "popularity"):
             raise ConfigError(f"stream.negative_sampling={self.negative_sampling!r}: "

@@ -19,7 +19,7 @@ import redis
 
 from streaming import health
 from streaming.errors import StoreError
-from streaming.features import FeatureConfig
+from streaming.features import feature_config
 from streaming.labels import LabelConfig
 from streaming.metrics import IngestMetrics
 from streaming.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
@@ -36,8 +36,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         examples_topic=settings.topics.examples,
         dlq_topic=settings.topics.dlq,
         source_topic=settings.topics.events,
-        features=FeatureConfig(recent_items=s.recent_items, covisit_window_ms=s.covisit_window_ms,
-                               covisit_top_k=s.covisit_top_k, covisit_recent=s.covisit_recent),
+        features=feature_config(settings),
         labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
                            allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives,
                            negative_sampling=s.negative_sampling),

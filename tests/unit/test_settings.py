@@ -95,3 +95,14 @@ def test_to_env_round_trips_every_setting() -> None:
                                          "topics.events_partitions": "7",
                                          "trainer.publish_interval_s": "1.5"})
     assert Settings.load(env=s.to_env()) == s
+
+
+def test_training_and_serving_take_feature_rules_from_one_place() -> None:
+    from streaming.agents.ingest import processor_config
+    from streaming.features import feature_config
+
+    s = Settings.default().with_values({"stream.recent_items": "7",
+                                        "stream.affinity_half_life_ms": "1800000"})
+    fc = feature_config(s)
+    assert (fc.recent_items, fc.affinity_half_life_ms) == (7, 1_800_000)
+    assert processor_config(s).features == fc

@@ -34,6 +34,7 @@ from models.batch import BatchBuilder, ExampleBatch, hash_ids
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.events import Event
+from streaming.features import feature_config
 from streaming.redis_client import connect
 from streaming.scorer import CandidateBatch, FeedRanker, ModelHolder
 from streaming.settings import Settings
@@ -110,7 +111,8 @@ class PrequentialRun:
         self.builder = BatchBuilder(spec)
         self._redis = connect(settings.redis)
         self.ranker = FeedRanker(self._redis, settings.redis.key_prefix, ModelHolder(spec),
-                                 feed_size=opts.k, candidates=opts.candidates, cache_s=0.0)
+                                 feed_size=opts.k, candidates=opts.candidates, cache_s=0.0,
+                                 features=feature_config(settings))
         self.lgbm = BatchRetrained(seed)
         self.popularity = DecayedPopularity(self.profile.popularity_half_life_ms)
         self.n_cat = spec.table_of("category").num_embeddings

@@ -25,7 +25,6 @@ import csv
 import gzip
 import io
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,7 +147,3 @@ def read_otto(path: str | Path) -> ReplayLog:
                     session_id=f"otto-{session}"))
     log.events.sort(key=lambda e: e.ts)
     return log
-
-
-def iter_events(log: ReplayLog) -> Iterator[Event]:
-    return iter(log.events)

@@ -99,6 +99,9 @@ class PrequentialRun:
         self.settings = settings
         self.stream = stream
         self.profile = stream.profile
+        if min(self.profile.sweep_ms) != self.profile.tick_ms:
+            # "continuous" is the sweep's first entry: a copy refreshed after every step.
+            raise ValueError(f"{self.profile.name}: the smallest publish interval must be the tick")
         self.ingest = ingest
         self.seed = seed
         self.opts = opts = opts or EvalOptions()

@@ -33,7 +33,7 @@ import orjson
 import redis
 
 from benchmarks.common import fresh_topics, report
-from deploy.embedded import ManagedProcess
+from deploy.embedded import EmbeddedRuntime, ManagedProcess
 from models.checkpoint import list_versions, read_manifest, version_dir
 from streaming import health
 from streaming.events import Event
@@ -44,7 +44,7 @@ from streaming.state_store import read_stats
 from streaming.synthetic import SyntheticConfig, SyntheticStream
 
 
-def _rss_mb(pid: int | None) -> float:
+def rss_mb(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
@@ -91,7 +91,7 @@ class Component:
             self.start()
 
     def sample(self) -> None:
-        self.max_rss_mb = max(self.max_rss_mb, _rss_mb(self.proc.pid if self.proc else None))
+        self.max_rss_mb = max(self.max_rss_mb, rss_mb(self.proc.pid if self.proc else None))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -160,7 +160,8 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float,
     return time.monotonic() - started
 
 
-def run(settings: Settings, n_events: int, rate: float, seed: int) -> dict[str, Any]:
+def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict[str, Any]:
+    settings = runtime.settings
     run_dir = Path(settings.runtime.run_path) / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     chaos = fresh_topics(settings, **{
         "stream.attribution_window_ms": "60000", "stream.allowed_lateness_ms": "2000",
@@ -208,7 +209,8 @@ def run(settings: Settings, n_events: int, rate: float, seed: int) -> dict[str, 
             what = faults[k]
             log.append(f"{time.monotonic() - started:6.1f}s  kill {what} at record {k}")
             if what == "redis":
-                redis_restarts += restart_redis(settings)
+                restart_redis(runtime)
+                redis_restarts += 1
             else:
                 comps[what].kill9()
                 pause = 5.0 if what == "trainer" else 2.0
@@ -320,21 +322,16 @@ def _scorer_stat(client: redis.Redis, prefix: str, name: str) -> int:
         return 0
 
 
-_REDIS: dict[str, Any] = {}
-
-
-def restart_redis(settings: Settings) -> int:
+def restart_redis(runtime: EmbeddedRuntime) -> None:
     """SIGTERM the embedded redis-server (it writes its AOF) and start it again, same port."""
-    runtime = _REDIS["runtime"]
     proc = next(p for p in runtime.processes if p.name == "redis")
     proc.stop(20)
     proc.start()
-    client = connect(settings.redis)
+    client = connect(runtime.settings.redis)
     try:
         wait_until("redis to come back", lambda: _ping(client), 30)
     finally:
         client.close()
-    return 1
 
 
 def _ping(client: redis.Redis) -> bool:
@@ -355,11 +352,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     settings = settings or Settings.load()
     if settings.redis.url:
         raise SystemExit("make chaos restarts Redis: run it on the embedded stack (no REDIS_URL)")
-    from deploy.embedded import EmbeddedRuntime
-
     with EmbeddedRuntime(settings) as runtime:
-        _REDIS["runtime"] = runtime
-        result = run(runtime.settings, args.events, args.rate, args.seed)
+        result = run(runtime, args.events, args.rate, args.seed)
     if args.no_save:
         print(orjson.dumps({"name": "reliability", **result}).decode(), flush=True)
     else:

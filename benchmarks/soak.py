@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chaos import Component, _rss_mb
+from benchmarks.chaos import Component, rss_mb
 from benchmarks.common import fresh_topics, report
 from deploy.embedded import EmbeddedRuntime
 from streaming import health
@@ -62,7 +62,7 @@ def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
     def sample() -> None:
         while not stop.wait(5.0):
             row: dict[str, Any] = {"t": round(time.monotonic() - started, 1)}
-            row["rss"] = {c.name: round(_rss_mb(c.proc.pid if c.proc else None), 1) for c in comps}
+            row["rss"] = {c.name: round(rss_mb(c.proc.pid if c.proc else None), 1) for c in comps}
             try:
                 lag: dict[str, int] = {}
                 for p in collector.collect():
@@ -111,7 +111,7 @@ def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
         "duration_s": duration_s, "target_rate_per_s": rate,
         "emitted": emitted.emitted, "rate_per_s": round(emitted.emitted / emitted.elapsed_s, 1),
         "processed": stats.get("processed", 0), "examples": stats.get("examples", 0),
-        "alive_at_end": alive, "rss": rss, "max_rss_mb": max(
+        "alive_at_end": alive, "rss": rss, "maxrss_mb": max(
             (v["max_mb"] or 0 for v in rss.values()), default=0), "lag": lag,
         "samples": samples,
     }

@@ -47,6 +47,14 @@ def hash_ids(ids: Sequence[str], num_embeddings: int) -> np.ndarray:
     return (h % np.uint64(num_embeddings)).astype(np.int64)
 
 
+def hash_optional_ids(ids: Sequence[str | None], num_embeddings: int) -> np.ndarray:
+    """:func:`hash_ids` of ids that may be absent (``None`` -> -1), e.g. an item's category."""
+    rows = np.full(len(ids), -1, dtype=np.int64)
+    present = [k for k, i in enumerate(ids) if i is not None]
+    rows[present] = hash_ids([ids[k] for k in present], num_embeddings)  # type: ignore[misc]
+    return rows
+
+
 def collision_rate(ids: Sequence[str], num_embeddings: int) -> float:
     """Share of distinct ids that share a row with another distinct id."""
     distinct = sorted(set(ids))

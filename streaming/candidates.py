@@ -3,8 +3,7 @@
 Sources, in priority order (an item found by several keeps the first): the user's own recent
 items (re-visits: in e-commerce logs such as OTTO the strongest single signal of the next
 interaction), co-visitation of those items, the user's top categories, new items, and global
-popularity. Items the
-user bought are excluded unless ``exclude_purchased`` is off.
+popularity. Items the user bought are excluded unless ``exclude_purchased`` is off.
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ def top_categories(user: Mapping[str, object], at_ms: int, half_life_ms: int, n:
     return [cat for _, cat in sorted(scores, reverse=True)[:n]]
 
 
-def generate(reads: CandidateReads, limit: int, exclude_purchased: bool = True,
-             include_recent: bool = True) -> list[tuple[str, str]]:
+def generate(reads: CandidateReads, limit: int, exclude_purchased: bool = True
+             ) -> list[tuple[str, str]]:
     """Up to ``limit`` ``(item_id, source)`` pairs."""
     out: dict[str, str] = {}
     skip = reads.purchased if exclude_purchased else set()
@@ -51,8 +50,7 @@ def generate(reads: CandidateReads, limit: int, exclude_purchased: bool = True,
             if item not in out and item not in skip:
                 out[item] = source
 
-    if include_recent:
-        add(reads.recent, "recent")
+    add(reads.recent, "recent")
     # Interleave co-visitation lists so that every recent item contributes.
     lists = [reads.covisit.get(i, []) for i in reads.recent]
     for rank in range(max((len(x) for x in lists), default=0)):

@@ -272,7 +272,7 @@ def plan_batch(
                                           # sees it: a missing price would mark every
                                           # negative (a label leak the model learns).
                                           snapshot(neg_state, neg_cat,
-                                                   _price(neg_state.fields.get("price")))))
+                                                   neg_state.fields.get("price"))))
 
         # Feature updates: in memory (for later snapshots in this batch) and as ops.
         weight = EVENT_WEIGHT[ev.event_type]
@@ -366,10 +366,6 @@ def plan_batch(
         if n:
             ops.append(["hincr", store.k_part("stats", partition), name, n])
     return Plan(ops, outbox, counts, len(examples))
-
-
-def _price(raw: Any) -> float | None:
-    return float(raw) if raw is not None else None
 
 
 def _dlq_record(cfg: ProcessorConfig, partition: int, msg: RawMessage, code: str,

@@ -23,7 +23,7 @@ import numpy as np
 import redis
 import torch
 
-from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids
+from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids, hash_optional_ids
 from models.checkpoint import load_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
@@ -229,10 +229,7 @@ class FeedRanker:
             spec = self.holder.spec
             cols = item_columns(states, self.fc)
             rows = hash_ids(missing, spec.table_of("item_id").num_embeddings)
-            cats = [st.get("cat") for st in states]
-            cat_rows = np.full(len(missing), -1, dtype=np.int64)
-            present = [k for k, c in enumerate(cats) if c is not None]
-            cat_rows[present] = hash_ids([cats[k] for k in present],
+            cat_rows = hash_optional_ids([st.get("cat") for st in states],
                                          spec.table_of("category").num_embeddings)
             for k, item in enumerate(missing):
                 cache[item] = CachedItem(now, states[k], cols[k], int(rows[k]), int(cat_rows[k]))

@@ -339,7 +339,7 @@ class StateStore:
         out.popular = [(as_text(popular[j]), float(popular[j + 1])) for j in range(0, len(popular), 2)]
         return out
 
-    async def read_items(self, items: Sequence[str]) -> dict[str, dict[str, str]]:
+    async def read_items(self, items: Sequence[str]) -> dict[str, dict[str, Any]]:
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 for i in items:

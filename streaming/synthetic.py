@@ -99,7 +99,7 @@ class SyntheticStream:
         for item in range(self.n_items):
             if rng.random() < cfg.quality_redraw_share:
                 self.item_quality[item] = rng.gauss(0.0, 0.5)
-        top = self._weights and max(self._weights)
+        top = max(self._weights)
         for _ in range(cfg.new_items_per_drift):
             self.item_category.append(rng.randrange(cfg.n_categories))
             self.item_quality.append(rng.gauss(0.0, 0.5))

@@ -97,3 +97,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """A real ``streamrec worker`` process with these settings, its output in ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=cli_env(settings),
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

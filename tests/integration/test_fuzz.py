@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from streaming.producer import EventProducer
 from streaming.settings import Settings
 from streaming.state_store import read_stats
 from tests.conftest import make_stack
-from tests.integration.helpers import cli_env, consume_all
+from tests.integration.helpers import consume_all, start_worker, stop_process
 
 pytestmark = pytest.mark.integration
 NOW = int(time.time() * 1000)
@@ -119,17 +118,11 @@ def worker(services: Settings, tmp_path_factory: pytest.TempPathFactory
     tmp = tmp_path_factory.mktemp("fuzz")
     stack = make_stack(services, tmp)
     log = tmp / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=cli_env(stack),
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    proc = start_worker(stack, log)
     try:
         yield stack, proc, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 class Totals:

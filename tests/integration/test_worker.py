@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from streaming.producer import EventProducer
 from streaming.settings import Settings
 from streaming.synthetic import SyntheticConfig, SyntheticStream
 from tests.conftest import make_stack
-from tests.integration.helpers import cli_env, consume_all
+from tests.integration.helpers import consume_all, start_worker, stop_process
 
 pytestmark = pytest.mark.integration
 T0 = 1_732_000_000_000
@@ -48,11 +46,6 @@ def _produce_stream(settings: Settings) -> int:
     return producer.stats.delivered
 
 
-def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "worker"], env=cli_env(settings),
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
 def _processed(client: redis.Redis, settings: Settings, *, produced: bool = False) -> int:
     """Events applied to Redis; with ``produced``, 0 until every outbox is empty as well."""
     total = 0
@@ -71,15 +64,6 @@ def _wait_processed(client: redis.Redis, settings: Settings, n: int, proc: subpr
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, f"processed {_processed(client, settings)} of {n}"
         time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _dump(client: redis.Redis, settings: Settings) -> dict[str, object]:
@@ -142,24 +126,24 @@ def test_worker_killed_mid_stream_matches_an_uninterrupted_run(
     assert _produce_stream(crashed) == sent
 
     log = tmp_path / "worker.log"
-    proc = _start_worker(clean, log)
+    proc = start_worker(clean, log)
     try:
         _wait_processed(redis_client, clean, sent, proc, log)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
-    proc = _start_worker(crashed, log)
+    proc = start_worker(crashed, log)
     try:
         _wait_processed(redis_client, crashed, sent // 3, proc, log, produced=False)
     finally:
         proc.kill()  # SIGKILL: no shutdown hooks, no offset commit
         proc.wait()
     assert _processed(redis_client, crashed) < sent, "the kill should land mid-stream"
-    proc = _start_worker(crashed, log)
+    proc = start_worker(crashed, log)
     try:
         _wait_processed(redis_client, crashed, sent, proc, log)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
     state_clean, state_crashed = _dump(redis_client, clean), _dump(redis_client, crashed)
     _assert_same_state(state_clean, state_crashed)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.batch import BatchBuilder, ExampleBatch, hash_ids
+from models.batch import BatchBuilder, ExampleBatch, hash_optional_ids
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.events import Event
@@ -138,12 +138,6 @@ class PrequentialRun:
         with torch.inference_mode():
             return torch.sigmoid(model(batch.dense, batch.sparse)).numpy().astype(np.float64)
 
-    def _category_rows(self, categories: Sequence[str | None]) -> np.ndarray:
-        rows = np.full(len(categories), -1, dtype=np.int64)
-        present = [k for k, c in enumerate(categories) if c is not None]
-        rows[present] = hash_ids([categories[k] for k in present], self.n_cat)  # type: ignore[misc]
-        return rows
-
     # -- ranking --------------------------------------------------------------------------
     def _rank_window(self, window: int, now_ms: int, relevant: dict[str, set[str]],
                      models: dict[str, StreamRecModel]) -> dict[str, list[tuple[float, float]]]:
@@ -223,15 +217,17 @@ class PrequentialRun:
                 for served in [*sweep, frozen]:
                     served.probs.append(self._probs(served.model, batch))
                     served.ages_ms.append(float(tick_start - served.published_at) * len(y))
-                x = lgbm_matrix(batch.dense.numpy(), self._category_rows(
-                    [ex.get("category") for ex in examples]))
+                x = lgbm_matrix(batch.dense.numpy(), hash_optional_ids(
+                    [ex.get("category") for ex in examples], self.n_cat))
                 lgbm_probs.append(self.lgbm.predict(x))
                 self.lgbm.add(x, y)
-                for start in range(0, len(examples), opts.batch_size):
-                    chunk = examples[start:start + opts.batch_size]
+                # The scored batch is the step's batch unless the tick needs several steps.
+                chunks = [batch] if len(examples) <= opts.batch_size else [
+                    self.builder.build(examples[start:start + opts.batch_size])
+                    for start in range(0, len(examples), opts.batch_size)]
+                for chunk in chunks:
                     if len(chunk) >= 2:  # batch statistics need two rows
-                        sgd_step(self.dmp, self.optimizer, self.builder.build(chunk),
-                                 self.info.device)
+                        sgd_step(self.dmp, self.optimizer, chunk, self.info.device)
                         steps += 1
                 examples_total += len(examples)
             tick_end = tick_start + prof.tick_ms

@@ -2,8 +2,9 @@
 
 Sources, in priority order (an item found by several keeps the first): the user's own recent
 items (re-visits: in e-commerce logs such as OTTO the strongest single signal of the next
-interaction), co-visitation of those items, the user's top categories, new items, and global
-popularity. Items the user bought are excluded unless ``exclude_purchased`` is off.
+interaction), co-visitation of those items, trending items (decayed global popularity: what
+is hot now, including items too new for the other lists), the user's top categories, new
+items, and all-time popularity. Items the user bought are excluded unless ``exclude_purchased`` is off.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class CandidateReads:
     by_category: dict[str, list[tuple[str, float]]]  # category -> [(item, count)] best first
     new_items: list[tuple[str, float]]  # newest first
     popular: list[tuple[str, float]]  # most popular first
+    trending: list[tuple[str, float]] = field(default_factory=list)  # hottest first
     purchased: set[str] = field(default_factory=set)
 
 
@@ -55,6 +57,7 @@ def generate(reads: CandidateReads, limit: int, exclude_purchased: bool = True
     lists = [reads.covisit.get(i, []) for i in reads.recent]
     for rank in range(max((len(x) for x in lists), default=0)):
         add([x[rank] for x in lists if rank < len(x)], "covisit")
+    add(reads.trending, "trending")
     for cat_items in reads.by_category.values():
         add(cat_items, "category")
     add(reads.new_items, "new")

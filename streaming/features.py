@@ -14,7 +14,7 @@ workers updating one item give the same state. Reading at ``T``: ``v * 2 ** (-(T
 Redis keys (``P`` = key prefix; ``{type}`` in view/click/purchase; ``{h}`` a half-life label)
 -----------------------------------------------------------------------------------------------
 ``P u:<user>``  hash  ``{type}.t`` (ms), ``{type}.{h}`` decayed counts, ``last`` last event ms,
-                      ``c.<category>.a`` / ``c.<category>.t`` decayed category affinity (1 d,
+                      ``c.<category>.a`` / ``.s`` / ``.t`` decayed category affinity (1 d and 1 h,
                       weighted view 1, click 3, purchase 10)
 ``P ur:<user>`` list  newest-first ``item\\x1fts`` of the last ``recent_items`` events
 ``P i:<item>``  hash  ``{type}.t``, ``{type}.{h}`` decayed popularity, ``n.{type}`` raw counts,
@@ -24,6 +24,11 @@ Redis keys (``P`` = key prefix; ``{type}`` in view/click/purchase; ``{h}`` a hal
                       trim depends on the order increments arrive in (an approximation, as any
                       bounded top-K); below 2K members the counts are exact.
 ``P pop``       zset  item -> raw interaction count (negative sampling, popular fallback)
+``P trend``     zset  item -> ``sum(w * 2 ** ((ts - t0) / h))`` over its events (weights as
+                      affinity, ``h`` = ``trending_half_life_ms``, ``t0`` in ``P trend:t0``):
+                      the decayed count at any read time ``T`` times one factor shared by all
+                      items, so ZREVRANGE gives the trending order. Top-K, trimmed as ``ci:``;
+                      rebased to a newer ``t0`` after 64 half-lives to keep scores finite.
 ``P ci:<cat>``  zset  item -> interaction count within the category (top-K), for candidates
 ``P new``       zset  item -> first-seen time (ms), the newest ``new_items_kept`` items
 ``P ub:<user>`` zset  purchased item -> time (ms), the newest ``purchased_kept``
@@ -48,6 +53,10 @@ SEP = "\x1f"  # separator inside list entries and composite hash fields; not all
 class FeatureConfig:
     half_lives_ms: tuple[tuple[str, int], ...] = (("1h", 3_600_000), ("1d", 86_400_000))
     affinity_half_life_ms: int = 86_400_000
+    short_affinity_half_life_ms: int = 3_600_000  # what the user is into this session
+    trending_half_life_ms: int = 3_600_000
+    trending_top_k: int = 2_000  # trending list length (trimmed at 2K back to K); >= the
+    # negative pool, which is drawn from it
     recent_items: int = 20
     covisit_window_ms: int = 30 * 60 * 1000
     covisit_recent: int = 5  # pair an event with this many of the user's latest items
@@ -69,7 +78,10 @@ def feature_config(settings: Settings) -> FeatureConfig:
     s = settings.stream
     return FeatureConfig(recent_items=s.recent_items, covisit_window_ms=s.covisit_window_ms,
                          covisit_top_k=s.covisit_top_k, covisit_recent=s.covisit_recent,
-                         affinity_half_life_ms=s.affinity_half_life_ms)
+                         affinity_half_life_ms=s.affinity_half_life_ms,
+                         short_affinity_half_life_ms=s.short_affinity_half_life_ms,
+                         trending_half_life_ms=s.trending_half_life_ms,
+                         trending_top_k=max(DEFAULT_FEATURES.trending_top_k, s.negative_pool))
 
 
 def decay(value: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
@@ -158,7 +170,8 @@ def parse_recent(entries: Sequence[str]) -> list[tuple[str, int]]:
 
 def dense_feature_names(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[str]:
     names = [f"user_{t}_{label}" for t in EVENT_TYPES for label, _ in cfg.half_lives_ms]
-    names += ["user_recency_s", "user_category_affinity", "user_recent_count"]
+    names += ["user_recency_s", "user_category_affinity", "user_category_affinity_short",
+              "user_recent_count"]
     names += [f"item_{t}_{label}" for t in EVENT_TYPES for label, _ in cfg.half_lives_ms]
     names += ["item_ctr", "item_cvr", "item_age_s", "price"]
     return names
@@ -244,11 +257,13 @@ def feature_rows(
     cats = [c or it.get("cat") for c, it in zip(categories, items, strict=True)]
     aff_ref = np.fromiter((u.get(f"c.{c}.t", np.nan) if c else np.nan
                            for u, c in zip(users, cats, strict=True)), np.float64, n)
-    aff = np.fromiter((u.get(f"c.{c}.a", 0.0) if c else 0.0
-                       for u, c in zip(users, cats, strict=True)), np.float64, n)
-    out[:, col + 1] = np.log1p(decayed(aff, aff_ref, cfg.affinity_half_life_ms))
-    out[:, col + 2] = np.asarray(recent_counts, dtype=np.float64)
-    col += 3
+    for j, (label, h) in enumerate((("a", cfg.affinity_half_life_ms),
+                                    ("s", cfg.short_affinity_half_life_ms))):
+        aff = np.fromiter((u.get(f"c.{c}.{label}", 0.0) if c else 0.0
+                           for u, c in zip(users, cats, strict=True)), np.float64, n)
+        out[:, col + 1 + j] = np.log1p(decayed(aff, aff_ref, h))
+    out[:, col + 3] = np.asarray(recent_counts, dtype=np.float64)
+    col += 4
     for t in EVENT_TYPES:
         ref = icol[f"{t}.t"]
         for label, h in cfg.half_lives_ms:

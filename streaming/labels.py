@@ -10,7 +10,7 @@ Exposure mode (logs with ``view`` events)
 
 Implicit mode (logs without exposures, e.g. purchases only)
     Each click or purchase gives a positive example at once, plus ``negatives`` examples for items
-    sampled from the most popular items (``sampled = true``); see :func:`sample_negatives`.
+    sampled from the items trending now (``sampled = true``); see :func:`sample_negatives`.
 
 Features are snapshotted when the exposure (or interaction) is processed, before its own update:
 for a stream in event-time order they are exactly the state as of the event. A view processed
@@ -207,15 +207,15 @@ def earliest_deadline(exposures: Sequence[Exposure], cfg: LabelConfig) -> int | 
 
 
 def sample_negatives(
-    event_id: str, positive_item: str, popular: Sequence[tuple[str, float]], k: int,
+    event_id: str, positive_item: str, pool: Sequence[tuple[str, float]], k: int,
     weighted: bool = False,
 ) -> list[str]:
-    """``k`` distinct items from the pool ``popular`` (``[(item, count)]``), excluding the
-    positive item: uniformly, or by count when ``weighted``.
+    """``k`` distinct items from ``pool`` (``[(item, weight)]``, e.g. the trending list),
+    excluding the positive item: uniformly, or by weight when ``weighted``.
 
     Seeded by the event id, so a redelivered event samples the same negatives.
     """
-    candidates = [(item, w) for item, w in popular if item != positive_item and w > 0]
+    candidates = [(item, w) for item, w in pool if item != positive_item and w > 0]
     if not candidates or k <= 0:
         return []
     seed = int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 COUNTERS = ("processed", "accepted", "invalid", "duplicate", "out_of_order", "late",
             "unmatched_followups", "examples", "examples_positive", "examples_sampled")
-EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 10.0}  # for category affinity
+EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 10.0}  # category affinity, trending
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,10 @@ class ProcessorConfig:
     labels: LabelConfig = field(default_factory=LabelConfig)
     limits: Limits = DEFAULT_LIMITS
     dedup_window: int = 100_000
-    popular_sample: int = 2_000  # implicit mode: negatives drawn from the top-N popular items
+    # Implicit mode: negatives are drawn from the N items trending now. Drawn from all-time
+    # popularity instead, they are older and staler than the positives, so the model learns
+    # "new or hot = positive" and a drift (new hits) throws its feeds off.
+    negative_pool: int = 2_000
 
 
 @dataclass(slots=True)
@@ -133,7 +136,7 @@ class BatchProcessor:
             items={e.item_id for e in events},
             pairs={pair_key(e.user_id, e.item_id) for e in events},
             recent_n=cfg.features.recent_items,
-            popular_n=cfg.popular_sample if implicit else 0,
+            trending_n=cfg.negative_pool if implicit else 0,
             batch_max_ts=max((e.ts for e in events), default=None),
             lateness_ms=None if implicit else cfg.labels.allowed_lateness_ms,
         )
@@ -147,7 +150,7 @@ class BatchProcessor:
             for _, e in fresh:
                 if isinstance(e, Event) and e.event_type != "view":
                     negatives[e.event_id] = sample_negatives(
-                        e.event_id, e.item_id, reads.popular, cfg.labels.negatives,
+                        e.event_id, e.item_id, reads.trending, cfg.labels.negatives,
                         weighted=cfg.labels.negative_sampling == "popularity")
             wanted = {i for items in negatives.values() for i in items} - set(reads.items)
             if wanted:
@@ -286,9 +289,10 @@ def plan_batch(
             ops.append(["hmax", store.k_user(ev.user_id), "last", ev.ts])
         if category:
             user.add_decayed(f"c.{category}", ev.ts, weight,
-                             (("a", fc.affinity_half_life_ms),))
+                             (("a", fc.affinity_half_life_ms),
+                              ("s", fc.short_affinity_half_life_ms)))
             ops.append(["dadd", store.k_user(ev.user_id), f"c.{category}", ev.ts, weight,
-                        "a", fc.affinity_half_life_ms])
+                        "a", fc.affinity_half_life_ms, "s", fc.short_affinity_half_life_ms])
         if ev.category and item.fields.get("cat") != ev.category:
             item.fields["cat"] = ev.category
             ops.append(["hset", store.k_item(ev.item_id), "cat", ev.category])
@@ -304,6 +308,8 @@ def plan_batch(
             ops.append(["hmin", store.k_item(ev.item_id), "first", ev.ts])
             ops.append(["zadd_min", store.k_new_items(), ev.item_id, ev.ts, fc.new_items_kept])
         ops.append(["zincr", store.k_popular(), ev.item_id, 1, 0])
+        ops.append(["zdecay", store.k_trending(), ev.item_id, ev.ts, weight,
+                    fc.trending_half_life_ms, fc.trending_top_k])
         if category:
             ops.append(["zincr", store.k_category_items(category), ev.item_id, 1,
                         fc.category_top_k])

@@ -131,7 +131,8 @@ class FeedRanker:
 
     def __init__(self, client: redis.Redis, key_prefix: str, holder: ModelHolder, *,
                  feed_size: int = 50, candidates: int = 500,
-                 features: FeatureConfig = DEFAULT_FEATURES, cache_s: float = 1.0) -> None:
+                 features: FeatureConfig = DEFAULT_FEATURES, cache_s: float = 1.0,
+                 trending: int = 100) -> None:
         self.r = client
         self.cache_s = cache_s
         self._items: dict[str, CachedItem] = {}
@@ -141,6 +142,7 @@ class FeedRanker:
         self.holder = holder
         self.feed_size = feed_size
         self.n_candidates = candidates
+        self.n_trending = trending
         self.fc = features
         self.builder = BatchBuilder(holder.spec)
 
@@ -168,7 +170,7 @@ class FeedRanker:
     def read_users(self, user_ids: Sequence[str], now_ms: int) -> list[UserReads]:
         """Users' state and candidate lists in two pipelined round trips for all of them."""
         p, now = self.p, time.monotonic()
-        shared = {f"{p}pop": 200, f"{p}new": 50}
+        shared = {f"{p}pop": 200, f"{p}new": 50, f"{p}trend": self.n_trending}
         try:
             with self.r.pipeline(transaction=False) as pipe:
                 for u in user_ids:
@@ -202,7 +204,8 @@ class FeedRanker:
             recent=recent_items,
             covisit={i: lists[f"{p}cv:{i}"][1] for i in recent_items},
             by_category={c: lists[f"{p}ci:{c}"][1] for c in cats},
-            new_items=lists[f"{p}new"][1], popular=lists[f"{p}pop"][1], purchased=bought))
+            new_items=lists[f"{p}new"][1], popular=lists[f"{p}pop"][1],
+            trending=lists[f"{p}trend"][1], purchased=bought))
             for u, state, recent, recent_items, cats, bought in users]
         self._evict(now)
         return out

@@ -104,11 +104,17 @@ class StreamSettings:
     negatives: int = _f(4, "implicit mode: sampled negatives per positive")
     negative_sampling: str = _f("uniform", "implicit mode: uniform over the pool (ranks by "
                                 "interaction probability) or popularity (discounts popular items)")
-    negative_pool: int = _f(2000, "implicit mode: negatives come from the N most popular items")
+    negative_pool: int = _f(2000, "implicit mode: negatives come from the N items trending now")
     dedup_window: int = _f(100_000, "event ids remembered per partition for de-duplication")
     recent_items: int = _f(20, "recent item ids kept per user")
     affinity_half_life_ms: int = _f(86_400_000, "half-life of a user's category affinity (ms): "
                                     "match it to how fast interests change")
+    short_affinity_half_life_ms: int = _f(3_600_000, "half-life of the short-term (session) "
+                                          "category affinity (ms): reacts to a change of "
+                                          "interest that the long one averages away")
+    trending_half_life_ms: int = _f(3_600_000, "half-life of the trending-items list (ms), a "
+                                    "candidate source and the implicit-mode negative pool: "
+                                    "match it to how fast hits come and go")
     covisit_window_ms: int = _f(30 * 60 * 1000, "two items co-visited if seen this close (ms)")
     covisit_top_k: int = _f(50, "co-visited items kept per item (trimmed at 2K back to K)")
     covisit_recent: int = _f(5, "an event is paired with this many of the user's latest items")
@@ -120,7 +126,8 @@ class StreamSettings:
             raise ConfigError(f"stream.label_mode={self.label_mode!r}: exposure or implicit")
         for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms",
                      "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent",
-                     "affinity_half_life_ms"):
+                     "affinity_half_life_ms", "short_affinity_half_life_ms",
+                     "trending_half_life_ms"):
             _positive(f"stream.{name}", getattr(self, name))
         if self.negative_sampling not in ("uniform", "popularity"):
             raise ConfigError(f"stream.negative_sampling={self.negative_sampling!r}: "

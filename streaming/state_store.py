@@ -87,6 +87,26 @@ for _, op in ipairs(ops) do
     if k > 0 and redis.call('ZCARD', op[2]) > 2 * k then
       redis.call('ZREMRANGEBYRANK', op[2], 0, -(k + 1))
     end
+  elseif name == 'zdecay' then
+    -- op: key, member, ts (ms), weight, half-life (ms), K. Score += w * 2^((ts - t0) / h), t0
+    -- kept in key..':t0' (see streaming.features); the order of scores is the trending order.
+    local key, ts, h, k = op[2], tonumber(op[4]), tonumber(op[6]), op[7]
+    local t0 = tonumber(redis.call('GET', key .. ':t0') or '')
+    if not t0 or (ts - t0) / h > 64 then
+      if t0 then
+        local f = 2 ^ (-(ts - t0) / h)
+        local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+        for j = 1, #all, 2 do
+          redis.call('ZADD', key, fmt('%.17g', tonumber(all[j + 1]) * f), all[j])
+        end
+      end
+      t0 = ts
+      redis.call('SET', key .. ':t0', fmt('%d', ts))
+    end
+    redis.call('ZINCRBY', key, fmt('%.17g', tonumber(op[5]) * 2 ^ ((ts - t0) / h)), op[3])
+    if redis.call('ZCARD', key) > 2 * k then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(k + 1))
+    end
   elseif name == 'zadd' then
     redis.call('ZADD', op[2], op[4], op[3])
   elseif name == 'zadd_min' then
@@ -116,11 +136,11 @@ return {1, redis.call('LLEN', ob)}
 
 
 READ_LUA = r"""
--- ARGV: prefix, partition, topic, recent_n, popular_n, batch max event time ('' = none),
+-- ARGV: prefix, partition, topic, recent_n, trending_n, batch max event time ('' = none),
 -- allowed lateness ms ('' = no label windows), then counted lists:
 -- n, event ids..., n, users..., n, items..., n, pairs...
 local P, part, topic = ARGV[1], ARGV[2], ARGV[3]
-local recent_n, popular_n = tonumber(ARGV[4]), tonumber(ARGV[5])
+local recent_n, trending_n = tonumber(ARGV[4]), tonumber(ARGV[5])
 local batch_max, lateness = tonumber(ARGV[6]), tonumber(ARGV[7])
 local i = 8
 local function list()
@@ -149,7 +169,7 @@ if #pairs > 0 then
 else
   res[7], res[8] = {}, {}
 end
-res[9] = popular_n > 0 and redis.call('ZREVRANGE', P .. 'pop', 0, popular_n - 1, 'WITHSCORES') or {}
+res[9] = trending_n > 0 and redis.call('ZREVRANGE', P .. 'trend', 0, trending_n - 1, 'WITHSCORES') or {}
 -- Label windows that the batch's new watermark closes, and follow-ups it expires.
 local newmax = batch_max
 if res[2] ~= '' and (newmax == nil or tonumber(res[2]) > newmax) then newmax = tonumber(res[2]) end
@@ -208,7 +228,7 @@ class BatchReads:
     items: dict[str, dict[str, str]]
     pending: dict[str, list[Exposure]]
     followups: dict[str, list[tuple[str, int]]]
-    popular: list[tuple[str, float]] = field(default_factory=list)
+    trending: list[tuple[str, float]] = field(default_factory=list)  # hottest first
     expired_followups: list[str] = field(default_factory=list)
 
 
@@ -272,6 +292,9 @@ class StateStore:
     def k_popular(self) -> str:
         return f"{self.p}pop"
 
+    def k_trending(self) -> str:
+        return f"{self.p}trend"
+
     def k_category_items(self, category: str) -> str:
         return f"{self.p}ci:{category}"
 
@@ -294,7 +317,7 @@ class StateStore:
         items: Iterable[str],
         pairs: Iterable[str],
         recent_n: int,
-        popular_n: int = 0,
+        trending_n: int = 0,
         batch_max_ts: int | None = None,
         lateness_ms: int | None = None,
     ) -> BatchReads:
@@ -306,7 +329,7 @@ class StateStore:
         follow-up pairs it expires.
         """
         users, items, pairs = list(users), list(items), list(pairs)
-        args: list[Any] = [self.p, partition, self.topic, recent_n, popular_n,
+        args: list[Any] = [self.p, partition, self.topic, recent_n, trending_n,
                            "" if batch_max_ts is None else batch_max_ts,
                            "" if lateness_ms is None else lateness_ms]
         for seq in (event_ids, users, items, pairs):
@@ -316,7 +339,7 @@ class StateStore:
             res = await self._read(keys=[], args=args)
         except redis.RedisError as exc:
             raise StoreError(f"Redis batch read failed: {exc}") from None
-        wm, mt, seen_scores, user_h, recent_l, item_h, lx, lf, popular, due, due_raw, exp = res
+        wm, mt, seen_scores, user_h, recent_l, item_h, lx, lf, trending, due, due_raw, exp = res
         out = BatchReads(
             applied_offset=int(wm) if wm else -1,
             max_ts=int(mt) if mt else None,
@@ -336,7 +359,8 @@ class StateStore:
         for pair, raw in zip(pairs, lf, strict=True):
             if raw:
                 out.followups[pair] = [(k, ts) for k, ts in orjson.loads(raw)]
-        out.popular = [(as_text(popular[j]), float(popular[j + 1])) for j in range(0, len(popular), 2)]
+        out.trending = [(as_text(trending[j]), float(trending[j + 1]))
+                        for j in range(0, len(trending), 2)]
         return out
 
     async def read_items(self, items: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -41,7 +41,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
                            allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives,
                            negative_sampling=s.negative_sampling),
         dedup_window=s.dedup_window,
-        popular_sample=s.negative_pool,
+        negative_pool=s.negative_pool,
     )
 
 

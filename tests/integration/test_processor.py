@@ -204,3 +204,43 @@ def test_implicit_mode_positive_plus_sampled_negatives(stack: Settings) -> None:
                    for d in mine[1:])
     finally:
         h.close()
+
+
+def test_trending_list_orders_by_decayed_count_and_is_the_negative_pool(stack: Settings) -> None:
+    hl = H // 10  # short enough that 80 half-lives stay inside the validator's future limit
+    settings = stack.with_values({"stream.label_mode": "implicit", "stream.negatives": "2",
+                                  "stream.negative_pool": "2",
+                                  "stream.trending_half_life_ms": str(hl)})
+    h = Harness(settings)
+    key = settings.redis.key_prefix + "trend"
+
+    def trending() -> list[tuple[str, float]]:
+        raw = h.loop.run_until_complete(h.client.zrevrange(key, 0, -1, withscores=True))
+        return [(m.decode(), s) for m, s in raw]
+
+    try:
+        # All-time, "old" is the most popular (10 purchases); ten half-lives later it is cold.
+        h.feed([e(n, "purchase", T0, user=f"w{n}", item="old") for n in range(10)])
+        h.feed([e(20, "purchase", T0 + 10 * hl, user="a", item="hot"),
+                e(21, "purchase", T0 + 10 * hl, user="b", item="hot"),
+                e(22, "purchase", T0 + 10 * hl, user="c", item="warm")])
+        assert [i for i, _ in trending()] == ["hot", "warm", "old"]
+        scores = dict(trending())
+        assert scores["hot"] / scores["warm"] == pytest.approx(2.0, rel=1e-12)
+        assert scores["warm"] / scores["old"] == pytest.approx(2 ** 10 / 10, rel=1e-12)
+        # Negatives come from the two trending items, never from the cold all-time favourite.
+        h.feed([e(30, "purchase", T0 + 10 * hl, user="buyer", item="x")])
+        docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 16)]
+        assert sorted(d["item_id"] for d in docs if d["user_id"] == "buyer" and d["sampled"]) == [
+            "hot", "warm"]
+        # 80 half-lives on, the scores are rebased to the new event: finite, same order.
+        h.feed([e(40, "view", T0 + 80 * hl, user="d", item="late")])
+        after = trending()
+        assert [i for i, _ in after][:2] == ["late", "hot"]
+        assert dict(after)["late"] == 1.0
+        assert dict(after)["hot"] / dict(after)["warm"] == pytest.approx(2.0, rel=1e-12)
+        t0 = h.loop.run_until_complete(h.client.get(key + ":t0"))
+        assert int(t0) == T0 + 80 * hl
+        assert h.stats()["accepted"] == 15
+    finally:
+        h.close()

@@ -51,7 +51,7 @@ def test_feature_values_cover_the_declared_names_and_are_finite() -> None:
     for kind in ("view", "click"):
         user.add_decayed(kind, T0, 1.0, (("1h", H), ("1d", 24 * H)))
         item.add_decayed(kind, T0, 1.0, (("1h", H), ("1d", 24 * H)))
-    user.add_decayed("c.shoes", T0, 3.0, (("a", 24 * H),))
+    user.add_decayed("c.shoes", T0, 3.0, (("a", 24 * H), ("s", H)))
     user.set_max("last", T0)
     item.incr("n.view")
     item.set_min("first", T0 - 10_000)
@@ -60,6 +60,7 @@ def test_feature_values_cover_the_declared_names_and_are_finite() -> None:
     assert all(math.isfinite(v) for v in values.values())
     assert math.isclose(values["user_view_1h"], math.log1p(0.5))
     assert math.isclose(values["user_category_affinity"], math.log1p(3.0 * 2 ** (-1 / 24)))
+    assert math.isclose(values["user_category_affinity_short"], math.log1p(1.5))  # 1 h later
     assert math.isclose(values["item_age_s"], math.log1p(3610.0))
     assert values["item_ctr"] == (0 + 20 * 0.05) / (1 + 20)
     empty = feature_values({}, [], {}, None, None, T0)

@@ -27,6 +27,8 @@ def run_eval(settings: Settings, stream: str, *, seed: int = 7, via: str = "in-p
     say(f"eval {prof.name}: {len(loaded.events)} events, {via}, seed {seed}")
     tag = run_tag()
     settings = settings.with_values({
+        # The trending candidate list decays like the popularity baseline: one time scale.
+        "stream.trending_half_life_ms": str(prof.popularity_half_life_ms),
         **prof.settings, "redis.key_prefix": f"eval{tag}:",
         "topics.events": f"eval-events-{tag}", "topics.dlq": f"eval-dlq-{tag}",
         "topics.examples": f"eval-examples-{tag}", "topics.model_updates": f"eval-mu-{tag}",

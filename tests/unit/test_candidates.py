@@ -1,0 +1,43 @@
+"""Candidate generation: source order, de-duplication, exclusions and the limit."""
+
+from __future__ import annotations
+
+from streaming.candidates import CandidateReads, generate, top_categories
+
+H = 3_600_000
+
+
+def reads(**kw: object) -> CandidateReads:
+    base: dict[str, object] = {"recent": [], "covisit": {}, "by_category": {}, "new_items": [],
+                               "popular": [], "trending": []}
+    base.update(kw)
+    return CandidateReads(**base)  # type: ignore[arg-type]
+
+
+def test_sources_in_priority_order_and_each_item_once() -> None:
+    r = reads(recent=["a", "b"],
+              covisit={"a": [("c", 5.0), ("d", 1.0)], "b": [("e", 3.0), ("c", 2.0)]},
+              trending=[("hit", 9.0), ("c", 8.0)],
+              by_category={"shoes": [("s1", 4.0)]},
+              new_items=[("n1", 1.0)], popular=[("a", 99.0), ("p1", 50.0)])
+    assert generate(r, 100) == [
+        ("a", "recent"), ("b", "recent"),
+        ("c", "covisit"), ("e", "covisit"), ("d", "covisit"),  # interleaved by rank
+        ("hit", "trending"), ("s1", "category"), ("n1", "new"), ("p1", "popular")]
+
+
+def test_purchased_items_are_left_out_unless_asked_and_the_limit_holds() -> None:
+    r = reads(recent=["a"], trending=[("b", 2.0), ("c", 1.0)], purchased={"b"})
+    assert generate(r, 10) == [("a", "recent"), ("c", "trending")]
+    assert generate(r, 10, exclude_purchased=False) == [
+        ("a", "recent"), ("b", "trending"), ("c", "trending")]
+    assert generate(r, 2) == [("a", "recent"), ("c", "trending")]
+
+
+def test_top_categories_by_decayed_affinity() -> None:
+    user = {"c.shoes.a": 8.0, "c.shoes.s": 8.0, "c.shoes.t": 0.0,
+            "c.hats.a": 3.0, "c.hats.t": float(2 * H)}
+    # A day's half-life: shoes (8 at t=0) still leads hats (3 at 2 h) at 2 h.
+    assert top_categories(user, 2 * H, 24 * H, 2) == ["shoes", "hats"]
+    # A 1 h half-life: shoes has decayed to 2 by then.
+    assert top_categories(user, 2 * H, H, 1) == ["hats"]

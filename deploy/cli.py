@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("user_id")
     feed.add_argument("--json", action="store_true", help="print the raw feed document")
     feed.add_argument("--no-fallback", action="store_true",
-                      help="do not fall back to the popular-items feed")
+                      help="do not fall back to the trending-items feed")
     _global_options(feed)
 
     worker = sub.add_parser("worker", help="run a stream-processing worker (Faust)")
@@ -245,13 +245,13 @@ def cmd_feed(args: argparse.Namespace, settings: Any) -> int:
     finally:
         client.close()
     if feed is None:
-        print(f"no feed for user {args.user_id!r} (and no popular fallback yet)", file=sys.stderr)
+        print(f"no feed for user {args.user_id!r} (and no trending fallback yet)", file=sys.stderr)
         return 1
     if args.json:
         print(feed.to_json().decode())
         return 0
     age_s = (time.time() * 1000 - feed.generated_at_ms) / 1000
-    kind = "popular fallback" if feed.fallback else "personal"
+    kind = "trending fallback" if feed.fallback else "personal"
     print(f"feed for {args.user_id} ({kind}, model v{feed.model_version}, "
           f"generated {age_s:.1f} s ago, {len(feed.items)} items)")
     for rank, item in enumerate(feed.items, 1):

@@ -4,7 +4,8 @@ Sources, in priority order (an item found by several keeps the first): the user'
 items (re-visits: in e-commerce logs such as OTTO the strongest single signal of the next
 interaction), co-visitation of those items, trending items (decayed global popularity: what
 is hot now, including items too new for the other lists), the user's top categories, new
-items, and all-time popularity. Items the user bought are excluded unless ``exclude_purchased`` is off.
+items, and all-time popularity. Items the user bought are excluded unless
+``exclude_purchased`` is off.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Layout (``P`` = ``redis.key_prefix``, default ``sr:``):
     "generated_at_ms", "source_event_ts_ms", "sources": {source: count}}``.
     A single-key write is atomic, so a reader never sees a partial feed.
 ``P feed:_popular``
-    the fallback feed for users without one (same document, ``user_id`` = ``"_popular"``).
+    the fallback feed for users without one, the items trending now (same document,
+    ``user_id`` = ``"_popular"``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Feed:
     generated_at_ms: int = 0
     source_event_ts_ms: int | None = None
     sources: dict[str, int] = field(default_factory=dict)
-    fallback: bool = False  # True when served from the popular-items feed
+    fallback: bool = False  # True when served from the fallback (trending) feed
 
     def to_json(self) -> bytes:
         return orjson.dumps({
@@ -93,7 +94,7 @@ class FeedStore:
             call(run, "feed write")
 
     def read(self, user_id: str, *, fallback: bool = True) -> Feed | None:
-        """The user's feed; with ``fallback``, the popular feed when the user has none."""
+        """The user's feed; with ``fallback``, the fallback (trending) feed when the user has none."""
         keys = [self.key(user_id), self.key(POPULAR)] if fallback else [self.key(user_id)]
         raws = call(lambda: self._r.mget(keys), "feed read")
         if raws[0] is not None:

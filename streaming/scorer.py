@@ -307,15 +307,18 @@ class FeedRanker:
         return feeds
 
     def popular_feed(self) -> Feed | None:
+        """The fallback feed for users without one: the items trending now (decayed
+        popularity), not all-time bestsellers. Scores are shares of the listed items' decayed
+        counts (the trending list's common scale factor cancels)."""
         try:
-            popular = self._zlist(self.r.zrevrange(f"{self.p}pop", 0, self.feed_size - 1,
-                                                   withscores=True))
+            trending = self._zlist(self.r.zrevrange(f"{self.p}trend", 0, self.feed_size - 1,
+                                                    withscores=True))
         except redis.RedisError as exc:
-            raise StoreError(f"Redis read of popular items failed: {exc}") from None
-        if not popular:
+            raise StoreError(f"Redis read of trending items failed: {exc}") from None
+        if not trending:
             return None
-        total = sum(s for _, s in popular) or 1.0
+        total = sum(s for _, s in trending) or 1.0
         loaded = self.holder.current
-        return Feed(POPULAR, [FeedItem(i, round(s / total, 6), "popular") for i, s in popular],
+        return Feed(POPULAR, [FeedItem(i, round(s / total, 6), "trending") for i, s in trending],
                     model_version=loaded.version if loaded else None,
-                    generated_at_ms=int(time.time() * 1000), sources={"popular": len(popular)})
+                    generated_at_ms=int(time.time() * 1000), sources={"trending": len(trending)})

@@ -8,7 +8,7 @@ Triggers:
   reached it), or after ``max_wait_ms`` regardless.
 - a new model version on ``model-updates``: loaded in the background, verified, swapped in; then
   the users active in the last ``active_window_s`` are re-scored, most recently active first.
-- the popular-items fallback feed is refreshed every ``popular_every_s``.
+- the fallback feed (items trending now) is refreshed every ``popular_every_s``.
 
 Counters go to ``P scorer:stats`` (``feeds_written``, ``model_loads``, ``model_load_failures``,
 ``model_version``). Event-to-feed latencies (ms) go to ``P scorer:fresh`` (the last 20,000).

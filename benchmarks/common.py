@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from deploy.embedded import EmbeddedRuntime
+from deploy.embedded import EmbeddedRuntime, terminate
 from streaming.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 
@@ -48,12 +48,7 @@ def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[by
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    terminate(proc, 20)
 
 
 def percentile(values: list[float], q: float) -> float:

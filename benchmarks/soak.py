@@ -111,7 +111,7 @@ def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
         "duration_s": duration_s, "target_rate_per_s": rate,
         "emitted": emitted.emitted, "rate_per_s": round(emitted.emitted / emitted.elapsed_s, 1),
         "processed": stats.get("processed", 0), "examples": stats.get("examples", 0),
-        "alive_at_end": alive, "rss": rss, "maxrss_mb": max(
+        "alive_at_end": alive, "rss": rss, "max_rss_mb": max(
             (v["max_mb"] or 0 for v in rss.values()), default=0), "lag": lag,
         "samples": samples,
     }

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from streaming.errors import EmbeddedServiceError, ServiceError
 from streaming.kafka import KafkaAdmin
@@ -67,6 +67,21 @@ def tansu_binary() -> str:
     except Exception as exc:  # the package raises its own TansuBinaryNotFound
         raise EmbeddedServiceError(f"no usable Tansu binary: {exc}") from None
 
+
+
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0, name: str = "process") -> int:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", name, timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    return proc.returncode
 
 class ManagedProcess:
     """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
@@ -124,16 +139,7 @@ class ManagedProcess:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout_s)
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout_s, self.name)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -14,6 +14,7 @@ from typing import Any
 
 import confluent_kafka
 
+from deploy.embedded import terminate
 from streaming.kafka import client_config
 from streaming.settings import Settings
 
@@ -107,9 +108,4 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM, then SIGKILL after 30 s."""
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    terminate(proc, 30)

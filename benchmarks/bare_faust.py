@@ -13,7 +13,7 @@ import time
 import faust
 import orjson
 
-from streaming.app import create_app
+from streaming.ingest.app import create_app
 from streaming.settings import Settings
 
 

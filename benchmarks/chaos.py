@@ -35,13 +35,13 @@ import redis
 from benchmarks.common import fresh_topics, report
 from deploy.embedded import EmbeddedRuntime, ManagedProcess
 from models.checkpoint import list_versions, read_manifest, version_dir
-from streaming import health
-from streaming.events import Event
-from streaming.producer import EventProducer
-from streaming.redis_client import connect
+from streaming.contract.events import Event
+from streaming.ingest.state_store import read_stats
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
+from streaming.ops import health
 from streaming.settings import Settings
-from streaming.state_store import read_stats
-from streaming.synthetic import SyntheticConfig, SyntheticStream
+from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 
 
 def rss_mb(pid: int | None) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from deploy.embedded import EmbeddedRuntime, terminate
-from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

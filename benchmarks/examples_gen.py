@@ -7,7 +7,7 @@ import random
 import orjson
 
 from models.spec import DEFAULT_SPEC
-from streaming.producer import EventProducer
+from streaming.io.producer import EventProducer
 from streaming.settings import Settings
 
 

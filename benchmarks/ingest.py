@@ -20,13 +20,13 @@ import confluent_kafka
 import orjson
 
 from benchmarks.common import fresh_topics, percentile, report, services, spawn, stop
-from streaming.events import Event
-from streaming.kafka import client_config
-from streaming.producer import EventProducer
-from streaming.redis_client import connect
+from streaming.contract.events import Event
+from streaming.ingest.state_store import read_stats
+from streaming.io.kafka import client_config
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
 from streaming.settings import Settings
-from streaming.state_store import read_stats
-from streaming.synthetic import SyntheticStream
+from streaming.sources.synthetic import SyntheticStream
 
 
 def preload(settings: Settings, n: int) -> None:

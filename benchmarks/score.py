@@ -25,13 +25,13 @@ from benchmarks.common import fresh_topics, percentile, report, services
 from models.checkpoint import Manifest, write_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC
-from streaming.agents.ingest import build_processor
-from streaming.feeds import FeedStore
-from streaming.processor import RawMessage
-from streaming.redis_client import connect
-from streaming.scorer import FeedRanker, ModelHolder
+from streaming.ingest.agent import build_processor
+from streaming.ingest.processor import RawMessage
+from streaming.io.redis_client import connect
+from streaming.serving.feed_store import FeedStore
+from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
-from streaming.synthetic import SyntheticStream
+from streaming.sources.synthetic import SyntheticStream
 
 
 def fill_state(settings: Settings, n_events: int) -> None:

@@ -21,15 +21,15 @@ from typing import Any
 from benchmarks.chaos import Component, rss_mb
 from benchmarks.common import fresh_topics, report
 from deploy.embedded import EmbeddedRuntime
-from streaming import health
-from streaming.emit import emit_records
 from streaming.errors import BrokerError
-from streaming.lag_monitor import LagCollector
-from streaming.producer import EventProducer
-from streaming.redis_client import connect
+from streaming.ingest.state_store import read_stats
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
+from streaming.ops import health
+from streaming.ops.lag_monitor import LagCollector
 from streaming.settings import Settings
-from streaming.state_store import read_stats
-from streaming.synthetic import SyntheticStream
+from streaming.sources.emit import emit_records
+from streaming.sources.synthetic import SyntheticStream
 
 
 def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:

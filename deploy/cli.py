@@ -201,10 +201,10 @@ def cmd_up(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_emit(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
-    from streaming.emit import emit_records
-    from streaming.producer import EventProducer
-    from streaming.sources import read_records
-    from streaming.synthetic import SyntheticStream
+    from streaming.io.producer import EventProducer
+    from streaming.sources.emit import emit_records
+    from streaming.sources.files import read_records
+    from streaming.sources.synthetic import SyntheticStream
 
     if args.synthetic:
         stream = SyntheticStream(seed=args.seed)
@@ -234,8 +234,8 @@ def cmd_emit(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_feed(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
-    from streaming.feeds import FeedStore
-    from streaming.redis_client import connect
+    from streaming.io.redis_client import connect
+    from streaming.serving.feed_store import FeedStore
 
     settings = with_running_endpoints(settings)
     client = connect(settings.redis)
@@ -261,14 +261,14 @@ def cmd_feed(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
-    from streaming.worker import run_worker
+    from streaming.ingest.worker import run_worker
 
     return run_worker(with_running_endpoints(settings))
 
 
 def cmd_score(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
-    from streaming.scorer_worker import ScorerConfig, ScorerWorker
+    from streaming.serving.worker import ScorerConfig, ScorerWorker
 
     worker = ScorerWorker(with_running_endpoints(settings), ScorerConfig(debounce_ms=args.debounce_ms))
     with stop_on_signals() as stop:
@@ -309,7 +309,7 @@ def cmd_bench(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_topics(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
-    from streaming.kafka import KafkaAdmin, topic_specs
+    from streaming.io.kafka import KafkaAdmin, topic_specs
 
     settings = with_running_endpoints(settings)
     admin = KafkaAdmin(settings)
@@ -369,8 +369,8 @@ def _print_lag(snap: Any, as_json: bool) -> None:
 
 def cmd_lag(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
-    from streaming.lag_monitor import LagMonitor
-    from streaming.metrics import serve
+    from streaming.ops.lag_monitor import LagMonitor
+    from streaming.ops.metrics import serve
 
     settings = with_running_endpoints(settings)
     monitor = LagMonitor(settings, interval_s=args.interval)

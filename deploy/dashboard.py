@@ -29,8 +29,8 @@ from prometheus_client import generate_latest
 
 from deploy.series import Scrape, bucket_delta, histogram_quantile, parse_scrape, rate
 from streaming.errors import BrokerError
-from streaming.lag_monitor import LagMonitor
-from streaming.metrics import STAGES
+from streaming.ops.lag_monitor import LagMonitor
+from streaming.ops.metrics import STAGES
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)

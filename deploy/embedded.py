@@ -30,8 +30,8 @@ from types import TracebackType
 from typing import IO, Any
 
 from streaming.errors import EmbeddedServiceError, ServiceError
-from streaming.kafka import KafkaAdmin
-from streaming.redis_client import connect, wait_ready
+from streaming.io.kafka import KafkaAdmin
+from streaming.io.redis_client import connect, wait_ready
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -28,17 +28,17 @@ from deploy.embedded import (
     write_endpoints,
 )
 from models.checkpoint import list_versions, read_manifest, version_dir
-from streaming import health
-from streaming.emit import EmitReport, emit_records
 from streaming.errors import BrokerError, StreamrecError
-from streaming.kafka import KafkaAdmin, client_config, topic_specs
-from streaming.lag_monitor import LagCollector
-from streaming.producer import EventProducer
-from streaming.redis_client import connect
+from streaming.ingest.state_store import read_stats
+from streaming.io.kafka import KafkaAdmin, client_config, topic_specs
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
+from streaming.ops import health
+from streaming.ops.lag_monitor import LagCollector
 from streaming.settings import Settings
-from streaming.sources import read_records
-from streaming.state_store import read_stats
-from streaming.synthetic import SyntheticStream
+from streaming.sources.emit import EmitReport, emit_records
+from streaming.sources.files import read_records
+from streaming.sources.synthetic import SyntheticStream
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def consumer_lag(settings: Settings) -> dict[str, int]:
-    """Max lag (messages) over each consumer group's partitions (streaming.lag_monitor)."""
+    """Max lag (messages) over each consumer group's partitions (streaming.ops.lag_monitor)."""
     collector = LagCollector(settings)
     try:
         out: dict[str, int] = {}
@@ -144,7 +144,7 @@ def _source(settings: Settings, opts: UpOptions) -> Iterable[tuple[str, Any]]:
 def _wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
                     components: tuple[str, ...], timeout_s: float, stop: threading.Event,
                     say: Callable[[str], None]) -> None:
-    """Block until every component beats with partitions assigned (streaming.health), so that
+    """Block until every component beats with partitions assigned (streaming.ops.health), so that
     the first events are not measured against process start-up and group joins."""
     say(f"waiting for {', '.join(components)} to join their consumer groups ...")
     deadline = time.monotonic() + timeout_s

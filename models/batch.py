@@ -96,7 +96,7 @@ class BatchBuilder:
         self.schema = spec.dense_schema()
 
     def build(self, examples: Sequence[Mapping[str, Any]]) -> ExampleBatch:
-        """``examples`` are decoded ``training-examples`` messages (see streaming.labels)."""
+        """``examples`` are decoded ``training-examples`` messages (see streaming.features.labels)."""
         n = len(examples)
         schemas = set(map(operator.itemgetter("dense_schema"), examples))
         if schemas != {self.schema}:

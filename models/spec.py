@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streaming.features import dense_feature_names
+from streaming.features.state import dense_feature_names
 
 
 @dataclass(frozen=True, slots=True)

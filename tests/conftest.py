@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 
 
@@ -142,7 +142,7 @@ def make_stack(services: Settings, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def redis_client(services: Settings) -> Iterator[object]:
-    from streaming.redis_client import connect
+    from streaming.io.redis_client import connect
 
     client = connect(services.redis)
     yield client

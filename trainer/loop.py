@@ -29,10 +29,10 @@ import torch.distributed as dist
 from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
 from models.spec import DEFAULT_SPEC, FeatureSpec
-from streaming import health
-from streaming.metrics import TrainerMetrics, serve_configured
-from streaming.producer import EventProducer
-from streaming.redis_client import connect
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
+from streaming.ops import health
+from streaming.ops.metrics import TrainerMetrics, serve_configured
 from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.metrics import Prequential, auc, log_loss
@@ -92,7 +92,7 @@ class ContinuousTrainer:
         self._producer = EventProducer(settings, topic=settings.topics.model_updates) \
             if self.info.rank == 0 else None
         self._partitions = partitions
-        self._redis = connect(settings.redis)  # heartbeats only (streaming.health)
+        self._redis = connect(settings.redis)  # heartbeats only (streaming.ops.health)
         self._heartbeat = health.Heartbeat(self._redis, settings.redis.key_prefix, "trainer",
                                            instance=f"trainer-rank{self.info.rank}")
         self.prom = TrainerMetrics()

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import confluent_kafka
 import orjson
 
 from streaming.errors import BrokerError
-from streaming.kafka import client_config
+from streaming.io.kafka import client_config
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)

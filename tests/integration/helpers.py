@@ -15,7 +15,7 @@ from typing import Any
 import confluent_kafka
 
 from deploy.embedded import terminate
-from streaming.kafka import client_config
+from streaming.io.kafka import client_config
 from streaming.settings import Settings
 
 

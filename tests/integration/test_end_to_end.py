@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streaming.events import Event
-from streaming.feeds import Feed, FeedStore
-from streaming.producer import EventProducer
-from streaming.redis_client import connect
+from streaming.contract.events import Event
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
+from streaming.serving.feed_store import Feed, FeedStore
 from tests.integration.helpers import start_up, wait_for
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.feeds import POPULAR, Feed, FeedItem, FeedStore
+from streaming.serving.feed_store import POPULAR, Feed, FeedItem, FeedStore
 from streaming.settings import Settings
 from tests.integration.helpers import cli_env, run_cli
 

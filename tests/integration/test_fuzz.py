@@ -18,11 +18,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streaming.events import DEFAULT_LIMITS
-from streaming.processor import dlq_reason
-from streaming.producer import EventProducer
+from streaming.contract.events import DEFAULT_LIMITS
+from streaming.ingest.processor import dlq_reason
+from streaming.ingest.state_store import read_stats
+from streaming.io.producer import EventProducer
 from streaming.settings import Settings
-from streaming.state_store import read_stats
 from tests.conftest import make_stack
 from tests.integration.helpers import consume_all, start_worker, stop_process
 

@@ -5,10 +5,10 @@ import collections
 import pytest
 
 from streaming.errors import DeliveryError
-from streaming.kafka import KafkaAdmin, topic_specs
-from streaming.producer import EventProducer
+from streaming.io.kafka import KafkaAdmin, topic_specs
+from streaming.io.producer import EventProducer
 from streaming.settings import Settings
-from streaming.synthetic import SyntheticConfig, SyntheticStream
+from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 from tests.integration.helpers import consume_all
 
 pytestmark = pytest.mark.integration

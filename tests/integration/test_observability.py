@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from deploy.embedded import free_port
-from streaming.kafka import client_config
+from streaming.io.kafka import client_config
 from streaming.settings import Settings
 from tests.integration.helpers import start_up, wait_for
 

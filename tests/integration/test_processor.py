@@ -10,14 +10,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from streaming.agents.ingest import processor_config
-from streaming.events import Event
-from streaming.labels import example_features
-from streaming.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason
-from streaming.producer import EventProducer
-from streaming.redis_client import client_kwargs, connect
+from streaming.contract.events import Event
+from streaming.features.labels import example_features
+from streaming.ingest.agent import processor_config
+from streaming.ingest.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason
+from streaming.ingest.state_store import StateStore, read_stats
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import client_kwargs, connect
 from streaming.settings import Settings
-from streaming.state_store import StateStore, read_stats
 from tests.integration.helpers import consume_all
 
 pytestmark = pytest.mark.integration

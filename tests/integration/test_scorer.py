@@ -10,8 +10,8 @@ import torch
 
 from models.batch import BatchBuilder
 from models.spec import DEFAULT_SPEC
-from streaming.feeds import Feed, FeedItem, FeedStore
-from streaming.scorer import FeedRanker, ModelHolder
+from streaming.serving.feed_store import Feed, FeedItem, FeedStore
+from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
 from tests.integration.helpers import consume_all
 from tests.integration.test_processor import Harness, e
@@ -78,7 +78,7 @@ def test_readers_never_see_a_partial_feed(stack: Settings, redis_client) -> None
     reads = [0]
 
     def reader() -> None:
-        from streaming.redis_client import connect
+        from streaming.io.redis_client import connect
 
         client = connect(stack.redis)
         mine = FeedStore(client, stack.redis.key_prefix)

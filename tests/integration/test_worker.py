@@ -11,9 +11,9 @@ import orjson
 import pytest
 import redis
 
-from streaming.producer import EventProducer
+from streaming.io.producer import EventProducer
 from streaming.settings import Settings
-from streaming.synthetic import SyntheticConfig, SyntheticStream
+from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 from tests.conftest import make_stack
 from tests.integration.helpers import consume_all, start_worker, stop_process
 
@@ -28,7 +28,7 @@ def _settings(services: Settings, tmp_path: Path) -> Settings:
         "stream.allowed_lateness_ms": "1000",
         "stream.batch_size": "200",
         # Top-K trimming of co-visitation depends on arrival order across partitions (see
-        # streaming/features.py); with K above the stream's fan-out, counts must match exactly.
+        # streaming/features/state.py); with K above the stream's fan-out, counts must match exactly.
         "stream.covisit_top_k": "1000",
     })
 

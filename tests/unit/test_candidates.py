@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streaming.candidates import CandidateReads, generate, top_categories
+from streaming.features.candidates import CandidateReads, generate, top_categories
 
 H = 3_600_000
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from deploy.cli import build_parser
-from streaming.metrics import metric_names
+from streaming.ops.metrics import metric_names
 from streaming.settings import Settings, env_name
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

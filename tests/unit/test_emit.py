@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import orjson
 
-from streaming.emit import Pacer, emit_records
-from streaming.events import Event
-from streaming.sources import BadRecord
+from streaming.contract.events import Event
+from streaming.sources.emit import Pacer, emit_records
+from streaming.sources.files import BadRecord
 
 NOW = 1_732_000_000_000
 

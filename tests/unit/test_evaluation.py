@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from streaming.events import Event
+from streaming.contract.events import Event
 from trainer.evaluation.harness import _relevant_by_window, _sample_users
 from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
 from trainer.evaluation.ranking import (

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming.contract.events import DEFAULT_LIMITS, Event, Limits, parse_event, validate_event
 from streaming.errors import InvalidEvent
-from streaming.events import DEFAULT_LIMITS, Event, Limits, parse_event, validate_event
 
 NOW = 1_732_000_000_000
 

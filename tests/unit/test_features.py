@@ -6,7 +6,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.features import (
+from streaming.features.state import (
     EntityState,
     decay,
     decayed_add,

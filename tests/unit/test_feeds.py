@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streaming.feeds import Feed, FeedItem
+from streaming.serving.feed_store import Feed, FeedItem
 
 
 def test_feed_document_roundtrip() -> None:

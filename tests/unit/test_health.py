@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streaming import health
+from streaming.ops import health
 
 
 def test_only_recent_beats_with_partitions_count_as_consuming() -> None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from streaming.events import Event
-from streaming.labels import (
+from streaming.contract.events import Event
+from streaming.features.labels import (
     Exposure,
     JoinState,
     LabelConfig,

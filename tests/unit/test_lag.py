@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streaming.lag import ANOMALY_LOG_END_BELOW_COMMITTED, StatusEvaluator, partition_lag
+from streaming.ops.lag import ANOMALY_LOG_END_BELOW_COMMITTED, StatusEvaluator, partition_lag
 
 
 def lag(committed: int, log_end: int, group: str = "g", partition: int = 0):

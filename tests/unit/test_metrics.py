@@ -31,9 +31,9 @@ def test_log_loss_and_window() -> None:
 def test_ingest_retries_a_batch_with_backoff_while_redis_is_away() -> None:
     import asyncio
 
-    from streaming.agents import ingest
     from streaming.errors import StoreError
-    from streaming.metrics import IngestMetrics
+    from streaming.ingest import agent as ingest
+    from streaming.ops.metrics import IngestMetrics
 
     class Flaky:
         calls = 0

@@ -6,9 +6,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streaming.contract.events import validate_event
 from streaming.errors import SourceError
-from streaming.events import validate_event
-from streaming.replay import read_log
+from streaming.sources.replay import read_log
 
 UCI = """InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
 536366,22633,HAND WARMER,6,2010-12-01 08:28:00,1.85,17850.0,United Kingdom

@@ -5,7 +5,7 @@ import math
 from prometheus_client import generate_latest
 
 from deploy.series import Scrape, bucket_delta, histogram_quantile, parse_scrape, rate
-from streaming.metrics import IngestMetrics, ScorerMetrics
+from streaming.ops.metrics import IngestMetrics, ScorerMetrics
 
 
 def test_counters_sum_over_processes_and_become_rates() -> None:

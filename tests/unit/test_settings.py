@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from streaming.errors import ConfigError
-from streaming.kafka import client_config
+from streaming.io.kafka import client_config
 from streaming.settings import Settings, env_name, parse_assignments
 
 
@@ -98,8 +98,8 @@ def test_to_env_round_trips_every_setting() -> None:
 
 
 def test_training_and_serving_take_feature_rules_from_one_place() -> None:
-    from streaming.agents.ingest import processor_config
-    from streaming.features import feature_config
+    from streaming.features.state import feature_config
+    from streaming.ingest.agent import processor_config
 
     s = Settings.default().with_values({"stream.recent_items": "7",
                                         "stream.affinity_half_life_ms": "1800000"})

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from streaming.errors import SourceError
-from streaming.sources import BadRecord, read_records
+from streaming.sources.files import BadRecord, read_records
 
 
 def test_jsonl_yields_records_and_bad_lines_with_their_line_number(tmp_path: Path) -> None:

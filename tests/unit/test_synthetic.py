@@ -3,8 +3,8 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from streaming.events import validate_event
-from streaming.synthetic import SyntheticConfig, SyntheticStream
+from streaming.contract.events import validate_event
+from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 
 START = 1_732_000_000_000
 SMALL = SyntheticConfig(n_users=200, n_items=500, n_categories=10)

@@ -33,10 +33,10 @@ import torch
 from models.batch import BatchBuilder, ExampleBatch, hash_optional_ids
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.events import Event
-from streaming.features import feature_config
-from streaming.redis_client import connect
-from streaming.scorer import CandidateBatch, FeedRanker, ModelHolder
+from streaming.contract.events import Event
+from streaming.features.state import feature_config
+from streaming.io.redis_client import connect
+from streaming.serving.ranker import CandidateBatch, FeedRanker, ModelHolder
 from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.evaluation.ingest import Ingest

@@ -24,15 +24,15 @@ from typing import Any, Protocol
 import orjson
 
 from deploy.embedded import ManagedProcess
-from streaming import health
-from streaming.agents.ingest import processor_config
+from streaming.contract.events import Event
 from streaming.errors import StreamrecError
-from streaming.events import Event
-from streaming.processor import BatchProcessor, RawMessage
-from streaming.producer import EventProducer
-from streaming.redis_client import connect
+from streaming.ingest.agent import processor_config
+from streaming.ingest.processor import BatchProcessor, RawMessage
+from streaming.ingest.state_store import OutMessage, StateStore, read_stats
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
+from streaming.ops import health
 from streaming.settings import Settings
-from streaming.state_store import OutMessage, StateStore, read_stats
 from trainer.source import ExampleSource
 
 
@@ -65,7 +65,7 @@ class InProcessIngest:
     def __init__(self, settings: Settings) -> None:
         import redis.asyncio as aioredis
 
-        from streaming.redis_client import client_kwargs
+        from streaming.io.redis_client import client_kwargs
 
         self._loop = asyncio.new_event_loop()
         self._client = aioredis.Redis.from_url(settings.redis.url,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.embedded import EmbeddedRuntime
-from streaming.kafka import KafkaAdmin, topic_specs
+from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 from trainer.evaluation.harness import EvalOptions, PrequentialRun, cleanup, run_tag
 from trainer.evaluation.ingest import Ingest, InProcessIngest, KafkaIngest

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streaming.contract.events import Event
 from streaming.errors import ConfigError
-from streaming.events import Event
-from streaming.replay import read_log
-from streaming.synthetic import SyntheticConfig, SyntheticStream
+from streaming.sources.replay import read_log
+from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 
 S, MIN, H, D = 1_000, 60_000, 3_600_000, 86_400_000
 
@@ -61,13 +61,13 @@ class LoadedStream:
 
 
 def load_stream(stream: str, seed: int, events: int | None = None) -> LoadedStream:
-    """``synthetic`` or the path of a UCI Online Retail / OTTO log (see streaming.replay)."""
+    """``synthetic`` or the path of a UCI Online Retail / OTTO log (see streaming.sources.replay)."""
     if stream == "synthetic":
         n = events or SYNTHETIC_EVENTS
         gen = SyntheticStream(seed, SyntheticConfig(drift_every=SYNTHETIC_DRIFT_EVERY))
         evs = list(gen.events(SYNTHETIC_START_MS, SYNTHETIC_RATE, limit=n))
         return LoadedStream(SYNTHETIC, evs, [ts for _, ts in gen.drifts], {
-            "generator": "streaming.synthetic", "seed": seed, "rate_views_per_s": SYNTHETIC_RATE,
+            "generator": "streaming.sources.synthetic", "seed": seed, "rate_views_per_s": SYNTHETIC_RATE,
             "drift_every_views": SYNTHETIC_DRIFT_EVERY})
     path = Path(stream)
     if not path.exists():

@@ -12,8 +12,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from streaming.events import Event
-from streaming.features import decay
+from streaming.contract.events import Event
+from streaming.features.state import decay
 
 
 def recall_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from streaming.contract.events import Event, validate_event
 from streaming.errors import InvalidEvent
-from streaming.events import Event, validate_event
-from streaming.sources import BadRecord
+from streaming.sources.files import BadRecord
 
 
 class EventSink(Protocol):

@@ -26,14 +26,14 @@ import orjson
 import redis
 import torch
 
-from streaming import health
 from streaming.errors import StreamrecError
-from streaming.features import feature_config
-from streaming.feeds import FeedStore
-from streaming.kafka import client_config
-from streaming.metrics import ScorerMetrics, serve_configured
-from streaming.redis_client import connect
-from streaming.scorer import FeedRanker, ModelHolder
+from streaming.features.state import feature_config
+from streaming.io.kafka import client_config
+from streaming.io.redis_client import connect
+from streaming.ops import health
+from streaming.ops.metrics import ScorerMetrics, serve_configured
+from streaming.serving.feed_store import FeedStore
+from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -27,17 +27,17 @@ from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids, hash
 from models.checkpoint import load_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.candidates import CandidateReads, generate, top_categories
 from streaming.errors import CorruptCheckpoint, StoreError
-from streaming.features import (
+from streaming.features.candidates import CandidateReads, generate, top_categories
+from streaming.features.state import (
     DEFAULT_FEATURES,
     FeatureConfig,
     feature_matrix,
     item_columns,
     parse_recent,
 )
-from streaming.feeds import POPULAR, Feed, FeedItem
-from streaming.state_store import as_text, parse_state_hash
+from streaming.ingest.state_store import as_text, parse_state_hash
+from streaming.serving.feed_store import POPULAR, Feed, FeedItem
 
 log = logging.getLogger(__name__)
 

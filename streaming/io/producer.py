@@ -18,9 +18,9 @@ from typing import Any
 
 import confluent_kafka
 
+from streaming.contract.events import Event
 from streaming.errors import BackpressureTimeout, BrokerError, DeliveryError
-from streaming.events import Event
-from streaming.kafka import client_config
+from streaming.io.kafka import client_config
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,15 +17,15 @@ from typing import Any
 import faust
 import redis
 
-from streaming import health
 from streaming.errors import StoreError
-from streaming.features import feature_config
-from streaming.labels import LabelConfig
-from streaming.metrics import IngestMetrics
-from streaming.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
-from streaming.producer import EventProducer
+from streaming.features.labels import LabelConfig
+from streaming.features.state import feature_config
+from streaming.ingest.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
+from streaming.ingest.topics import Topics
+from streaming.io.producer import EventProducer
+from streaming.ops import health
+from streaming.ops.metrics import IngestMetrics
 from streaming.settings import Settings
-from streaming.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def build_processor(settings: Settings) -> tuple[BatchProcessor, Any]:
     """A processor with its own async Redis client and producer; returns (processor, closer)."""
     import redis.asyncio as aioredis
 
-    from streaming.redis_client import client_kwargs
-    from streaming.state_store import StateStore
+    from streaming.ingest.state_store import StateStore
+    from streaming.io.redis_client import client_kwargs
 
     client = aioredis.Redis.from_url(settings.redis.url, **client_kwargs(settings.redis))
     producer = EventProducer(settings, linger_ms=2)
@@ -123,7 +123,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics,
         except StoreError as exc:  # Redis away: the next tick tries again
             metrics.redis_errors.labels("ingest").inc()
             log.warning("outbox not flushed: %s", exc)
-        # The same timer is the worker's heartbeat (streaming.health).
+        # The same timer is the worker's heartbeat (streaming.ops.health).
         try:
             await processor.store.r.hset(health.key(settings.redis.key_prefix), beat,
                                          health.beat_value("ingest", len(mine)))

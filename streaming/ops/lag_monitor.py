@@ -1,4 +1,4 @@
-"""Reading consumer lag from Kafka (the adapter around :mod:`streaming.lag`).
+"""Reading consumer lag from Kafka (the adapter around :mod:`streaming.ops.lag`).
 
 Committed offsets come from one consumer per monitored group (``Consumer.committed``: it never
 subscribes, so it never joins or disturbs the group), log-end and log-start offsets from the
@@ -17,9 +17,9 @@ from typing import Any
 import confluent_kafka
 
 from streaming.errors import BrokerError
-from streaming.kafka import client_config
-from streaming.lag import PartitionLag, StatusEvaluator, partition_lag
-from streaming.metrics import STATUS_CODES, LagMetrics
+from streaming.io.kafka import client_config
+from streaming.ops.lag import PartitionLag, StatusEvaluator, partition_lag
+from streaming.ops.metrics import STATUS_CODES, LagMetrics
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 import orjson
 
+from streaming.contract.events import ALL_FIELDS
 from streaming.errors import SourceError
-from streaming.events import ALL_FIELDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ import redis
 import redis.asyncio as aioredis
 
 from streaming.errors import StoreError
-from streaming.labels import Exposure
+from streaming.features.labels import Exposure
 
 APPLY_LUA = r"""
 local cur = redis.call('GET', KEYS[1]) or '-1'
@@ -89,7 +89,7 @@ for _, op in ipairs(ops) do
     end
   elseif name == 'zdecay' then
     -- op: key, member, ts (ms), weight, half-life (ms), K. Score += w * 2^((ts - t0) / h), t0
-    -- kept in key..':t0' (see streaming.features); the order of scores is the trending order.
+    -- kept in key..':t0' (see streaming.features.state); the order of scores is the trending order.
     local key, ts, h, k = op[2], tonumber(op[4]), tonumber(op[6]), op[7]
     local t0 = tonumber(redis.call('GET', key .. ':t0') or '')
     if not t0 or (ts - t0) / h > 64 then

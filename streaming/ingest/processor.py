@@ -7,7 +7,7 @@ One call of :meth:`BatchProcessor.process` handles consecutive messages of one p
 3. drop duplicate ``event_id`` s (per-partition window of the last ``dedup_window`` ids);
 4. walk the events in offset order: snapshot model inputs where an example needs them (before
    the event's own update), update feature state, apply the labelling rules;
-5. apply everything atomically with the offset watermark (:mod:`streaming.state_store`);
+5. apply everything atomically with the offset watermark (:mod:`streaming.ingest.state_store`);
 6. produce the outbox (examples, DLQ records) and trim it once the broker acknowledged.
 
 Planning (steps 3-4) is pure; I/O goes through :class:`StateStore` and an :class:`OutboxSink`.
@@ -25,18 +25,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from streaming.contract.events import DEFAULT_LIMITS, Event, Limits, parse_event
 from streaming.errors import InvalidEvent, StoreError
-from streaming.events import DEFAULT_LIMITS, Event, Limits, parse_event
-from streaming.features import (
-    DEFAULT_FEATURES,
-    SEP,
-    EntityState,
-    FeatureConfig,
-    dense_feature_names,
-    feature_rows,
-    parse_recent,
-)
-from streaming.labels import (
+from streaming.features.labels import (
     Example,
     Exposure,
     JoinState,
@@ -49,7 +40,16 @@ from streaming.labels import (
     pair_key,
     sample_negatives,
 )
-from streaming.state_store import BatchReads, OutMessage, StateStore
+from streaming.features.state import (
+    DEFAULT_FEATURES,
+    SEP,
+    EntityState,
+    FeatureConfig,
+    dense_feature_names,
+    feature_rows,
+    parse_recent,
+)
+from streaming.ingest.state_store import BatchReads, OutMessage, StateStore
 
 log = logging.getLogger(__name__)
 

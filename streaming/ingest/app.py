@@ -14,9 +14,9 @@ from typing import Any
 
 import faust
 
-from streaming.metrics import IngestMetrics
+from streaming.ingest.topics import define_topics
+from streaming.ops.metrics import IngestMetrics
 from streaming.settings import Settings
-from streaming.topics import define_topics
 
 APP_ID = "streamrec-ingest"
 
@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, app_id: str = APP_ID, metrics: IngestMetri
     }
     conf.update(overrides)
     app = faust.App(app_id, **conf)
-    from streaming.agents.ingest import register_ingest
+    from streaming.ingest.agent import register_ingest
 
     register_ingest(app, settings, define_topics(app, settings), metrics or IngestMetrics())
     return app

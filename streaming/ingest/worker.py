@@ -6,9 +6,9 @@ import logging
 
 import faust
 
-from streaming.app import create_app
-from streaming.kafka import KafkaAdmin, topic_specs
-from streaming.metrics import IngestMetrics, serve_configured
+from streaming.ingest.app import create_app
+from streaming.io.kafka import KafkaAdmin, topic_specs
+from streaming.ops.metrics import IngestMetrics, serve_configured
 from streaming.settings import Settings
 
 

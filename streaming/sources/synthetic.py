@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from streaming.events import Event
+from streaming.contract.events import Event
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import redis
 
-from streaming.redis_client import call
+from streaming.io.redis_client import call
 
 POPULAR = "_popular"
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import orjson
 
+from streaming.contract.events import Event
 from streaming.errors import SourceError
-from streaming.events import Event
 
 UCI_HEADER = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
               "CustomerID", "Country")

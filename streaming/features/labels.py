@@ -33,8 +33,8 @@ from typing import Any
 
 import orjson
 
-from streaming.events import Event
-from streaming.features import SEP, dense_feature_names, dense_schema
+from streaming.contract.events import Event
+from streaming.features.state import SEP, dense_feature_names, dense_schema
 
 _DENSE_NAMES = tuple(dense_feature_names())
 _DENSE_SCHEMA = dense_schema()

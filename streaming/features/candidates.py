@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streaming.features import decay
+from streaming.features.state import decay
 
 
 @dataclass(slots=True)

@@ -96,7 +96,7 @@ def decayed_add(
 ) -> tuple[float, int]:
     """Add an event of ``weight`` at ``ts`` to a counter; returns the new ``(value, ref_ms)``.
 
-    The Lua op ``dadd`` in :mod:`streaming.state_store` is the same formula; keep them in step.
+    The Lua op ``dadd`` in :mod:`streaming.ingest.state_store` is the same formula; keep them in step.
     """
     if ts >= ref_ms:
         return value * 2.0 ** (-(ts - ref_ms) / half_life_ms) + weight, ts

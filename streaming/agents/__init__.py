@@ -1,1 +1,0 @@
-"""Faust agents, one module per domain."""

@@ -17,7 +17,7 @@ services:
 demo: $(STAMP) services
 	$(BIN)/streamrec up
 
-test: $(STAMP) services
+test: lint services
 	@bash deploy/ensure-chromium.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -32,8 +32,10 @@ screenshot: $(STAMP) services
 chaos: $(STAMP) services
 	$(BIN)/streamrec bench chaos
 
+# ruff, and the one-way layers of pyproject.toml's [tool.importlinter] (import-linter).
 lint: $(STAMP)
 	$(BIN)/ruff check streaming models trainer deploy tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .streamrec

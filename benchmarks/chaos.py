@@ -33,13 +33,15 @@ import orjson
 import redis
 
 from benchmarks.common import fresh_topics, report
-from deploy.embedded import EmbeddedRuntime, ManagedProcess
+from deploy.embedded import EmbeddedRuntime
 from models.checkpoint import list_versions, read_manifest, version_dir
 from streaming.contract.events import Event
+from streaming.contract.names import Keys
 from streaming.ingest.state_store import read_stats
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
+from streaming.ops.process import ManagedProcess
 from streaming.settings import Settings
 from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 
@@ -116,8 +118,9 @@ def stream(n: int, seed: int) -> list[tuple[bytes | None, bytes, str]]:
 def dump_state(client: redis.Redis, prefix: str) -> dict[str, dict[str, str]]:
     """User and item feature hashes under ``prefix`` (the state that counts events)."""
     out: dict[str, dict[str, str]] = {}
-    for kind in ("u:", "i:"):
-        for key in client.scan_iter(match=f"{prefix}{kind}*", count=2000):
+    keys = Keys(prefix)
+    for pattern in (keys.user("*"), keys.item("*")):
+        for key in client.scan_iter(match=pattern, count=2000):
             out[key.decode()[len(prefix):]] = {
                 k.decode(): v.decode() for k, v in client.hgetall(key).items()}
     return out
@@ -317,7 +320,7 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict
 
 def _scorer_stat(client: redis.Redis, prefix: str, name: str) -> int:
     try:
-        return int(client.hget(f"{prefix}scorer:stats", name) or 0)
+        return int(client.hget(Keys(prefix).scorer_stats, name) or 0)
     except redis.RedisError:
         return 0
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
-from deploy.embedded import EmbeddedRuntime, terminate
+from deploy.embedded import EmbeddedRuntime
 from streaming.io.kafka import KafkaAdmin, topic_specs
+from streaming.ops.process import terminate
 from streaming.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -7,7 +7,7 @@ import random
 import orjson
 
 from models.spec import DEFAULT_SPEC
-from streaming.io.producer import EventProducer
+from streaming.io.producer import RecordProducer
 from streaming.settings import Settings
 
 
@@ -15,7 +15,7 @@ def produce_examples(settings: Settings, n: int, seed: int = 0) -> None:
     """``n`` examples whose click label depends on two dense features (a learnable signal)."""
     rng = random.Random(seed)
     names = DEFAULT_SPEC.dense
-    with EventProducer(settings, topic=settings.topics.examples, linger_ms=20) as producer:
+    with RecordProducer(settings, topic=settings.topics.examples, linger_ms=20) as producer:
         for k in range(n):
             feats = {name: rng.gauss(0, 1) for name in names}
             click = int(feats["item_ctr"] + feats["user_category_affinity"] + rng.gauss(0, .5) > 1)

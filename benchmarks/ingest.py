@@ -21,6 +21,7 @@ import orjson
 
 from benchmarks.common import fresh_topics, percentile, report, services, spawn, stop
 from streaming.contract.events import Event
+from streaming.contract.names import Keys
 from streaming.ingest.state_store import read_stats
 from streaming.io.kafka import client_config
 from streaming.io.producer import EventProducer
@@ -115,6 +116,7 @@ def visible_latency(settings: Settings, rate: float, seconds: float) -> list[flo
     poller = threading.Thread(target=poll, name="latency-poller", daemon=True)
     poller.start()
     producer = EventProducer(settings, linger_ms=0)
+    state_keys = Keys(settings.redis.key_prefix)
     interval, t_start = 1.0 / rate, time.perf_counter()
     for k in range(int(rate * seconds)):
         due = t_start + k * interval
@@ -122,7 +124,7 @@ def visible_latency(settings: Settings, rate: float, seconds: float) -> list[flo
             time.sleep(min(wait, 0.001))
         e = Event(f"lat-{k}", f"lat-{k}", f"item-{k % 501}", "view", int(time.time() * 1000))
         with lock:
-            outstanding[f"{settings.redis.key_prefix}u:{e.user_id}"] = time.perf_counter()
+            outstanding[state_keys.user(e.user_id)] = time.perf_counter()
         producer.send(e)
     producer.flush(30)
     deadline = time.monotonic() + 30

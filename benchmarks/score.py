@@ -25,8 +25,7 @@ from benchmarks.common import fresh_topics, percentile, report, services
 from models.checkpoint import Manifest, write_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC
-from streaming.ingest.agent import build_processor
-from streaming.ingest.processor import RawMessage
+from streaming.ingest.processor import RawMessage, build_processor
 from streaming.io.redis_client import connect
 from streaming.serving.feed_store import FeedStore
 from streaming.serving.ranker import FeedRanker, ModelHolder
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         holder = ModelHolder()
         assert holder.load(path, 1)
         client = connect(s.redis)
-        ranker = FeedRanker(client, s.redis.key_prefix, holder, candidates=500)
+        ranker = FeedRanker(client, s.redis.key_prefix, holder, serving=s.serving)
         feeds = FeedStore(client, s.redis.key_prefix)
         users = [f"u{i}" for i in range(args.users)]
         candidates = 0

@@ -13,7 +13,7 @@ import tempfile
 import orjson
 
 from benchmarks.common import fresh_topics, report, services
-from deploy.embedded import free_port
+from streaming.ops.process import free_port
 from streaming.settings import Settings
 
 

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(worker)
 
     score = sub.add_parser("score", help="run a scorer worker (keeps users' feeds fresh)")
-    score.add_argument("--debounce-ms", type=int, default=200, help="coalesce a user's events")
+    score.add_argument("--debounce-ms", type=int, metavar="MS",
+                       help="coalesce a user's events (= --set serving.debounce_ms=MS)")
     _global_options(score)
 
     train = sub.add_parser("train", help="run the continuous trainer (sharded DLRM)")
@@ -147,7 +148,7 @@ def load_settings(args: argparse.Namespace) -> Any:
     overrides = parse_assignments(args.set)
     for flag, key in (("kafka_bootstrap_servers", "kafka.bootstrap_servers"),
                       ("redis_url", "redis.url"), ("run_dir", "runtime.run_dir"),
-                      ("log_level", "runtime.log_level")):
+                      ("log_level", "runtime.log_level"), ("debounce_ms", "serving.debounce_ms")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
@@ -268,9 +269,9 @@ def cmd_worker(args: argparse.Namespace, settings: Any) -> int:
 
 def cmd_score(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import with_running_endpoints
-    from streaming.serving.worker import ScorerConfig, ScorerWorker
+    from streaming.serving.worker import ScorerWorker
 
-    worker = ScorerWorker(with_running_endpoints(settings), ScorerConfig(debounce_ms=args.debounce_ms))
+    worker = ScorerWorker(with_running_endpoints(settings))
     with stop_on_signals() as stop:
         worker.run(stop)
     return 0
@@ -324,11 +325,13 @@ def cmd_topics(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, settings: Any) -> int:
+    from deploy.embedded import EmbeddedRuntime
     from trainer.evaluation.harness import EvalOptions
     from trainer.evaluation.main import run_eval, summary
 
     # Ctrl-C raises KeyboardInterrupt: the run stops where it is and the services stop with it.
-    result = run_eval(settings, args.stream, seed=args.seed, via=args.via, events=args.events,
+    result = run_eval(settings, args.stream, services=EmbeddedRuntime, seed=args.seed,
+                      via=args.via, events=args.events,
                       out_dir=args.out, plots=not args.no_plots,
                       opts=EvalOptions(rank_users=args.rank_users),
                       say=lambda s: print(s, file=sys.stderr, flush=True))

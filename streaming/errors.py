@@ -2,7 +2,20 @@
 
 Adapters translate library errors (confluent-kafka, redis-py, torch.distributed, OS) into these
 at the point where they call the library, so callers never need to import a client library to
-handle a failure.
+handle a failure::
+
+    StreamrecError
+    ├── ConfigError              a setting is missing, malformed or out of range (exit code 2)
+    ├── InvalidEvent             an event breaks the contract (.code, .detail)
+    ├── SourceError              a replay file cannot be read
+    ├── ServiceError             a backing service failed
+    │   ├── BrokerError          Kafka
+    │   │   ├── DeliveryError        produced messages not acknowledged (.failed)
+    │   │   └── BackpressureTimeout  the producer queue stayed full
+    │   ├── StoreError           Redis
+    │   └── EmbeddedServiceError an embedded broker or Redis did not start
+    └── CheckpointError          a checkpoint cannot be written or read
+        └── CorruptCheckpoint    it failed verification
 """
 
 from __future__ import annotations

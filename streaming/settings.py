@@ -156,6 +156,38 @@ class TrainerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServingSettings:
+    """Scorer workers and the feed ranker (``streamrec score``)."""
+
+    feed_size: int = _f(50, "items kept in each user's feed")
+    candidates: int = _f(500, "candidates scored per user (the ranker's budget)")
+    batch_users: int = _f(32, "users scored per forward pass")
+    debounce_ms: int = _f(200, "coalesce a user's events for this long before re-scoring (ms)")
+    max_wait_ms: int = _f(10_000, "score a user this long after an event even if ingest has not "
+                          "applied it yet (ms)")
+    active_window_s: float = _f(900.0, "after a model update, re-score users active this "
+                                "recently (s)")
+    popular_every_s: float = _f(10.0, "refresh the fallback (trending) feed this often (s)")
+    feed_ttl_s: float = _f(86_400.0, "a feed expires this long after its last refresh (s)")
+    cache_s: float = _f(1.0, "item state and shared candidate lists are cached this long (s): "
+                        "a feed may miss this much of other users' activity")
+    trending_candidates: int = _f(100, "candidates taken from the trending list")
+    covisit_seeds: int = _f(5, "recent items whose co-visitation lists give candidates")
+    covisit_per_item: int = _f(50, "candidates read per co-visitation list")
+    top_categories: int = _f(3, "user's top categories that give candidates")
+    category_candidates: int = _f(100, "candidates read per category")
+    new_candidates: int = _f(50, "candidates taken from the newest items")
+    popular_candidates: int = _f(200, "candidates taken from all-time popularity")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "cache_s":
+                _positive(f"serving.{f.name}", getattr(self, f.name))
+        if self.cache_s < 0:
+            raise ConfigError("serving.cache_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     run_dir: str = _f(".streamrec", "state of the embedded runtime: logs, endpoints, Redis AOF")
     bind_host: str = _f("127.0.0.1", "address embedded services and HTTP endpoints bind to")
@@ -179,6 +211,7 @@ class Settings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     @classmethod

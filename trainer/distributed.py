@@ -45,7 +45,7 @@ class DistInfo:
 def init(local_port: int | None = None) -> DistInfo:
     """Join the torchrun group if launched by torchrun, else create a 1-rank group."""
     if "WORLD_SIZE" not in os.environ:
-        from deploy.embedded import free_port
+        from streaming.ops.process import free_port
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(local_port or free_port()))

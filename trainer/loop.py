@@ -29,7 +29,8 @@ import torch.distributed as dist
 from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
 from models.spec import DEFAULT_SPEC, FeatureSpec
-from streaming.io.producer import EventProducer
+from streaming.contract.updates import ModelUpdate
+from streaming.io.producer import RecordProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
 from streaming.ops.metrics import TrainerMetrics, serve_configured
@@ -39,7 +40,6 @@ from trainer.metrics import Prequential, auc, log_loss
 from trainer.source import ExampleSource, offset_key
 
 log = logging.getLogger(__name__)
-MODEL_NAME = "default"
 
 
 @dataclass(slots=True)
@@ -89,7 +89,7 @@ class ContinuousTrainer:
         start = self._resume()
         self.source = ExampleSource(settings, partitions, start)
         self._last_publish = time.monotonic()
-        self._producer = EventProducer(settings, topic=settings.topics.model_updates) \
+        self._producer = RecordProducer(settings, topic=settings.topics.model_updates) \
             if self.info.rank == 0 else None
         self._partitions = partitions
         self._redis = connect(settings.redis)  # heartbeats only (streaming.ops.health)
@@ -233,9 +233,9 @@ class ContinuousTrainer:
             path = write_checkpoint(self.root, full or {}, manifest,
                                     self.settings.trainer.keep_checkpoints)
             assert self._producer is not None
-            self._producer.send_raw(MODEL_NAME.encode(), orjson.dumps(
-                {"model": MODEL_NAME, "path": str(path.resolve()), **orjson.loads(
-                    manifest.to_json())}))
+            update = ModelUpdate(version=manifest.version, path=str(path.resolve()),
+                                 manifest=orjson.loads(manifest.to_json()))
+            self._producer.send_raw(update.key, update.to_json())
             self._producer.flush(30)
             self.prom.checkpoints.inc()
             self.prom.model_version.labels("trainer").set(manifest.version)

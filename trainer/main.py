@@ -22,7 +22,7 @@ def launch(settings: Settings, nproc: int, extra_args: list[str]) -> int:
     """Start ``nproc`` ranks with torchrun on this machine, the settings passed by environment."""
     import subprocess
 
-    from deploy.embedded import free_port
+    from streaming.ops.process import free_port
 
     env = settings.child_env(os.environ)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",

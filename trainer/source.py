@@ -15,12 +15,12 @@ from typing import Any
 import confluent_kafka
 import orjson
 
+from streaming.contract.names import GROUP_TRAINER
 from streaming.errors import BrokerError
 from streaming.io.kafka import client_config
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
-GROUP = "streamrec-trainer"
 
 
 def offset_key(topic: str, partition: int) -> str:
@@ -35,7 +35,7 @@ class ExampleSource:
         self.topic = settings.topics.examples
         self.partitions = sorted(partitions)
         self._consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{
-            "group.id": GROUP,
+            "group.id": GROUP_TRAINER,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,

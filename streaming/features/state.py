@@ -36,22 +36,24 @@ Redis keys (``P`` = key prefix; ``{type}`` in view/click/purchase; ``{h}`` a hal
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streaming.contract.events import EVENT_TYPES
+from streaming.contract.examples import HALF_LIVES_MS, dense_feature_names
+
 if TYPE_CHECKING:
     from streaming.settings import Settings
 
-EVENT_TYPES = ("view", "click", "purchase")
 SEP = "\x1f"  # separator inside list entries and composite hash fields; not allowed in ids
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureConfig:
-    half_lives_ms: tuple[tuple[str, int], ...] = (("1h", 3_600_000), ("1d", 86_400_000))
+    half_lives_ms: tuple[tuple[str, int], ...] = HALF_LIVES_MS
     affinity_half_life_ms: int = 86_400_000
     short_affinity_half_life_ms: int = 3_600_000  # what the user is into this session
     trending_half_life_ms: int = 3_600_000
@@ -117,6 +119,16 @@ def _i(h: StateFields, name: str) -> int | None:
     return int(raw) if raw is not None else None
 
 
+def parse_state_hash(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """A ``u:``/``i:`` hash as read from Redis, with values parsed once: floats, except the
+    ``cat`` field (a string)."""
+    out: dict[str, Any] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.decode()
+        out[name] = raw_value.decode() if name == "cat" else float(raw_value)
+    return out
+
+
 class EntityState:
     """Mutable view of one Redis hash (``u:`` or ``i:``), for applying a batch in memory."""
 
@@ -168,22 +180,6 @@ def parse_recent(entries: Sequence[str]) -> list[tuple[str, int]]:
     return out
 
 
-def dense_feature_names(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[str]:
-    names = [f"user_{t}_{label}" for t in EVENT_TYPES for label, _ in cfg.half_lives_ms]
-    names += ["user_recency_s", "user_category_affinity", "user_category_affinity_short",
-              "user_recent_count"]
-    names += [f"item_{t}_{label}" for t in EVENT_TYPES for label, _ in cfg.half_lives_ms]
-    names += ["item_ctr", "item_cvr", "item_age_s", "price"]
-    return names
-
-
-def dense_schema(cfg: FeatureConfig = DEFAULT_FEATURES) -> str:
-    """Short digest of the dense feature names and order; travels with every example."""
-    import hashlib
-
-    return hashlib.sha256(",".join(dense_feature_names(cfg)).encode()).hexdigest()[:8]
-
-
 def item_fields(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[tuple[str, float]]:
     """The item-hash fields the dense features read, with their defaults (NaN = absent time)."""
     fields: list[tuple[str, float]] = []
@@ -229,7 +225,7 @@ def feature_rows(
         item_cols = item_columns(items, cfg)
     icol = {name: item_cols[:, k] for k, (name, _) in enumerate(item_fields(cfg))}
     at = np.broadcast_to(np.asarray(at_ms, dtype=np.float64), (n,))
-    out = np.empty((n, len(dense_feature_names(cfg))), dtype=np.float64)
+    out = np.empty((n, len(dense_feature_names(cfg.half_lives_ms))), dtype=np.float64)
 
     def column(rows: Sequence[StateFields], name: str, default: float = np.nan) -> np.ndarray:
         return np.fromiter((r.get(name, default) for r in rows), np.float64, n)
@@ -307,4 +303,4 @@ def feature_values(
 ) -> dict[str, float]:
     """:func:`feature_rows` for one (user, item), by name."""
     row = feature_rows([user], [len(recent)], [item], [category], [price], at_ms, cfg)[0]
-    return dict(zip(dense_feature_names(cfg), row.tolist(), strict=True))
+    return dict(zip(dense_feature_names(cfg.half_lives_ms), row.tolist(), strict=True))

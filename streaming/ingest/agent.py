@@ -1,7 +1,7 @@
 """Ingest agent: events -> validation, dedup, feature state, labelled examples, DLQ.
 
 Takes batches of up to ``batch_size`` events (or what arrived within ``batch_wait_s``), splits
-them by partition and hands each run to :class:`streaming.processor.BatchProcessor`.
+them by partition and hands each run to :class:`streaming.ingest.processor.BatchProcessor`.
 Offsets are committed by Faust after the agent moved past them; effects are exactly-once anyway,
 through the applied-offset watermark in Redis.
 """
@@ -18,50 +18,13 @@ import faust
 import redis
 
 from streaming.errors import StoreError
-from streaming.features.labels import LabelConfig
-from streaming.features.state import feature_config
-from streaming.ingest.processor import BatchProcessor, ProcessorConfig, ProducerSink, RawMessage
+from streaming.ingest.processor import BatchProcessor, RawMessage, build_processor
 from streaming.ingest.topics import Topics
-from streaming.io.producer import EventProducer
 from streaming.ops import health
 from streaming.ops.metrics import IngestMetrics
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def processor_config(settings: Settings) -> ProcessorConfig:
-    s = settings.stream
-    return ProcessorConfig(
-        examples_topic=settings.topics.examples,
-        dlq_topic=settings.topics.dlq,
-        source_topic=settings.topics.events,
-        features=feature_config(settings),
-        labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
-                           allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives,
-                           negative_sampling=s.negative_sampling),
-        dedup_window=s.dedup_window,
-        negative_pool=s.negative_pool,
-    )
-
-
-def build_processor(settings: Settings) -> tuple[BatchProcessor, Any]:
-    """A processor with its own async Redis client and producer; returns (processor, closer)."""
-    import redis.asyncio as aioredis
-
-    from streaming.ingest.state_store import StateStore
-    from streaming.io.redis_client import client_kwargs
-
-    client = aioredis.Redis.from_url(settings.redis.url, **client_kwargs(settings.redis))
-    producer = EventProducer(settings, linger_ms=2)
-    store = StateStore(client, settings.redis.key_prefix, settings.topics.events)
-    processor = BatchProcessor(store, ProducerSink(producer), processor_config(settings))
-
-    async def close() -> None:
-        producer.flush(30)
-        await client.aclose()
-
-    return processor, close
 
 
 class _Resources:

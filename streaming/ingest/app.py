@@ -1,7 +1,7 @@
 """The Faust application of the stream processor, built from settings (nothing at import time).
 
 One worker process runs :func:`create_app`'s app; more workers on any machines, with the same
-settings, join the same consumer group (``streamrec-ingest``) and share the partitions of the
+settings, join the same consumer group (``GROUP_INGEST``) and share the partitions of the
 events topic. Per-user state is keyed by user and the events topic is keyed by user, so a worker
 owns its users' state while it owns their partition; no repartition topic is needed.
 """
@@ -14,11 +14,12 @@ from typing import Any
 
 import faust
 
+from streaming.contract.names import GROUP_INGEST
 from streaming.ingest.topics import define_topics
 from streaming.ops.metrics import IngestMetrics
 from streaming.settings import Settings
 
-APP_ID = "streamrec-ingest"
+APP_ID = GROUP_INGEST  # the Faust app id is its consumer group
 
 
 def broker_credentials(settings: Settings) -> Any:

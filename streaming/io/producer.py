@@ -1,6 +1,10 @@
-"""Producer client for apps: idempotent, acknowledged, and bounded.
+"""Kafka producers: idempotent, acknowledged, and bounded.
 
-``EventProducer`` never buffers without limit: when librdkafka's local queue is full, ``send``
+:class:`EventProducer` is what apps use to send :class:`~streaming.contract.events.Event` s;
+:class:`RecordProducer` (its base) sends raw records and is what streamrec's own components use
+for the DLQ, training examples and model updates.
+
+Neither buffers without limit: when librdkafka's local queue is full, ``send``
 serves delivery reports until space frees up, and gives up with
 :class:`~streaming.errors.BackpressureTimeout` after ``block_timeout_s``. Every message ends up
 either acknowledged by the broker or counted (and kept, up to a bound) as failed; ``flush``
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class DeliveryStats:
+    """Counts of a producer's messages: queued, acknowledged, failed (with the last errors)."""
+
     sent: int = 0
     delivered: int = 0
     failed: int = 0
@@ -35,11 +41,13 @@ class DeliveryStats:
 
     @property
     def in_flight(self) -> int:
+        """Queued and not yet acknowledged or failed."""
         return self.sent - self.delivered - self.failed
 
 
-class EventProducer:
-    """Sends events (or raw bytes) to a topic, keyed by user.
+class RecordProducer:
+    """Sends raw records (key, value bytes, headers) to a topic (``topic``, default the events
+    topic; each send may name another).
 
     Parameters
     ----------
@@ -80,9 +88,6 @@ class EventProducer:
             self._producer = confluent_kafka.Producer(conf)
         except confluent_kafka.KafkaException as exc:
             raise BrokerError(f"cannot create producer: {exc}") from None
-
-    def send(self, event: Event, *, headers: dict[str, bytes] | None = None) -> None:
-        self.send_raw(event.key, event.to_json(), headers=headers)
 
     def send_raw(
         self,
@@ -138,9 +143,10 @@ class EventProducer:
         return self.stats
 
     def close(self, timeout_s: float = 30.0) -> DeliveryStats:
+        """:meth:`flush`: wait for every delivery, raise if any failed."""
         return self.flush(timeout_s)
 
-    def __enter__(self) -> EventProducer:
+    def __enter__(self) -> RecordProducer:
         return self
 
     def __exit__(
@@ -162,3 +168,24 @@ class EventProducer:
             self.stats.failed += 1
             self.stats.last_errors.append(err.str())
             log.warning("delivery failed: %s", err.str())
+
+
+class EventProducer(RecordProducer):
+    """Sends :class:`~streaming.contract.events.Event` s to the events topic, keyed by user (so
+    all events of a user land on one partition). Use it as a context manager: leaving the block
+    waits for every delivery report and raises :class:`~streaming.errors.DeliveryError` if any
+    message failed::
+
+        with EventProducer(Settings.load()) as producer:
+            producer.send(Event("e-1", "u42", "sku-7", "click", ts=1732345678123))
+
+    Options (keyword-only) are :class:`RecordProducer`'s.
+    """
+
+    def send(self, event: Event, *, headers: dict[str, bytes] | None = None) -> None:
+        """Queue one event; blocks (serving delivery reports) while the local queue is full and
+        raises :class:`~streaming.errors.BackpressureTimeout` after ``block_timeout_s``."""
+        self.send_raw(event.key, event.to_json(), headers=headers)
+
+    def __enter__(self) -> EventProducer:
+        return self

@@ -14,6 +14,11 @@ from streaming.settings import RedisSettings
 T = TypeVar("T")
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply element as text (clients here return bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def client_kwargs(settings: RedisSettings, *, decode_responses: bool = False) -> dict[str, Any]:
     """Connection options for sync and asyncio clients alike."""
     if not settings.url:

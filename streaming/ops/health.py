@@ -19,13 +19,16 @@ from typing import Any
 import orjson
 import redis
 
+from streaming.contract.names import Keys
+
 log = logging.getLogger(__name__)
 
 STALE_MS = 10_000
 
 
 def key(prefix: str) -> str:
-    return f"{prefix}health"
+    """The heartbeat hash under ``prefix``."""
+    return Keys(prefix).health
 
 
 def beat_field(component: str) -> str:

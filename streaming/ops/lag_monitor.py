@@ -16,6 +16,7 @@ from typing import Any
 
 import confluent_kafka
 
+from streaming.contract.names import GROUP_INGEST, GROUP_LAG_MONITOR, GROUP_SCORER, GROUP_TRAINER
 from streaming.errors import BrokerError
 from streaming.io.kafka import client_config
 from streaming.ops.lag import PartitionLag, StatusEvaluator, partition_lag
@@ -35,9 +36,9 @@ class WatchedGroup:
 def default_groups(settings: Settings) -> list[WatchedGroup]:
     t = settings.topics
     return [
-        WatchedGroup("streamrec-ingest", t.events, "ingest: validation, features, labels"),
-        WatchedGroup("streamrec-scorer", t.events, "scorer: event-triggered feed refresh"),
-        WatchedGroup("streamrec-trainer", t.examples, "trainer: committed at each checkpoint"),
+        WatchedGroup(GROUP_INGEST, t.events, "ingest: validation, features, labels"),
+        WatchedGroup(GROUP_SCORER, t.events, "scorer: event-triggered feed refresh"),
+        WatchedGroup(GROUP_TRAINER, t.examples, "trainer: committed at each checkpoint"),
     ]
 
 
@@ -48,7 +49,7 @@ class LagCollector:
         self.groups = groups or default_groups(settings)
         self.timeout_s = timeout_s
         self._consumers = {g.group: self._consumer(g.group) for g in self.groups}
-        self._peek = self._consumer("streamrec-lag-monitor")
+        self._peek = self._consumer(GROUP_LAG_MONITOR)
         self._partitions: dict[str, list[int]] = {}
 
     def _consumer(self, group: str) -> confluent_kafka.Consumer:

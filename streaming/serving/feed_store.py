@@ -1,69 +1,23 @@
-"""Per-user ranked feeds in Redis: layout, atomic replace, and the read helper for apps.
+"""Per-user ranked feeds in Redis: atomic replace for the scorers, reads for apps.
 
-Layout (``P`` = ``redis.key_prefix``, default ``sr:``):
-
-``P feed:<user_id>``
-    one string holding a JSON document, written with a single ``SET ... PX ttl``:
-    ``{"user_id", "items": [{"item_id", "score", "source"}], "model_version",
-    "generated_at_ms", "source_event_ts_ms", "sources": {source: count}}``.
-    A single-key write is atomic, so a reader never sees a partial feed.
-``P feed:_popular``
-    the fallback feed for users without one, the items trending now (same document,
-    ``user_id`` = ``"_popular"``).
+Each feed is one string (:class:`~streaming.contract.feeds.Feed` as JSON) under
+:meth:`Keys.feed <streaming.contract.names.Keys.feed>`, written with a single ``SET ... PX ttl``:
+a single-key write is atomic, so a reader never sees a partial feed. Users without a feed get
+the fallback feed (``feed:_popular``, the items trending now).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
 
-import orjson
 import redis
 
-from streaming.io.redis_client import call
+from streaming.contract.feeds import Feed
+from streaming.contract.names import POPULAR_FEED, Keys
+from streaming.io.redis_client import call, connect
+from streaming.settings import Settings
 
-POPULAR = "_popular"
-
-
-@dataclass(frozen=True, slots=True)
-class FeedItem:
-    item_id: str
-    score: float
-    source: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Feed:
-    user_id: str
-    items: list[FeedItem]
-    model_version: int | None = None
-    generated_at_ms: int = 0
-    source_event_ts_ms: int | None = None
-    sources: dict[str, int] = field(default_factory=dict)
-    fallback: bool = False  # True when served from the fallback (trending) feed
-
-    def to_json(self) -> bytes:
-        return orjson.dumps({
-            "user_id": self.user_id,
-            "items": [[i.item_id, i.score, i.source] for i in self.items],
-            "model_version": self.model_version,
-            "generated_at_ms": self.generated_at_ms,
-            "source_event_ts_ms": self.source_event_ts_ms,
-            "sources": self.sources,
-        })
-
-    @classmethod
-    def from_json(cls, raw: bytes, *, fallback: bool = False) -> Feed:
-        doc: dict[str, Any] = orjson.loads(raw)
-        return cls(
-            user_id=doc["user_id"],
-            items=[FeedItem(i, float(s), src) for i, s, src in doc["items"]],
-            model_version=doc.get("model_version"),
-            generated_at_ms=int(doc.get("generated_at_ms", 0)),
-            source_event_ts_ms=doc.get("source_event_ts_ms"),
-            sources=doc.get("sources") or {},
-            fallback=fallback,
-        )
+__all__ = ["FeedReader", "FeedStore"]
 
 
 class FeedStore:
@@ -71,13 +25,15 @@ class FeedStore:
 
     def __init__(self, client: redis.Redis, key_prefix: str = "sr:", ttl_s: float = 86_400) -> None:
         self._r = client
-        self._prefix = key_prefix
+        self._keys = Keys(key_prefix)
         self._ttl_ms = int(ttl_s * 1000)
 
     def key(self, user_id: str) -> str:
-        return f"{self._prefix}feed:{user_id}"
+        """The Redis key of ``user_id``'s feed."""
+        return self._keys.feed(user_id)
 
     def write(self, feed: Feed) -> None:
+        """Replace one feed atomically."""
         call(lambda: self._r.set(self.key(feed.user_id), feed.to_json(), px=self._ttl_ms),
              "feed write")
 
@@ -95,10 +51,39 @@ class FeedStore:
 
     def read(self, user_id: str, *, fallback: bool = True) -> Feed | None:
         """The user's feed; with ``fallback``, the fallback (trending) feed when the user has none."""
-        keys = [self.key(user_id), self.key(POPULAR)] if fallback else [self.key(user_id)]
+        keys = [self.key(user_id), self.key(POPULAR_FEED)] if fallback else [self.key(user_id)]
         raws = call(lambda: self._r.mget(keys), "feed read")
         if raws[0] is not None:
             return Feed.from_json(raws[0])
         if fallback and raws[1] is not None:
             return Feed.from_json(raws[1], fallback=True)
         return None
+
+
+class FeedReader:
+    """What an app needs to serve feeds: built from :class:`~streaming.settings.Settings` alone
+    (Redis URL, credentials and key prefix), one connection, closed on exit::
+
+        with FeedReader(Settings.load()) as feeds:
+            feed = feeds.read("u42")   # Feed, or the fallback feed, or None
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._client = connect(settings.redis)
+        self._store = FeedStore(self._client, settings.redis.key_prefix)
+
+    def read(self, user_id: str, *, fallback: bool = True) -> Feed | None:
+        """The user's feed, else (with ``fallback``) the trending feed, else ``None``.
+        Raises :class:`~streaming.errors.StoreError` when Redis fails."""
+        return self._store.read(user_id, fallback=fallback)
+
+    def close(self) -> None:
+        """Close the Redis connection."""
+        self._client.close()
+
+    def __enter__(self) -> FeedReader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

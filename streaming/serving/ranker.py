@@ -27,6 +27,8 @@ from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids, hash
 from models.checkpoint import load_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
+from streaming.contract.feeds import Feed, FeedItem
+from streaming.contract.names import POPULAR_FEED, Keys
 from streaming.errors import CorruptCheckpoint, StoreError
 from streaming.features.candidates import CandidateReads, generate, top_categories
 from streaming.features.state import (
@@ -35,9 +37,10 @@ from streaming.features.state import (
     feature_matrix,
     item_columns,
     parse_recent,
+    parse_state_hash,
 )
-from streaming.ingest.state_store import as_text, parse_state_hash
-from streaming.serving.feed_store import POPULAR, Feed, FeedItem
+from streaming.io.redis_client import as_text
+from streaming.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +133,18 @@ class FeedRanker:
     activity; the user's own state is read fresh on every refresh."""
 
     def __init__(self, client: redis.Redis, key_prefix: str, holder: ModelHolder, *,
-                 feed_size: int = 50, candidates: int = 500,
-                 features: FeatureConfig = DEFAULT_FEATURES, cache_s: float = 1.0,
-                 trending: int = 100) -> None:
+                 serving: ServingSettings | None = None,
+                 features: FeatureConfig = DEFAULT_FEATURES) -> None:
         self.r = client
-        self.cache_s = cache_s
+        self.limits = limits = serving or ServingSettings()
+        self.cache_s = limits.cache_s
         self._items: dict[str, CachedItem] = {}
         self._lists: dict[str, tuple[float, list[tuple[str, float]]]] = {}
         self.last_candidates = 0
-        self.p = key_prefix
+        self.keys = Keys(key_prefix)
         self.holder = holder
-        self.feed_size = feed_size
-        self.n_candidates = candidates
-        self.n_trending = trending
+        self.feed_size = limits.feed_size
+        self.n_candidates = limits.candidates
         self.fc = features
         self.builder = BatchBuilder(holder.spec)
 
@@ -169,14 +171,16 @@ class FeedRanker:
 
     def read_users(self, user_ids: Sequence[str], now_ms: int) -> list[UserReads]:
         """Users' state and candidate lists in two pipelined round trips for all of them."""
-        p, now = self.p, time.monotonic()
-        shared = {f"{p}pop": 200, f"{p}new": 50, f"{p}trend": self.n_trending}
+        k_, now = self.keys, time.monotonic()
+        lim = self.limits
+        shared = {k_.popular: lim.popular_candidates, k_.new_items: lim.new_candidates,
+                  k_.trending: lim.trending_candidates}
         try:
             with self.r.pipeline(transaction=False) as pipe:
                 for u in user_ids:
-                    pipe.hgetall(f"{p}u:{u}")
-                    pipe.lrange(f"{p}ur:{u}", 0, self.fc.recent_items - 1)
-                    pipe.zrange(f"{p}ub:{u}", 0, -1)
+                    pipe.hgetall(k_.user(u))
+                    pipe.lrange(k_.recent(u), 0, self.fc.recent_items - 1)
+                    pipe.zrange(k_.purchased(u), 0, -1)
                 stale = self._read_lists(pipe, shared, now)
                 res = pipe.execute()
             for key, raw in zip(stale, res[3 * len(user_ids):], strict=True):
@@ -186,10 +190,11 @@ class FeedRanker:
             for k, u in enumerate(user_ids):
                 state = parse_state_hash(res[3 * k].items())
                 recent = parse_recent([as_text(x) for x in res[3 * k + 1]])
-                recent_items = list(dict.fromkeys(i for i, _ in recent))[:5]
-                cats = top_categories(state, now_ms, self.fc.affinity_half_life_ms, 3)
-                wanted.update({f"{p}cv:{i}": 50 for i in recent_items})
-                wanted.update({f"{p}ci:{c}": 100 for c in cats})
+                recent_items = list(dict.fromkeys(i for i, _ in recent))[:lim.covisit_seeds]
+                cats = top_categories(state, now_ms, self.fc.affinity_half_life_ms,
+                                      lim.top_categories)
+                wanted.update({k_.covisit(i): lim.covisit_per_item for i in recent_items})
+                wanted.update({k_.category_items(c): lim.category_candidates for c in cats})
                 users.append((u, state, recent, recent_items, cats,
                               {as_text(b) for b in res[3 * k + 2]}))
             with self.r.pipeline(transaction=False) as pipe:
@@ -202,10 +207,10 @@ class FeedRanker:
         lists = self._lists
         out = [UserReads(u, state, recent, CandidateReads(
             recent=recent_items,
-            covisit={i: lists[f"{p}cv:{i}"][1] for i in recent_items},
-            by_category={c: lists[f"{p}ci:{c}"][1] for c in cats},
-            new_items=lists[f"{p}new"][1], popular=lists[f"{p}pop"][1],
-            trending=lists[f"{p}trend"][1], purchased=bought))
+            covisit={i: lists[k_.covisit(i)][1] for i in recent_items},
+            by_category={c: lists[k_.category_items(c)][1] for c in cats},
+            new_items=lists[k_.new_items][1], popular=lists[k_.popular][1],
+            trending=lists[k_.trending][1], purchased=bought))
             for u, state, recent, recent_items, cats, bought in users]
         self._evict(now)
         return out
@@ -225,7 +230,7 @@ class FeedRanker:
             try:
                 with self.r.pipeline(transaction=False) as pipe:
                     for item in missing:
-                        pipe.hgetall(f"{self.p}i:{item}")
+                        pipe.hgetall(self.keys.item(item))
                     states = [parse_state_hash(h.items()) for h in pipe.execute()]
             except redis.RedisError as exc:
                 raise StoreError(f"Redis item read failed: {exc}") from None
@@ -311,7 +316,7 @@ class FeedRanker:
         popularity), not all-time bestsellers. Scores are shares of the listed items' decayed
         counts (the trending list's common scale factor cancels)."""
         try:
-            trending = self._zlist(self.r.zrevrange(f"{self.p}trend", 0, self.feed_size - 1,
+            trending = self._zlist(self.r.zrevrange(self.keys.trending, 0, self.feed_size - 1,
                                                     withscores=True))
         except redis.RedisError as exc:
             raise StoreError(f"Redis read of trending items failed: {exc}") from None
@@ -319,6 +324,6 @@ class FeedRanker:
             return None
         total = sum(s for _, s in trending) or 1.0
         loaded = self.holder.current
-        return Feed(POPULAR, [FeedItem(i, round(s / total, 6), "trending") for i, s in trending],
+        return Feed(POPULAR_FEED, [FeedItem(i, round(s / total, 6), "trending") for i, s in trending],
                     model_version=loaded.version if loaded else None,
                     generated_at_ms=int(time.time() * 1000), sources={"trending": len(trending)})

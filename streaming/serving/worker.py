@@ -2,7 +2,7 @@
 
 Triggers:
 
-- a user's own events: the scorer consumes ``events`` in the consumer group ``streamrec-scorer``
+- a user's own events: the scorer consumes ``events`` in the consumer group ``GROUP_SCORER``
   (so scorers scale out by user partition). Users are coalesced for ``debounce_ms``. A user is
   re-scored once the ingest worker has applied the event (the user's ``last`` time in Redis has
   reached it), or after ``max_wait_ms`` regardless.
@@ -10,7 +10,8 @@ Triggers:
   the users active in the last ``active_window_s`` are re-scored, most recently active first.
 - the fallback feed (items trending now) is refreshed every ``popular_every_s``.
 
-Counters go to ``P scorer:stats`` (``feeds_written``, ``model_loads``, ``model_load_failures``,
+Timings and limits are the ``serving`` settings. Counters go to ``P scorer:stats``
+(``feeds_written``, ``model_loads``, ``model_load_failures``,
 ``model_version``). Event-to-feed latencies (ms) go to ``P scorer:fresh`` (the last 20,000).
 """
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import confluent_kafka
 import orjson
 import redis
 import torch
 
+from streaming.contract.names import GROUP_SCORER, GROUP_SCORER_MODELS, Keys
+from streaming.contract.updates import ModelUpdate
 from streaming.errors import StreamrecError
 from streaming.features.state import feature_config
 from streaming.io.kafka import client_config
@@ -37,33 +39,24 @@ from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
-GROUP = "streamrec-scorer"
-
-
-@dataclass(frozen=True, slots=True)
-class ScorerConfig:
-    debounce_ms: int = 200
-    max_wait_ms: int = 10_000
-    active_window_s: float = 900.0
-    popular_every_s: float = 10.0
-    feed_size: int = 50
-    candidates: int = 500
-    batch_users: int = 32  # users scored per forward pass
-    feed_ttl_s: float = 86_400.0
 
 
 class ScorerWorker:
-    def __init__(self, settings: Settings, cfg: ScorerConfig | None = None) -> None:
+    """One scorer process: follows model updates and users' events, keeps their feeds fresh.
+    Built from settings alone; :meth:`run` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cfg = cfg = cfg or ScorerConfig()
+        self.cfg = cfg = settings.serving
         # One intra-op thread: batches of ~500 rows gain nothing from more, and on a shared
         # machine extra threads only contend with the stream workers.
         torch.set_num_threads(1)
         self.client = connect(settings.redis)
         self.p = settings.redis.key_prefix
+        self.keys = Keys(self.p)
         self.holder = ModelHolder()
-        self.ranker = FeedRanker(self.client, self.p, self.holder, feed_size=cfg.feed_size,
-                                 candidates=cfg.candidates, features=feature_config(settings))
+        self.ranker = FeedRanker(self.client, self.p, self.holder, serving=cfg,
+                                 features=feature_config(settings))
         self.feeds = FeedStore(self.client, self.p, ttl_s=cfg.feed_ttl_s)
         self.pending: dict[str, tuple[int, float]] = {}  # user -> (event ts, first seen, monotonic)
         self.active: dict[str, float] = {}  # user -> last event (wall s)
@@ -74,7 +67,7 @@ class ScorerWorker:
     # -- model updates ----------------------------------------------------------------------
     def _follow_models(self, stop: threading.Event) -> None:
         consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
-            "group.id": f"{GROUP}-models", "enable.auto.commit": False}))
+            "group.id": GROUP_SCORER_MODELS, "enable.auto.commit": False}))
         topic = self.settings.topics.model_updates
         consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
         try:
@@ -84,22 +77,23 @@ class ScorerWorker:
                     if msg.error():
                         continue
                     try:
-                        doc = orjson.loads(msg.value())
-                        if newest is None or doc["version"] > newest["version"]:
-                            newest = doc
-                    except (orjson.JSONDecodeError, KeyError, TypeError):
-                        log.error("unreadable model announcement at offset %d", msg.offset())
+                        update = ModelUpdate.from_json(msg.value())
+                    except ValueError as exc:
+                        log.error("model announcement at offset %d: %s", msg.offset(), exc)
+                        continue
+                    if newest is None or update.version > newest.version:
+                        newest = update
                 t0 = time.perf_counter()
-                if newest is not None and self.holder.load(newest["path"], newest["version"]):
+                if newest is not None and self.holder.load(newest.path, newest.version):
                     self.metrics.stage.labels("model_load").observe(time.perf_counter() - t0)
                     self.metrics.model_loads.labels("ok").inc()
-                    self.metrics.model_version.labels("scorer").set(newest["version"])
-                    self.client.hset(f"{self.p}scorer:stats", mapping={
-                        "model_version": newest["version"], "model_loads": self.holder.loads})
+                    self.metrics.model_version.labels("scorer").set(newest.version)
+                    self.client.hset(self.keys.scorer_stats, mapping={
+                        "model_version": newest.version, "model_loads": self.holder.loads})
                     self._rescore_active()
                 elif newest is not None and self.holder.failures:
                     self.metrics.model_loads.labels("failed").inc()
-                    self.client.hset(f"{self.p}scorer:stats",
+                    self.client.hset(self.keys.scorer_stats,
                                      "model_load_failures", self.holder.failures)
         finally:
             consumer.close()
@@ -149,10 +143,10 @@ class ScorerWorker:
             try:
                 self.feeds.write_many(done)
                 with self.client.pipeline(transaction=False) as pipe:
-                    pipe.hincrby(f"{self.p}scorer:stats", "feeds_written", len(done))
+                    pipe.hincrby(self.keys.scorer_stats, "feeds_written", len(done))
                     if fresh_ms:
-                        pipe.lpush(f"{self.p}scorer:fresh", *fresh_ms)
-                        pipe.ltrim(f"{self.p}scorer:fresh", 0, 19_999)
+                        pipe.lpush(self.keys.scorer_freshness, *fresh_ms)
+                        pipe.ltrim(self.keys.scorer_freshness, 0, 19_999)
                     pipe.execute()
             except (StreamrecError, redis.RedisError) as exc:
                 self.metrics.redis_errors.labels("scorer").inc()
@@ -177,7 +171,7 @@ class ScorerWorker:
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for user, _ in chunk:
-                    pipe.hget(f"{self.p}u:{user}", "last")
+                    pipe.hget(self.keys.user(user), "last")
                 lasts = pipe.execute()
         except redis.RedisError as exc:
             log.warning("reading users' last event time failed: %s", exc)
@@ -197,7 +191,7 @@ class ScorerWorker:
         loader.start()
         server = serve_configured(self.metrics.registry, self.settings.runtime)
         consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
-            "group.id": GROUP, "auto.offset.reset": "earliest", "enable.auto.commit": True,
+            "group.id": GROUP_SCORER, "auto.offset.reset": "earliest", "enable.auto.commit": True,
             "session.timeout.ms": self.settings.kafka.session_timeout_ms,
         }))
         consumer.subscribe([self.settings.topics.events])

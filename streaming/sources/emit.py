@@ -21,7 +21,7 @@ from streaming.sources.files import BadRecord
 
 
 class EventSink(Protocol):
-    """Where emitted records go; :class:`streaming.producer.EventProducer` is the real one."""
+    """Where emitted records go; :class:`streaming.io.producer.EventProducer` is the real one."""
 
     def send(self, event: Event) -> None: ...
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from deploy.embedded import free_port
+from streaming.ops.process import free_port
 
 pytestmark = pytest.mark.distributed
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import confluent_kafka
 
-from deploy.embedded import terminate
 from streaming.io.kafka import client_config
+from streaming.ops.process import terminate
 from streaming.settings import Settings
 
 

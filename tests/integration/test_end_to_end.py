@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from streaming.contract.events import Event
+from streaming.contract.feeds import Feed
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
-from streaming.serving.feed_store import Feed, FeedStore
+from streaming.serving.feed_store import FeedStore
 from tests.integration.helpers import start_up, wait_for
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.serving.feed_store import POPULAR, Feed, FeedItem, FeedStore
+from streaming.contract.feeds import Feed, FeedItem
+from streaming.contract.names import POPULAR_FEED as POPULAR
+from streaming.serving.feed_store import FeedStore
 from streaming.settings import Settings
 from tests.integration.helpers import cli_env, run_cli
 

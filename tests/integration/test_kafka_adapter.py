@@ -58,7 +58,7 @@ def test_full_queue_blocks_instead_of_dropping(stack: Settings) -> None:
 
 
 def test_undeliverable_messages_raise_instead_of_vanishing(services: Settings) -> None:
-    from deploy.embedded import free_port
+    from streaming.ops.process import free_port
 
     dead = services.with_values({"kafka.bootstrap_servers": f"127.0.0.1:{free_port()}"})
     producer = EventProducer(dead, extra_config={"message.timeout.ms": 1500})

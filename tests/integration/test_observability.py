@@ -20,8 +20,8 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from deploy.embedded import free_port
 from streaming.io.kafka import client_config
+from streaming.ops.process import free_port
 from streaming.settings import Settings
 from tests.integration.helpers import start_up, wait_for
 

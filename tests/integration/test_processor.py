@@ -11,9 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from streaming.contract.events import Event
-from streaming.features.labels import example_features
-from streaming.ingest.agent import processor_config
-from streaming.ingest.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason
+from streaming.contract.examples import example_features
+from streaming.ingest.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason, processor_config
 from streaming.ingest.state_store import StateStore, read_stats
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import client_kwargs, connect

@@ -10,7 +10,8 @@ import torch
 
 from models.batch import BatchBuilder
 from models.spec import DEFAULT_SPEC
-from streaming.serving.feed_store import Feed, FeedItem, FeedStore
+from streaming.contract.feeds import Feed, FeedItem
+from streaming.serving.feed_store import FeedStore
 from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
 from tests.integration.helpers import consume_all

@@ -6,12 +6,12 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming.contract.examples import dense_feature_names
 from streaming.features.state import (
     EntityState,
     decay,
     decayed_add,
     decayed_value,
-    dense_feature_names,
     feature_values,
 )
 

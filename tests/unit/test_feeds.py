@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streaming.serving.feed_store import Feed, FeedItem
+from streaming.contract.feeds import Feed, FeedItem
 
 
 def test_feed_document_roundtrip() -> None:

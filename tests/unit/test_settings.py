@@ -99,7 +99,7 @@ def test_to_env_round_trips_every_setting() -> None:
 
 def test_training_and_serving_take_feature_rules_from_one_place() -> None:
     from streaming.features.state import feature_config
-    from streaming.ingest.agent import processor_config
+    from streaming.ingest.processor import processor_config
 
     s = Settings.default().with_values({"stream.recent_items": "7",
                                         "stream.affinity_half_life_ms": "1800000"})

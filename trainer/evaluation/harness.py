@@ -18,6 +18,7 @@ model); per-window numbers cover every window.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -113,9 +114,10 @@ class PrequentialRun:
         self.dmp, self.optimizer = D.build_sharded(spec, self.info)
         self.builder = BatchBuilder(spec)
         self._redis = connect(settings.redis)
+        serving = dataclasses.replace(settings.serving, feed_size=opts.k,
+                                      candidates=opts.candidates, cache_s=0.0)
         self.ranker = FeedRanker(self._redis, settings.redis.key_prefix, ModelHolder(spec),
-                                 feed_size=opts.k, candidates=opts.candidates, cache_s=0.0,
-                                 features=feature_config(settings))
+                                 serving=serving, features=feature_config(settings))
         self.lgbm = BatchRetrained(seed)
         self.popularity = DecayedPopularity(self.profile.popularity_half_life_ms)
         self.n_cat = spec.table_of("category").num_embeddings

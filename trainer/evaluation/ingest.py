@@ -2,7 +2,7 @@
 
 Two drivers with one interface (:class:`Ingest`):
 
-- :class:`InProcessIngest` calls the ingest agent's :class:`~streaming.processor.BatchProcessor`
+- :class:`InProcessIngest` calls the ingest agent's :class:`~streaming.ingest.processor.BatchProcessor`
   directly, on one partition, with the real Redis state store: the same code as the agent
   without the broker hop (fast, and what ``streamrec eval`` uses by default);
 - :class:`KafkaIngest` produces the events to the events topic, lets a real ``streamrec worker``
@@ -14,8 +14,6 @@ Both return the examples that became due, sorted by ``(ts, example_id)`` so that
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +21,15 @@ from typing import Any, Protocol
 
 import orjson
 
-from deploy.embedded import ManagedProcess
 from streaming.contract.events import Event
 from streaming.errors import StreamrecError
-from streaming.ingest.agent import processor_config
-from streaming.ingest.processor import BatchProcessor, RawMessage
-from streaming.ingest.state_store import OutMessage, StateStore, read_stats
+from streaming.ingest.processor import RawMessage, build_processor
+from streaming.ingest.state_store import read_stats
+from streaming.ingest.types import OutMessage
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
+from streaming.ops.process import component_process
 from streaming.settings import Settings
 from trainer.source import ExampleSource
 
@@ -50,7 +48,7 @@ def _sorted(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class _CollectSink:
-    """:class:`~streaming.processor.OutboxSink` that keeps the records (nothing to acknowledge)."""
+    """:class:`~streaming.ingest.types.OutboxSink` that keeps the records (nothing to acknowledge)."""
 
     def __init__(self) -> None:
         self.messages: list[OutMessage] = []
@@ -63,17 +61,10 @@ class InProcessIngest:
     mode = "in-process"
 
     def __init__(self, settings: Settings) -> None:
-        import redis.asyncio as aioredis
-
-        from streaming.io.redis_client import client_kwargs
-
         self._loop = asyncio.new_event_loop()
-        self._client = aioredis.Redis.from_url(settings.redis.url,
-                                               **client_kwargs(settings.redis))
         self._sink = _CollectSink()
-        store = StateStore(self._client, settings.redis.key_prefix, settings.topics.events)
-        self._cfg = processor_config(settings)
-        self._processor = BatchProcessor(store, self._sink, self._cfg)
+        self._processor, self._close = build_processor(settings, sink=self._sink)
+        self._cfg = self._processor.cfg
         self._offset = 0
         self.dead_lettered = 0
 
@@ -89,7 +80,7 @@ class InProcessIngest:
         return _sorted([orjson.loads(m.value) for m in out if m.topic == self._cfg.examples_topic])
 
     def close(self) -> None:
-        self._loop.run_until_complete(self._client.aclose())
+        self._loop.run_until_complete(self._close())
         self._loop.close()
 
 
@@ -103,10 +94,7 @@ class KafkaIngest:
     def __init__(self, settings: Settings, run_dir: Path, timeout_s: float = 120.0) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
-        env = settings.child_env(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        self.worker = ManagedProcess("eval-worker", [sys.executable, "-m", "deploy.cli", "worker"],
-                                     run_dir / "eval-worker.log", env=env)
+        self.worker = component_process(settings, run_dir, "eval-worker", "worker")
         self._redis = connect(settings.redis)
         self._producer = EventProducer(settings)
         self._examples = ExampleSource(settings, range(settings.topics.examples_partitions))

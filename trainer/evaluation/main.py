@@ -1,12 +1,18 @@
-"""``streamrec eval``: start (or connect to) the services, run one prequential evaluation,
-write ``<out>/prequential-<stream>.json`` and ``.png``; the result's summary is returned."""
+"""``streamrec eval``: on running services, run one prequential evaluation, write
+``<out>/prequential-<stream>.json`` and ``.png``; the result's summary is returned.
+
+The services (Kafka, Redis) come from the caller: ``services(settings)`` is a context manager
+whose value has the ``settings`` to use (endpoints filled in) and a ``run_dir`` for logs, such
+as ``deploy.embedded.EmbeddedRuntime``; the evaluation itself never starts a broker.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from deploy.embedded import EmbeddedRuntime
 from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 from trainer.evaluation.harness import EvalOptions, PrequentialRun, cleanup, run_tag
@@ -18,9 +24,20 @@ SUMMARY_KEYS = ("name", "stream", "mode", "seed", "auc", "logloss", "recall_at_2
                 "sweep", "events", "examples", "elapsed_s")
 
 
-def run_eval(settings: Settings, stream: str, *, seed: int = 7, via: str = "in-process",
-             events: int | None = None, out_dir: Path | None = None, plots: bool = True,
-             opts: EvalOptions | None = None, say: Any = print) -> dict[str, Any]:
+class Services(Protocol):
+    """Running Kafka and Redis: the settings that reach them, and a directory for logs."""
+
+    settings: Settings
+    run_dir: Path
+
+
+def run_eval(settings: Settings, stream: str, *,
+             services: Callable[[Settings], AbstractContextManager[Services]], seed: int = 7,
+             via: str = "in-process", events: int | None = None, out_dir: Path | None = None,
+             plots: bool = True, opts: EvalOptions | None = None, say: Any = print
+             ) -> dict[str, Any]:
+    """Run one prequential evaluation of ``stream`` (``synthetic`` or a log path) on the services
+    ``services(settings)`` provides; returns the full result (see :func:`summary`)."""
     opts = opts or EvalOptions()
     loaded = load_stream(stream, seed, events)
     prof = loaded.profile
@@ -33,7 +50,7 @@ def run_eval(settings: Settings, stream: str, *, seed: int = 7, via: str = "in-p
         "topics.events": f"eval-events-{tag}", "topics.dlq": f"eval-dlq-{tag}",
         "topics.examples": f"eval-examples-{tag}", "topics.model_updates": f"eval-mu-{tag}",
     })
-    with EmbeddedRuntime(settings) as runtime:
+    with services(settings) as runtime:
         settings = runtime.settings
         ingest: Ingest
         if via == "kafka":

@@ -1,0 +1,102 @@
+-- Applies one planned batch of one partition atomically (streaming.ingest.state_store.apply).
+-- KEYS[1]: the partition's applied-offset watermark; KEYS[2]: its outbox list.
+-- ARGV[1]: the watermark the caller read (the batch is refused if it moved); ARGV[2]: the
+-- batch's last offset; ARGV[3]: the ops as JSON (streaming.ingest.plan); ARGV[4..]: outbox
+-- records. Returns {1, outbox length} or {0, current watermark}.
+-- The ops name their keys themselves (built by streaming.contract.names.Keys), so this script
+-- targets one Redis, or a Redis Cluster with every streamrec key in one slot ({tag} prefix).
+local cur = redis.call('GET', KEYS[1]) or '-1'
+if cur ~= ARGV[1] then return {0, cur} end
+local ops = cjson.decode(ARGV[3])
+local fmt = string.format
+for _, op in ipairs(ops) do
+  local name = op[1]
+  if name == 'dadd' then
+    local key, prefix, ts, w = op[2], op[3], tonumber(op[4]), tonumber(op[5])
+    local ref = redis.call('HGET', key, prefix .. '.t')
+    local newref = ts
+    if ref then ref = tonumber(ref) end
+    for j = 6, #op, 2 do
+      local f = prefix .. '.' .. op[j]
+      local h = tonumber(op[j + 1])
+      local v
+      if not ref then
+        v = w
+      else
+        local old = tonumber(redis.call('HGET', key, f) or '0')
+        if ts >= ref then
+          v = old * 2 ^ (-(ts - ref) / h) + w
+        else
+          v = old + w * 2 ^ (-(ref - ts) / h)
+          newref = ref
+        end
+      end
+      redis.call('HSET', key, f, fmt('%.17g', v))
+    end
+    redis.call('HSET', key, prefix .. '.t', fmt('%d', newref))
+  elseif name == 'hmax' or name == 'hmin' then
+    local old = redis.call('HGET', op[2], op[3])
+    local v = tonumber(op[4])
+    if (not old) or (name == 'hmax' and v > tonumber(old)) or (name == 'hmin' and v < tonumber(old)) then
+      redis.call('HSET', op[2], op[3], fmt('%d', v))
+    end
+  elseif name == 'hset' then
+    redis.call('HSET', op[2], op[3], op[4])
+  elseif name == 'hdel' then
+    redis.call('HDEL', op[2], op[3])
+  elseif name == 'hincr' then
+    redis.call('HINCRBY', op[2], op[3], op[4])
+  elseif name == 'lpush_trim' then
+    redis.call('LPUSH', op[2], op[3])
+    redis.call('LTRIM', op[2], 0, op[4] - 1)
+  elseif name == 'zincr' then
+    redis.call('ZINCRBY', op[2], op[4], op[3])
+    local k = op[5]
+    if k > 0 and redis.call('ZCARD', op[2]) > 2 * k then
+      redis.call('ZREMRANGEBYRANK', op[2], 0, -(k + 1))
+    end
+  elseif name == 'zdecay' then
+    -- op: key, member, ts (ms), weight, half-life (ms), K, t0 key. Score += w * 2^((ts - t0) / h),
+    -- t0 kept in the t0 key (see streaming.features.state); score order = trending order.
+    local key, ts, h, k, t0key = op[2], tonumber(op[4]), tonumber(op[6]), op[7], op[8]
+    local t0 = tonumber(redis.call('GET', t0key) or '')
+    if not t0 or (ts - t0) / h > 64 then
+      if t0 then
+        local f = 2 ^ (-(ts - t0) / h)
+        local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+        for j = 1, #all, 2 do
+          redis.call('ZADD', key, fmt('%.17g', tonumber(all[j + 1]) * f), all[j])
+        end
+      end
+      t0 = ts
+      redis.call('SET', t0key, fmt('%d', ts))
+    end
+    redis.call('ZINCRBY', key, fmt('%.17g', tonumber(op[5]) * 2 ^ ((ts - t0) / h)), op[3])
+    if redis.call('ZCARD', key) > 2 * k then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(k + 1))
+    end
+  elseif name == 'zadd' then
+    redis.call('ZADD', op[2], op[4], op[3])
+  elseif name == 'zadd_min' then
+    -- score = earliest event time seen (LT: order-independent); keep the newest op[5] members
+    if redis.call('ZADD', op[2], 'LT', op[4], op[3]) == 1 and redis.call('ZCARD', op[2]) > op[5] then
+      redis.call('ZREMRANGEBYRANK', op[2], 0, -(op[5] + 1))
+    end
+  elseif name == 'zrem' then
+    redis.call('ZREM', op[2], op[3])
+  elseif name == 'ztrim' then
+    if redis.call('ZCARD', op[2]) > op[3] then
+      redis.call('ZREMRANGEBYRANK', op[2], 0, -(op[3] + 1))
+    end
+  elseif name == 'set' then
+    redis.call('SET', op[2], op[3])
+  else
+    return redis.error_reply('unknown op ' .. tostring(name))
+  end
+end
+local ob = KEYS[2]
+for i = 4, #ARGV do
+  redis.call('RPUSH', ob, ARGV[i])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return {1, redis.call('LLEN', ob)}

@@ -1,0 +1,47 @@
+-- Reads everything one batch of one partition needs (streaming.ingest.state_store.read_batch).
+-- KEYS: 1 applied offset, 2 max event time, 3 seen ids, 4 pending exposures (lx),
+--       5 follow-ups (lf), 6 exposure deadlines (lxd), 7 follow-up times (lfd), 8 trending;
+--       then per user: feature hash, recent list; then per item: feature hash.
+-- ARGV: recent_n, trending_n, batch max event time ('' = none), allowed lateness ms
+--       ('' = no label windows), #users, #items, #event ids, event ids..., then pairs.
+local recent_n, trending_n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local batch_max, lateness = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n_users, n_items, n_ids = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local ids, prs = {}, {}
+for j = 1, n_ids do ids[j] = ARGV[7 + j] end
+for j = 8 + n_ids, #ARGV do prs[#prs + 1] = ARGV[j] end
+local res = {}
+res[1] = redis.call('GET', KEYS[1]) or ''
+res[2] = redis.call('GET', KEYS[2]) or ''
+res[3] = #ids > 0 and redis.call('ZMSCORE', KEYS[3], unpack(ids)) or {}
+local u, r = {}, {}
+for j = 1, n_users do
+  u[j] = redis.call('HGETALL', KEYS[7 + 2 * j])
+  r[j] = redis.call('LRANGE', KEYS[8 + 2 * j], 0, recent_n - 1)
+end
+res[4], res[5] = u, r
+local it = {}
+local base = 8 + 2 * n_users
+for j = 1, n_items do it[j] = redis.call('HGETALL', KEYS[base + j]) end
+res[6] = it
+if #prs > 0 then
+  res[7] = redis.call('HMGET', KEYS[4], unpack(prs))
+  res[8] = redis.call('HMGET', KEYS[5], unpack(prs))
+else
+  res[7], res[8] = {}, {}
+end
+res[9] = trending_n > 0 and redis.call('ZREVRANGE', KEYS[8], 0, trending_n - 1, 'WITHSCORES') or {}
+-- Label windows that the batch's new watermark closes, and follow-ups it expires.
+local newmax = batch_max
+if res[2] ~= '' and (newmax == nil or tonumber(res[2]) > newmax) then newmax = tonumber(res[2]) end
+res[10], res[11], res[12] = {}, {}, {}
+if lateness and newmax then
+  local wm = newmax - lateness
+  local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', wm)
+  for j, pair in ipairs(due) do
+    res[10][j] = pair
+    res[11][j] = redis.call('HGET', KEYS[4], pair)
+  end
+  res[12] = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', '(' .. wm)
+end
+return res

@@ -1,0 +1,131 @@
+"""Child processes: started in their own session, dying with their parent, stopped with
+SIGTERM then SIGKILL. Used by ``streamrec up`` (the embedded runtime and the components), the
+evaluation's real ingest worker, the trainer's launcher and the benchmarks.
+
+Children are started with ``PR_SET_PDEATHSIG`` so that they die with the process that started
+them even if it is killed with SIGKILL: no orphan keeps a port or memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from streaming.errors import EmbeddedServiceError
+from streaming.settings import Settings
+
+__all__ = ["ManagedProcess", "component_process", "free_port", "terminate"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec. Note: the signal fires when the *thread* that
+    # forked exits, so processes are started from the main thread.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0, name: str = "process") -> int:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", name, timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
+                # stops children in order instead of all of them dying at once.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            self._log.close()
+            raise EmbeddedServiceError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise EmbeddedServiceError(
+                f"{self.name} exited with code {self.proc.returncode}; "
+                f"last log lines:\n{self.tail()}"
+            )
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        terminate(self.proc, timeout_s, self.name)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+
+def component_process(settings: Settings, run_dir: Path, name: str, *args: str) -> ManagedProcess:
+    """A ``streamrec`` subcommand (``worker``, ``score``, ``train``, ...) as a child process that
+    sees exactly ``settings``, logging to ``run_dir/<name>.log``. Not started yet."""
+    env = settings.child_env(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # ``-m deploy.cli`` is the ``streamrec`` console script, without depending on PATH.
+    return ManagedProcess(name, [sys.executable, "-m", "deploy.cli", *args],
+                          run_dir / f"{name}.log", env=env)

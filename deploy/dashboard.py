@@ -60,6 +60,7 @@ class Sampler:
         return parse_scrape(texts, time.time()), up
 
     def sample(self) -> dict[str, Any]:
+        """Scrape every component once and append one point to the series."""
         point: dict[str, Any] = {"t": int(time.time() * 1000)}
         try:
             snap = self.monitor.sample()
@@ -98,16 +99,19 @@ class Sampler:
         return point
 
     def series(self) -> list[dict[str, Any]]:
+        """The points kept so far, oldest first."""
         with self._lock:
             return list(self.points)
 
     def run(self, stop: threading.Event) -> None:
+        """Sample every ``interval_s`` until closed (the sampler thread)."""
         while not stop.is_set():
             started = time.monotonic()
             self.sample()
             stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def close(self) -> None:
+        """Stop sampling."""
         self.monitor.close()
 
 
@@ -170,15 +174,18 @@ class Dashboard:
 
     @property
     def url(self) -> str:
+        """Where the dashboard is served."""
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}/"
 
     def start(self) -> Dashboard:
+        """Start the sampler and the HTTP server; returns ``self``."""
         for t in self._threads:
             t.start()
         return self
 
     def close(self) -> None:
+        """Stop serving and sampling."""
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()

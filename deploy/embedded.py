@@ -79,9 +79,11 @@ class EmbeddedRuntime:
 
     @property
     def host(self) -> str:
+        """The loopback address the embedded services bind to."""
         return self.settings.runtime.bind_host
 
     def start(self, timeout_s: float = 30.0) -> Settings:
+        """Start what is not configured externally; returns the settings that reach it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             updates: dict[str, str] = {}
@@ -162,11 +164,13 @@ class EmbeddedRuntime:
             client.close()
 
     def check_alive(self) -> None:
+        """Raise :class:`~streaming.errors.EmbeddedServiceError` if a managed process exited."""
         for proc in self.processes:
             proc.check_alive()
 
     def stop(self) -> None:
         # Reverse start order; Redis gets SIGTERM so it finishes its AOF write.
+        """Stop the managed processes (components first, then Redis and the broker)."""
         while self.processes:
             self.processes.pop().stop()
 
@@ -186,6 +190,7 @@ class EmbeddedRuntime:
 # --- endpoints of a running `streamrec up`, so other commands find it --------------------------
 
 def endpoints_path(settings: Settings) -> Path:
+    """The file through which other commands find a running ``streamrec up``."""
     return settings.runtime.run_path / "current.json"
 
 
@@ -209,6 +214,7 @@ def write_endpoints(settings: Settings, run_dir: Path, *,
 
 
 def remove_endpoints(settings: Settings) -> None:
+    """Remove the endpoints file of a run that is ending."""
     path = endpoints_path(settings)
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text()).get("pid") == os.getpid():

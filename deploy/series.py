@@ -80,6 +80,7 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None
 
 
 def bucket_delta(prev: Scrape, cur: Scrape, stage: str) -> dict[float, float]:
+    """Histogram bucket counts of ``now`` minus those of ``before`` (per ``le``)."""
     now = cur.buckets.get(stage, {})
     before = prev.buckets.get(stage, {})
     delta = {le: c - before.get(le, 0.0) for le, c in now.items()}

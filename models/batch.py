@@ -80,6 +80,15 @@ class ScoringRows:
 
 @dataclass(slots=True)
 class ExampleBatch:
+    """One model batch of ``B`` rows, as :class:`BatchBuilder` makes it.
+
+    ``dense: B x D float32``; ``sparse``: KeyedJaggedTensor with keys ``spec.sparse`` (by default
+    user_id, item_id, recent_items, category), int64 row indices with one length per key and
+    row (1 for user_id and item_id, 0 or 1 for category, the list's length for recent_items);
+    ``labels`` (click), ``purchase``: ``B`` float32, zeros in a scoring batch; ``example_ids``:
+    ``B`` ids (the candidate item ids in a scoring batch).
+    """
+
     dense: torch.Tensor  # B x D float32
     sparse: KeyedJaggedTensor  # keys = spec.sparse, batch size B
     labels: torch.Tensor  # B float32 (click)
@@ -91,12 +100,23 @@ class ExampleBatch:
 
 
 class BatchBuilder:
+    """Examples (training) or candidate rows (scoring) -> one :class:`ExampleBatch` for ``spec``;
+    every id is hashed with :func:`hash_ids` into its table's range.
+
+    Args:
+        spec (FeatureSpec): the dense names (their order and schema digest) and the tables.
+    """
+
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
         self.schema = spec.dense_schema()
 
     def build(self, examples: Sequence[Mapping[str, Any]]) -> ExampleBatch:
-        """``examples`` are decoded ``training-examples`` messages (see streaming.features.labels)."""
+        """``examples`` are decoded ``training-examples`` messages (see streaming.features.labels).
+
+        Returns a batch of ``B = len(examples)`` rows, in order, labels from ``labels.click``.
+        Raises :class:`StreamrecError` if an example's ``dense_schema`` is not the spec's.
+        """
         n = len(examples)
         schemas = set(map(operator.itemgetter("dense_schema"), examples))
         if schemas != {self.schema}:

@@ -36,6 +36,14 @@ _VERSION_DIR = re.compile(r"^v(\d{8})$")
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """What a version holds besides its tensors: the ``manifest.json`` of a version directory.
+
+    ``offsets``: ``"topic:partition"`` -> next offset to consume, over all ranks; ``metrics``:
+    prequential AUC / log-loss, train loss and window size at publish time (None where
+    undefined); ``spec_digest``: :meth:`FeatureSpec.digest` of the model; ``files``: name ->
+    sha256, filled in by :func:`write_checkpoint`.
+    """
+
     version: int
     created_at_ms: int
     step: int
@@ -47,10 +55,12 @@ class Manifest:
     format: int = FORMAT
 
     def to_json(self) -> bytes:
+        """Indented JSON with sorted keys (the bytes of ``manifest.json``)."""
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
+        """Parse ``manifest.json``; raises :class:`CorruptCheckpoint` if unreadable or malformed."""
         try:
             doc = orjson.loads(raw)
             return cls(**doc)
@@ -59,10 +69,12 @@ class Manifest:
 
 
 def version_dir(root: Path, version: int) -> Path:
+    """The directory of ``version`` under ``root`` (``v00000007``); it may not exist."""
     return root / f"v{version:08d}"
 
 
 def list_versions(root: Path) -> list[int]:
+    """Version numbers present under ``root``, oldest first (unverified; temp dirs excluded)."""
     if not root.is_dir():
         return []
     return sorted(int(m.group(1)) for p in root.iterdir() if (m := _VERSION_DIR.match(p.name)))
@@ -116,6 +128,7 @@ def write_checkpoint(
 
 
 def read_manifest(path: Path) -> Manifest:
+    """The manifest of the version directory ``path``, unverified; raises :class:`CorruptCheckpoint`."""
     try:
         return Manifest.from_json((path / "manifest.json").read_bytes())
     except FileNotFoundError:
@@ -159,6 +172,7 @@ def latest_valid(root: Path, spec_digest: str | None = None) -> tuple[Manifest, 
 
 
 def now_ms() -> int:
+    """Wall-clock time in ms since the epoch (a manifest's ``created_at_ms``)."""
     return int(time.time() * 1000)
 
 

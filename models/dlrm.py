@@ -18,6 +18,8 @@ from models.spec import FeatureSpec
 
 
 def embedding_configs(spec: FeatureSpec) -> list[EmbeddingBagConfig]:
+    """One :class:`EmbeddingBagConfig` per table of ``spec``: ``num_embeddings x embedding_dim``
+    rows, looked up by the table's features (sum pooling)."""
     return [
         EmbeddingBagConfig(name=t.name, embedding_dim=spec.embedding_dim,
                            num_embeddings=t.num_embeddings, feature_names=list(t.features))
@@ -26,17 +28,44 @@ def embedding_configs(spec: FeatureSpec) -> list[EmbeddingBagConfig]:
 
 
 class DenseNormArch(nn.Module):
-    """``B x D -> B x D``: per-feature standardisation with running mean/variance."""
+    """``B x D -> B x D``: per-feature standardisation with running mean/variance.
+
+    Args:
+        in_features (int): ``D``, the number of dense features.
+    """
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(in_features, affine=False, momentum=0.01)
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """``dense: B x D float32`` -> ``B x D``; training mode uses and updates batch statistics
+        (needs ``B >= 2``), eval mode the running ones."""
         return self.norm(dense)
 
 
 class StreamRecModel(nn.Module):
+    """The ranking model: :class:`DenseNormArch` then TorchRec's :class:`DLRM`, sized by ``spec``.
+
+    Notation: ``B`` batch size, ``D`` ``len(spec.dense)`` dense features, ``F`` ``len(spec.sparse)``
+    sparse features, ``E`` ``spec.embedding_dim``. The sparse arch pools one ``E``-vector per
+    feature (``B x F x E``), the dense arch maps ``B x D`` to ``B x E``, the interaction arch
+    appends the pairwise dot products of those ``F + 1`` vectors (``B x (E + F(F+1)/2)``) and the
+    over arch maps that to one logit per row.
+
+    Args:
+        spec (FeatureSpec): dense names, tables, embedding dim and layer sizes;
+            ``spec.dense_arch[-1]`` must equal ``spec.embedding_dim`` (else ``ValueError``).
+        device (Optional[torch.device]): where tables and dense layers are created; ``meta``
+            creates the tables unmaterialised (for sharding), the dense layers on the default
+            device.
+
+    Example::
+
+        model = StreamRecModel(DEFAULT_SPEC)
+        logits = model(batch.dense, batch.sparse)  # ExampleBatch from BatchBuilder; B logits
+    """
+
     def __init__(self, spec: FeatureSpec, device: torch.device | None = None) -> None:
         super().__init__()
         if spec.dense_arch[-1] != spec.embedding_dim:
@@ -52,11 +81,18 @@ class StreamRecModel(nn.Module):
         )
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """``dense: B x D float32``, ``sparse``: KeyedJaggedTensor with keys ``spec.sparse``
+        (user_id, item_id, recent_items, category by default) and batch size ``B``.
+        Returns ``B`` logits (apply a sigmoid for P(click))."""
         return self.dlrm(self.dense_norm(dense), sparse).squeeze(-1)
 
 
 class RankingTrain(nn.Module):
-    """``(dense, sparse, labels) -> (loss, logits)``; the module DMP wraps for training."""
+    """``(dense, sparse, labels) -> (loss, logits)``; the module DMP wraps for training.
+
+    Args:
+        model (StreamRecModel): the model trained; its state_dict is what checkpoints hold.
+    """
 
     def __init__(self, model: StreamRecModel) -> None:
         super().__init__()
@@ -65,5 +101,7 @@ class RankingTrain(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs as :meth:`StreamRecModel.forward`, ``labels: B float32`` (0/1). Returns the
+        mean binary cross-entropy (a scalar) and the ``B`` logits, detached."""
         logits = self.model(dense, sparse)
         return self.loss_fn(logits, labels), logits.detach()

@@ -17,6 +17,8 @@ from streaming.contract.examples import dense_feature_names, dense_schema
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
+    """One embedding table: ``num_embeddings x embedding_dim`` rows shared by ``features``."""
+
     name: str
     num_embeddings: int  # rows; ids are hashed into [0, num_embeddings)
     features: tuple[str, ...]  # KJT keys that look up this table
@@ -24,6 +26,12 @@ class TableSpec:
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
+    """Every model input and the model's sizes; its :meth:`digest` is stamped on checkpoints.
+
+    ``dense``: the ``D`` dense names in input order; ``tables``: the embedding tables (their
+    features, in order, are the ``F`` KJT keys); ``dense_arch`` / ``over_arch``: DLRM layer sizes.
+    """
+
     dense: tuple[str, ...] = field(default_factory=lambda: tuple(dense_feature_names()))
     tables: tuple[TableSpec, ...] = (
         TableSpec("t_user", 100_003, ("user_id",)),
@@ -40,6 +48,7 @@ class FeatureSpec:
         return tuple(f for t in self.tables for f in t.features)
 
     def table_of(self, feature: str) -> TableSpec:
+        """The table ``feature`` (a KJT key) looks up; raises ``KeyError`` for an unknown one."""
         for t in self.tables:
             if feature in t.features:
                 return t

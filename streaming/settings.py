@@ -38,6 +38,8 @@ def _f(default: Any, doc: str, *, secret: bool = False) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
+    """Kafka connection (``kafka.*``): brokers, SASL/TLS security, client id, group session timeout."""
+
     bootstrap_servers: str = _f("", "host:port list; empty = embedded Tansu broker")
     security_protocol: str = _f("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     sasl_mechanism: str = _f("", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (with SASL_*)")
@@ -63,6 +65,8 @@ class KafkaSettings:
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    """Redis connection (``redis.*``): URL, credentials, TLS, key prefix, socket timeout."""
+
     url: str = _f("", "redis:// or rediss:// URL; empty = embedded redis-server")
     key_prefix: str = _f("sr:", "prefix of every key streamrec writes")
     password: str = _f("", "AUTH password (overrides one in the URL)", secret=True)
@@ -78,6 +82,8 @@ class RedisSettings:
 
 @dataclass(frozen=True, slots=True)
 class TopicSettings:
+    """Names, partition counts and replication (``topics.*``) of the topics streamrec creates."""
+
     events: str = _f("events", "raw user events from apps (key = user_id)")
     dlq: str = _f("events.dlq", "rejected input with its reason in headers")
     examples: str = _f("training-examples", "labelled examples (key = user_id)")
@@ -98,6 +104,8 @@ class TopicSettings:
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
+    """Stream processing (``stream.*``): labelling, de-duplication, feature rules, batching."""
+
     label_mode: str = _f("exposure", "exposure (views labelled by later clicks) or implicit")
     attribution_window_ms: int = _f(30 * 60 * 1000, "click/purchase must follow the view within (ms)")
     allowed_lateness_ms: int = _f(10_000, "event-time watermark = max event time - this (ms)")
@@ -139,6 +147,8 @@ class StreamSettings:
 
 @dataclass(frozen=True, slots=True)
 class TrainerSettings:
+    """The online trainer (``trainer.*``): micro-batches, checkpoint publishing and retention."""
+
     checkpoint_dir: str = _f(".streamrec/checkpoints", "where versioned checkpoints are written")
     batch_size: int = _f(1024, "examples per micro-batch")
     batch_max_wait_ms: int = _f(500, "max wait to fill a micro-batch (ms)")
@@ -189,6 +199,8 @@ class ServingSettings:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
+    """The local runtime (``runtime.*``): run directory, bind address, log level, HTTP ports."""
+
     run_dir: str = _f(".streamrec", "state of the embedded runtime: logs, endpoints, Redis AOF")
     bind_host: str = _f("127.0.0.1", "address embedded services and HTTP endpoints bind to")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
@@ -201,11 +213,14 @@ class RuntimeSettings:
 
     @property
     def run_path(self) -> Path:
+        """``run_dir`` as a :class:`~pathlib.Path`."""
         return Path(self.run_dir)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting, one section per concern; build it once with :meth:`load` and pass it down."""
+
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
@@ -243,6 +258,7 @@ class Settings:
 
     @classmethod
     def default(cls) -> Settings:
+        """The built-in defaults (no environment, no overrides)."""
         return cls()
 
     def with_values(self, values: Mapping[str, Any]) -> Settings:

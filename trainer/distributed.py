@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DistInfo:
+    """This process's place in the group: ``rank`` of ``world``, its device and the backend
+    (``gloo`` on CPU, ``nccl`` on GPU)."""
+
     rank: int
     world: int
     device: torch.device

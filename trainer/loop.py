@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class TrainerState:
+    """This rank's progress: the last published (or resumed) ``version``, optimizer steps,
+    examples trained, next offsets, and the loss sum / count since the last publish."""
+
     version: int = 0
     step: int = 0
     examples_base: int = 0  # global examples_seen of the checkpoint resumed from
@@ -55,8 +58,11 @@ class TrainerState:
 
 def sgd_step(dmp: torch.nn.Module, optimizer: Any, batch: ExampleBatch,
              device: torch.device) -> tuple[float, np.ndarray]:
-    """One optimizer step on ``batch`` (``B`` examples); returns ``(loss, probs: B)``. The
-    probabilities come from the parameters *before* this update (prequential)."""
+    """One optimizer step on ``batch`` (``B`` examples: ``dense: B x D``, KJT, ``labels: B``);
+    returns ``(loss, probs: B float32)``, the loss a mean over the batch. The probabilities come
+    from the parameters *before* this update (prequential). ``dmp`` is the DMP-wrapped
+    :class:`~models.dlrm.RankingTrain` of :func:`trainer.distributed.build_sharded`; with several
+    ranks the step is collective."""
     dmp.train()
     loss, logits = dmp(batch.dense.to(device), batch.sparse.to(device), batch.labels.to(device))
     probs = torch.sigmoid(logits).cpu().numpy()
@@ -67,6 +73,14 @@ def sgd_step(dmp: torch.nn.Module, optimizer: Any, batch: ExampleBatch,
 
 
 class ContinuousTrainer:
+    """One rank of the continuous trainer: its partitions of ``training-examples``, its shard of
+    the model (:func:`trainer.distributed.build_sharded`), checkpoints and announcements.
+
+    Construction resumes from the newest valid checkpoint under ``trainer.checkpoint_dir`` and
+    seeks to its offsets. :meth:`train_step`, :meth:`publish` and :meth:`run` are collective:
+    every rank calls them in step (:meth:`run` arranges that).
+    """
+
     def __init__(self, settings: Settings, spec: FeatureSpec = DEFAULT_SPEC,
                  info: D.DistInfo | None = None) -> None:
         self.settings = settings
@@ -155,6 +169,8 @@ class ContinuousTrainer:
                     and self.state.step % tc.publish_every_steps == 0 and self.state.loss_n)
 
     def train_step(self, n: int) -> float:
+        """Train on the ``n`` oldest buffered examples (one ``B = n`` batch), scoring them first
+        (prequential); returns the batch's mean loss."""
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
         taken = [self._buffer.popleft() for _ in range(n)]
@@ -257,6 +273,8 @@ class ContinuousTrainer:
     # -- main loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_steps: int | None = None,
             publish_on_exit: bool = True) -> None:
+        """Poll, agree, train and publish (when due) until ``stop`` is set on any rank or ``max_steps``
+        is reached; then publish what was trained since the last publish (``publish_on_exit``)."""
         while True:
             self._beat()
             self._fill()
@@ -276,6 +294,8 @@ class ContinuousTrainer:
             self.prom.redis_errors.labels("trainer").inc()
 
     def close(self) -> None:
+        """Stop the metrics server, close Redis and the consumer, flush the producer (rank 0,
+        up to 10 s)."""
         if self._metrics_server is not None:
             self._metrics_server.close()
         self._redis.close()

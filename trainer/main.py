@@ -37,6 +37,9 @@ def launch(settings: Settings, nproc: int, extra_args: list[str]) -> int:
 
 def run_trainer(settings: Settings, *, max_steps: int | None = None,
                 duration_s: float | None = None) -> dict[str, Any]:
+    """Run this rank's :class:`~trainer.loop.ContinuousTrainer` until SIGINT/SIGTERM,
+    ``duration_s`` (s) or ``max_steps``, then shut the group down. Returns the run's summary
+    (steps, examples, throughput, prequential metrics), which rank 0 also prints as JSON."""
     from trainer import distributed as D
     from trainer.loop import ContinuousTrainer
 

@@ -25,12 +25,16 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of ``probs`` (clipped to ``[eps, 1 - eps]``) against 0/1 labels."""
     p = np.clip(probs, eps, 1 - eps)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
 class Prequential:
-    """Running metrics over a sliding window of the last ``window`` scored examples."""
+    """Running metrics over a sliding window of the last ``window`` scored examples.
+
+    The window holds whole batches: the fewest newest ones with at least ``window`` examples
+    (all of them until then). ``total`` counts every example ever added."""
 
     def __init__(self, window: int = 50_000) -> None:
         self._probs: deque[np.ndarray] = deque()
@@ -40,6 +44,8 @@ class Prequential:
         self.total = 0
 
     def add(self, probs: np.ndarray, labels: np.ndarray) -> None:
+        """Append one scored batch (``probs``, ``labels``: ``B``); drop the oldest batches the
+        window no longer needs."""
         self._probs.append(probs.astype(np.float64))
         self._labels.append(labels.astype(np.float64))
         self._n += len(probs)
@@ -49,11 +55,14 @@ class Prequential:
             self._labels.popleft()
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, labels)`` of the window, oldest first, float64 (both empty before any add)."""
         if not self._probs:
             return np.zeros(0), np.zeros(0)
         return np.concatenate(self._probs), np.concatenate(self._labels)
 
     def summary(self) -> dict[str, float]:
+        """``auc``, ``logloss``, ``n`` and ``ctr`` (the positive rate) of the window; NaNs and
+        ``n = 0`` (no ``ctr``) while it is empty."""
         p, y = self.arrays()
         if not len(p):
             return {"auc": float("nan"), "logloss": float("nan"), "n": 0}

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def offset_key(topic: str, partition: int) -> str:
+    """``"topic:partition"``, the key of a partition in a manifest's ``offsets``."""
     return f"{topic}:{partition}"
 
 
@@ -54,7 +55,9 @@ class ExampleSource:
         self.invalid = 0
 
     def poll(self, max_n: int, timeout_s: float) -> list[tuple[int, int, dict[str, Any]]]:
-        """Up to ``max_n`` examples, waiting at most ``timeout_s`` for the first."""
+        """Up to ``max_n`` ``(partition, offset, example)`` in arrival order, within about
+        ``timeout_s`` (s) in all. Undecodable messages are counted in ``invalid`` and skipped;
+        raises :class:`BrokerError` on a consumer error other than partition EOF."""
         out: list[tuple[int, int, dict[str, Any]]] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < max_n:
@@ -76,6 +79,8 @@ class ExampleSource:
         return out
 
     def commit(self, offsets: dict[str, int]) -> None:
+        """Commit this source's partitions found in ``offsets`` (next offsets, keyed by
+        :func:`offset_key`) to the consumer group; a failure is logged, not raised."""
         tps = [confluent_kafka.TopicPartition(self.topic, p, offsets[offset_key(self.topic, p)])
                for p in self.partitions if offset_key(self.topic, p) in offsets]
         if tps:
@@ -85,4 +90,5 @@ class ExampleSource:
                 log.warning("offset commit failed (the checkpoint still holds them): %s", exc)
 
     def close(self) -> None:
+        """Close the Kafka consumer."""
         self._consumer.close()

@@ -72,6 +72,13 @@ ContextValue = str | int | float | bool
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One user event, as apps send it (see the module docstring for the rules).
+
+    ``ts`` is event time in epoch milliseconds; ``price``, ``qty``, ``category``,
+    ``session_id`` and ``context`` are optional. Build one directly, or with :func:`parse_event`
+    from a message (which validates it).
+    """
+
     event_id: str
     user_id: str
     item_id: str
@@ -84,6 +91,7 @@ class Event:
     context: Mapping[str, ContextValue] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the contract (optional fields only when set)."""
         out: dict[str, Any] = {
             "event_id": self.event_id,
             "user_id": self.user_id,
@@ -98,6 +106,7 @@ class Event:
         return out
 
     def to_json(self) -> bytes:
+        """The Kafka message value."""
         return orjson.dumps(self.to_dict())
 
     @property

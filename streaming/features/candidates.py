@@ -18,6 +18,9 @@ from streaming.features.state import decay
 
 @dataclass(slots=True)
 class CandidateReads:
+    """What :func:`generate` needs of one user, as read from Redis: ``(item, score)`` lists, best
+    first (scores are counts or times, only their order matters)."""
+
     recent: list[str]  # user's recent items, newest first
     covisit: dict[str, list[tuple[str, float]]]  # recent item -> [(item, count)] best first
     by_category: dict[str, list[tuple[str, float]]]  # category -> [(item, count)] best first

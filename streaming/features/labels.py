@@ -38,6 +38,9 @@ from streaming.features.state import SEP
 
 @dataclass(frozen=True, slots=True)
 class LabelConfig:
+    """Labelling rules (from ``stream.*``): mode, attribution window and allowed lateness (ms),
+    and implicit mode's negatives per positive and how they are sampled."""
+
     mode: str = "exposure"  # or "implicit"
     window_ms: int = 30 * 60 * 1000
     allowed_lateness_ms: int = 10_000
@@ -49,6 +52,7 @@ class LabelConfig:
 
 
 def pair_key(user_id: str, item_id: str) -> str:
+    """The joiner's key of a (user, item) pair: ``<user>\\x1f<item>`` (``SEP`` in between)."""
     return f"{user_id}{SEP}{item_id}"
 
 
@@ -68,6 +72,7 @@ class Exposure:
     purchase_ts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form (JSON, short keys) kept in the partition's pending-exposure hash."""
         return {
             "v": self.view_id, "u": self.user_id, "i": self.item_id, "ts": self.ts,
             "cat": self.category, "f": self.features, "r": self.recent, "o": self.offset,
@@ -76,9 +81,13 @@ class Exposure:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Exposure:
+        """Inverse of :meth:`to_dict`."""
         return cls(d["v"], d["u"], d["i"], d["ts"], d["cat"], d["f"], d["r"], d["o"], d["c"], d["p"])
 
     def record_followup(self, kind: str, ts: int, window_ms: int) -> bool:
+        """Attribute a follow-up of ``kind`` at ``ts`` (ms) if it lies in ``[self.ts, self.ts +
+        window_ms]``; returns whether it does. A purchase counts as a click too; the earliest time
+        of each is kept."""
         if not self.ts <= ts <= self.ts + window_ms:
             return False
         if kind in ("click", "purchase"):
@@ -99,6 +108,7 @@ class JoinState:
     changed_followups: set[str] = field(default_factory=set)
 
     def watermark(self, cfg: LabelConfig) -> int | None:
+        """The event-time watermark, ``max_ts - allowed_lateness_ms`` (ms); None before any event."""
         return None if self.max_ts is None else self.max_ts - cfg.allowed_lateness_ms
 
 
@@ -114,6 +124,8 @@ def observe(state: JoinState, event: Event, cfg: LabelConfig, counts: Counter[st
 
 
 def on_view(state: JoinState, exposure: Exposure, cfg: LabelConfig) -> None:
+    """Open ``exposure``: attribute the pair's follow-ups seen before it (out of order), then keep
+    it pending until its window closes."""
     key = pair_key(exposure.user_id, exposure.item_id)
     for kind, ts in state.followups.get(key, ()):
         exposure.record_followup(kind, ts, cfg.window_ms)
@@ -122,6 +134,8 @@ def on_view(state: JoinState, exposure: Exposure, cfg: LabelConfig) -> None:
 
 
 def on_followup(state: JoinState, event: Event, cfg: LabelConfig, counts: Counter[str]) -> None:
+    """A click or purchase: attribute it to the pair's pending exposures (counted as
+    ``unmatched_followups`` when none takes it) and keep it for views that arrive later."""
     key = pair_key(event.user_id, event.item_id)
     matched = False
     for exposure in state.pending.get(key, ()):
@@ -167,6 +181,7 @@ def close_due(state: JoinState, cfg: LabelConfig, trace_now_ms: int) -> list[Exa
 
 
 def earliest_deadline(exposures: Sequence[Exposure], cfg: LabelConfig) -> int | None:
+    """The earliest window end (``ts + window_ms``, ms) among ``exposures``; None when empty."""
     return min((e.ts + cfg.window_ms for e in exposures), default=None)
 
 

@@ -53,6 +53,9 @@ SEP = "\x1f"  # separator inside list entries and composite hash fields; not all
 
 @dataclass(frozen=True, slots=True)
 class FeatureConfig:
+    """Feature rules: half-lives and windows (ms), list sizes, and the CTR/CVR smoothing priors.
+    Built from the settings by :func:`feature_config`."""
+
     half_lives_ms: tuple[tuple[str, int], ...] = HALF_LIVES_MS
     affinity_half_life_ms: int = 86_400_000
     short_affinity_half_life_ms: int = 3_600_000  # what the user is into this session
@@ -98,7 +101,7 @@ def decayed_add(
 ) -> tuple[float, int]:
     """Add an event of ``weight`` at ``ts`` to a counter; returns the new ``(value, ref_ms)``.
 
-    The Lua op ``dadd`` in :mod:`streaming.ingest.state_store` is the same formula; keep them in step.
+    The op ``dadd`` in ``streaming/ingest/lua/apply.lua`` is the same formula; keep them in step.
     """
     if ts >= ref_ms:
         return value * 2.0 ** (-(ts - ref_ms) / half_life_ms) + weight, ts
@@ -139,6 +142,9 @@ class EntityState:
 
     def add_decayed(self, prefix: str, ts: int, weight: float,
                     half_lives: Sequence[tuple[str, int]]) -> None:
+        """Add an event of ``weight`` at ``ts`` (ms) to the decayed counters ``<prefix>.<label>``,
+        one per ``(label, half_life_ms)``, and move their reference time ``<prefix>.t``: the
+        in-memory twin of the ``dadd`` op (:func:`decayed_add`)."""
         ref = _i(self.fields, f"{prefix}.t")
         new_ref = ts
         for label, h in half_lives:
@@ -150,21 +156,26 @@ class EntityState:
         self.fields[f"{prefix}.t"] = float(new_ref)
 
     def set_max(self, name: str, value: int) -> None:
+        """Set field ``name`` to ``value`` unless it already holds a larger one."""
         old = self.fields.get(name)
         if old is None or value > old:
             self.fields[name] = float(value)
 
     def set_min(self, name: str, value: int) -> None:
+        """Set field ``name`` to ``value`` unless it already holds a smaller one."""
         old = self.fields.get(name)
         if old is None or value < old:
             self.fields[name] = float(value)
 
     def incr(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to field ``name`` (absent = 0)."""
         self.fields[name] = self.fields.get(name, 0.0) + n
 
 
 def decayed_value(h: StateFields, prefix: str, label: str, half_life_ms: int,
                   at_ms: int) -> float:
+    """Counter ``<prefix>.<label>`` of ``h`` decayed to ``at_ms``; 0.0 when it has no reference
+    time ``<prefix>.t`` (no event yet)."""
     ref = _i(h, f"{prefix}.t")
     if ref is None:
         return 0.0
@@ -181,7 +192,7 @@ def parse_recent(entries: Sequence[str]) -> list[tuple[str, int]]:
 
 
 def item_fields(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[tuple[str, float]]:
-    """The item-hash fields the dense features read, with their defaults (NaN = absent time)."""
+    """The ``F`` item-hash fields the dense features read, with their defaults (NaN = absent time)."""
     fields: list[tuple[str, float]] = []
     for t in EVENT_TYPES:
         fields.append((f"{t}.t", np.nan))
@@ -216,8 +227,8 @@ def feature_rows(
     """Dense model inputs, ``N x D`` float64 in :func:`dense_feature_names` order; row ``k`` is
     user ``users[k]`` (with ``recent_counts[k]`` recent items) against ``items[k]`` as of
     ``at_ms[k]``. Counts and times (s) are ``log1p``-compressed, rates in [0, 1], absent
-    times -1. The one implementation behind training examples (the ingest agent computes a
-    batch's snapshots in one call) and serving (the scorer, one user x hundreds of items).
+    times -1. The one implementation behind training examples (:class:`streaming.ingest.plan.Snapshots`
+    computes a batch's snapshots in one call) and serving (the scorer, one user x hundreds of items).
     ``item_cols`` is :func:`item_columns` of ``items`` when the caller already has it (the
     scorer caches it per item)."""
     n = len(items)
@@ -286,7 +297,7 @@ def feature_matrix(
     cfg: FeatureConfig = DEFAULT_FEATURES,
     item_cols: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One user against ``N`` items (the scorer's shape): :func:`feature_rows`."""
+    """One user against ``N`` items (the scorer's shape): :func:`feature_rows`, ``N x D`` float64."""
     n = len(items)
     return feature_rows([user] * n, [len(recent)] * n, items, categories, prices, at_ms, cfg,
                         item_cols)

@@ -68,6 +68,9 @@ async def _process_until_stored(processor: BatchProcessor, runs: dict[int, list[
 
 def register_ingest(app: faust.App, settings: Settings, topics: Topics,
                     metrics: IngestMetrics) -> None:
+    """Register the ingest agent on ``app``: batches of up to ``stream.batch_size`` events (or what
+    arrived within ``stream.batch_wait_ms``) processed per partition, plus a 1 s timer that flushes
+    the assigned partitions' outboxes and writes the worker's heartbeat."""
     batch_size = settings.stream.batch_size
     batch_wait_s = settings.stream.batch_wait_ms / 1000
     resources = _Resources(settings)

@@ -43,6 +43,10 @@ def broker_credentials(settings: Settings) -> Any:
 
 def create_app(settings: Settings, *, app_id: str = APP_ID, metrics: IngestMetrics | None = None,
                **overrides: Any) -> faust.App:
+    """The ingest worker's Faust app with the ingest agent registered; connects to nothing yet.
+
+    Brokers, credentials and timeouts come from ``settings``; ``overrides`` replace Faust options.
+    Creates ``<runtime.run_dir>/faust/`` for Faust's data directory."""
     servers = [f"kafka://{hp.strip()}" for hp in settings.kafka.bootstrap_servers.split(",")]
     run_dir = Path(settings.runtime.run_dir) / "faust" / app_id
     run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Planning one batch of one partition: pure functions from (messages, state read) to the ops,
 outbox records and counters that :mod:`streaming.ingest.state_store` applies atomically.
 
-No I/O: the state a batch needs is read beforehand (:class:`~streaming.ingest.state_store.BatchReads`)
+No I/O: the state a batch needs is read beforehand (:class:`~streaming.ingest.types.BatchReads`)
 and key names come from :class:`~streaming.contract.names.Keys`, so every step is unit-tested
 without Redis. The steps, per accepted event in offset order:
 
@@ -68,7 +68,7 @@ EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 10.0}  # category affinit
 @dataclass(frozen=True, slots=True)
 class ProcessorConfig:
     """What the batch processor needs of the settings (built by
-    :func:`streaming.ingest.agent.processor_config`)."""
+    :func:`streaming.ingest.processor.processor_config`)."""
 
     examples_topic: str
     dlq_topic: str

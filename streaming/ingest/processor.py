@@ -3,7 +3,8 @@
 One call of :meth:`BatchProcessor.process` handles consecutive messages of one partition:
 
 1. validate each message (invalid -> a DLQ record with the reason and the original bytes);
-2. read the batch's state from Redis in one pipeline; drop offsets already applied (redelivery);
+2. read the batch's state from Redis in one round trip (``lua/read.lua``); drop offsets already
+   applied (redelivery);
 3. drop duplicate ``event_id`` s (per-partition window of the last ``dedup_window`` ids);
 4. walk the events in offset order: snapshot model inputs where an example needs them (before
    the event's own update), update feature state, apply the labelling rules;
@@ -45,12 +46,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class BatchResult:
+    """Outcome of one :meth:`BatchProcessor.process` call."""
+
     counts: Counter[str]
     examples: int
     applied: bool  # False: the whole batch was a redelivery
 
 
 class BatchProcessor:
+    """Processes batches of one partition at a time (see the module docstring); built by
+    :func:`build_processor`. ``clock`` returns wall time in seconds."""
+
     def __init__(self, store: StateStore, sink: OutboxSink, cfg: ProcessorConfig,
                  clock: Any = time.time) -> None:
         self.store = store
@@ -64,6 +70,11 @@ class BatchProcessor:
         return self._locks.setdefault(partition, asyncio.Lock())
 
     async def process(self, partition: int, messages: Sequence[RawMessage]) -> BatchResult:
+        """Process consecutive ``messages`` of ``partition``; their effects apply exactly once.
+
+        Re-reads and retries (3 attempts) when the watermark moved meanwhile (another worker
+        took the partition). Raises :class:`StoreError` when Redis fails or the watermark keeps
+        moving, and the sink's errors (:class:`~streaming.errors.DeliveryError`)."""
         async with self._lock(partition):
             for _attempt in range(3):
                 result = await self._process_once(partition, messages)
@@ -185,6 +196,8 @@ class ProducerSink:
         self._producer = producer
 
     async def send_all(self, messages: Sequence[OutMessage]) -> None:
+        """Queue ``messages`` and wait (off the loop, up to 60 s) until all are acknowledged;
+        raises :class:`~streaming.errors.DeliveryError` otherwise."""
         for m in messages:
             self._producer.send_raw(m.key, m.value, topic=m.topic,
                                     headers=dict(m.headers) if m.headers else None)

@@ -5,7 +5,8 @@ one Lua script that first compares the partition's applied-offset watermark ``P 
 with the offset the caller last saw, then runs the batch's ops (feature updates, joiner state,
 counters, outbox records) and moves the watermark to the batch's last offset. A redelivered batch
 (offsets at or below the watermark) is filtered out before it gets here; a caller with a stale
-view (another worker took the partition over) gets ``False`` back and must re-read.
+view (another worker took the partition over) gets ``None`` back from :meth:`StateStore.apply`
+and must re-read.
 
 Key names (the per-partition watermark, dedup window, joiner state, outbox and counters, and the
 feature state) are :class:`streaming.contract.names.Keys`. The scripts are ``lua/read.lua``
@@ -127,6 +128,8 @@ class StateStore:
         return out
 
     async def read_items(self, items: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Feature hashes of ``items`` (parsed by :func:`parse_state_hash`) in one pipeline: for
+        items the batch read did not cover (implicit mode's negatives). Raises :class:`StoreError`."""
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 for i in items:
@@ -156,6 +159,7 @@ class StateStore:
         return int(outbox_len) if ok else None
 
     async def outbox(self, partition: int, limit: int = 10_000) -> list[OutMessage]:
+        """Up to ``limit`` records of the partition's outbox, oldest first. Raises :class:`StoreError`."""
         try:
             raws = await self.r.lrange(self.keys.outbox(partition), 0, limit - 1)
         except redis.RedisError as exc:
@@ -163,6 +167,7 @@ class StateStore:
         return [OutMessage.decode(r) for r in raws]
 
     async def trim_outbox(self, partition: int, n: int) -> None:
+        """Drop the oldest ``n`` (produced) records of the partition's outbox. Raises :class:`StoreError`."""
         try:
             await self.r.ltrim(self.keys.outbox(partition), n, -1)
         except redis.RedisError as exc:

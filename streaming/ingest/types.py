@@ -46,6 +46,7 @@ class OutMessage:
 
     @classmethod
     def decode(cls, raw: bytes) -> OutMessage:
+        """Inverse of :meth:`encode`."""
         has_key, *lens = struct.unpack_from(">B4I", raw)
         pos = struct.calcsize(">B4I")
         parts = []
@@ -58,7 +59,7 @@ class OutMessage:
 
 @dataclass(slots=True)
 class BatchReads:
-    """State that one batch needs, read in one pipeline before planning."""
+    """State that one batch needs, read in one round trip (``lua/read.lua``) before planning."""
 
     applied_offset: int
     max_ts: int | None

@@ -55,6 +55,8 @@ def client_config(kafka: KafkaSettings, **extra: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
+    """A topic streamrec needs: name, partition count, and topic configs (``cleanup.policy``, ...)."""
+
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
@@ -74,6 +76,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 @dataclass(slots=True)
 class TopicReport:
+    """What :meth:`KafkaAdmin.ensure_topics` found: topics created, topics that existed, and
+    existing ones whose partition count differs (``name -> (wanted, actual)``)."""
+
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     # Existing topics whose partition count differs from the settings: left as they are
@@ -144,6 +149,7 @@ class KafkaAdmin:
         return report
 
     def topic_config(self, topic: str) -> dict[str, str]:
+        """The configuration of ``topic`` (name -> value). Raises :class:`BrokerError`."""
         futures = self._admin.describe_configs([ConfigResource("topic", topic)])
         try:
             (fut,) = futures.values()

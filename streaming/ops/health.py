@@ -32,10 +32,13 @@ def key(prefix: str) -> str:
 
 
 def beat_field(component: str) -> str:
+    """This process's field in the heartbeat hash: ``<component>:<host>:<pid>``."""
     return f"{component}:{socket.gethostname()}:{os.getpid()}"
 
 
 def beat_value(component: str, assigned: int, now_ms: int | None = None) -> bytes:
+    """A beat as stored (JSON); ``assigned`` is how many partitions the component's consumer owns,
+    ``now_ms`` defaults to the wall clock (ms)."""
     return orjson.dumps({"component": component, "assigned": assigned,
                          "ts_ms": now_ms if now_ms is not None else int(time.time() * 1000)})
 

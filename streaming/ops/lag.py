@@ -34,6 +34,9 @@ ANOMALY_LOG_END_BELOW_COMMITTED = "log_end_below_committed"
 
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
+    """One partition's lag for one group at one sample: offsets as read, ``lag`` (messages, >= 0),
+    ``lag_seconds`` (s) and ``anomaly`` (see the module docstring)."""
+
     group: str
     topic: str
     partition: int
@@ -44,6 +47,7 @@ class PartitionLag:
     anomaly: str = ""
 
     def as_dict(self) -> dict[str, object]:
+        """JSON-ready form (``lag_seconds`` rounded to ms)."""
         return {"group": self.group, "topic": self.topic, "partition": self.partition,
                 "log_end": self.log_end, "committed": self.committed, "lag": self.lag,
                 "lag_seconds": round(self.lag_seconds, 3), "anomaly": self.anomaly}
@@ -89,6 +93,8 @@ class StatusEvaluator:
         self._hist: dict[tuple[str, str, int], _History] = {}
 
     def add(self, lags: list[PartitionLag], t: float) -> None:
+        """Record one sample of ``lags`` taken at ``t`` (monotonic s); samples older than
+        ``window_s`` drop out."""
         for p in lags:
             h = self._hist.setdefault((p.group, p.topic, p.partition), _History())
             if h.last_move_t is None or (h.samples and h.samples[-1].committed != p.committed):
@@ -98,6 +104,8 @@ class StatusEvaluator:
                 h.samples.popleft()
 
     def partition_status(self, group: str, topic: str, partition: int, now: float) -> str:
+        """One partition's status at ``now`` (monotonic s), one of :data:`STATUSES` (rules in the
+        module docstring); ``OK`` when it was never sampled."""
         h = self._hist.get((group, topic, partition))
         if h is None or not h.samples:
             return "OK"
@@ -115,6 +123,7 @@ class StatusEvaluator:
         return "OK"
 
     def group_status(self, group: str, now: float) -> str:
+        """A group's status: its worst partition's (``OK`` for a group never sampled)."""
         worst = 0
         for g, topic, partition in self._hist:
             if g == group:
@@ -122,4 +131,5 @@ class StatusEvaluator:
         return STATUSES[worst]
 
     def groups(self) -> list[str]:
+        """The groups sampled so far, sorted."""
         return sorted({g for g, _, _ in self._hist})

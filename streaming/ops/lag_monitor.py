@@ -28,12 +28,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class WatchedGroup:
+    """A consumer group to watch and the topic it consumes."""
+
     group: str
     topic: str
     role: str  # what the group does, for people reading `streamrec lag`
 
 
 def default_groups(settings: Settings) -> list[WatchedGroup]:
+    """The pipeline's groups: ingest and scorer on the events topic, trainer on the examples."""
     t = settings.topics
     return [
         WatchedGroup(GROUP_INGEST, t.events, "ingest: validation, features, labels"),
@@ -43,6 +46,9 @@ def default_groups(settings: Settings) -> list[WatchedGroup]:
 
 
 class LagCollector:
+    """Reads lag of ``groups`` (default :func:`default_groups`) from Kafka without joining them:
+    one consumer per group plus a peek consumer, created at once; :meth:`close` them."""
+
     def __init__(self, settings: Settings, groups: list[WatchedGroup] | None = None,
                  timeout_s: float = 10.0) -> None:
         self.settings = settings
@@ -77,6 +83,7 @@ class LagCollector:
             self._peek.unassign()
 
     def collect(self) -> list[PartitionLag]:
+        """One lag sample of every partition of every watched group. Raises :class:`BrokerError`."""
         now_ms = int(time.time() * 1000)
         out = []
         try:
@@ -100,6 +107,7 @@ class LagCollector:
         return out
 
     def close(self) -> None:
+        """Close the consumers."""
         for consumer in self._consumers.values():
             consumer.close()
         self._peek.close()
@@ -107,6 +115,8 @@ class LagCollector:
 
 @dataclass(frozen=True, slots=True)
 class LagSnapshot:
+    """One :meth:`LagMonitor.sample`: when (wall ms), every partition's lag, each group's status."""
+
     at_ms: int
     partitions: list[PartitionLag]
     status: dict[str, str]  # group -> OK / WARNING / STALLED / STOPPED
@@ -123,6 +133,7 @@ class LagSnapshot:
         return out
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form: :meth:`by_group` and every partition."""
         return {"at_ms": self.at_ms, "groups": self.by_group(),
                 "partitions": [p.as_dict() for p in self.partitions]}
 
@@ -141,6 +152,8 @@ class LagMonitor:
         self._lock = threading.Lock()
 
     def sample(self) -> LagSnapshot:
+        """Collect lag (connecting on first use), rate the groups, update the metrics and keep
+        the result as ``latest``. Raises :class:`BrokerError`."""
         with self._lock:
             if self._collector is None:
                 self._collector = LagCollector(self.settings)
@@ -166,6 +179,8 @@ class LagMonitor:
             m.status.labels(group).set(STATUS_CODES[status])
 
     def run(self, stop: threading.Event) -> None:
+        """:meth:`sample` every ``interval_s`` (s) until ``stop`` is set; broker errors are logged
+        and the next sample is tried."""
         while not stop.is_set():
             try:
                 self.sample()
@@ -174,6 +189,7 @@ class LagMonitor:
             stop.wait(self.interval_s)
 
     def close(self) -> None:
+        """Close the collector's consumers (a later :meth:`sample` opens new ones)."""
         with self._lock:
             if self._collector is not None:
                 self._collector.close()

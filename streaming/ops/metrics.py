@@ -7,7 +7,7 @@ a free port and lists them in ``.streamrec/current.json``).
 
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` units); consumer lag
 uses kafka-exporter's names (``kafka_consumergroup_lag``, ``kafka_consumergroup_lag_seconds``)
-so existing dashboards and alerts apply. :data:`METRIC_NAMES` lists every exported family; the
+so existing dashboards and alerts apply. :func:`metric_names` lists every exported family; the
 Grafana dashboard in ``deploy/`` is checked against it.
 """
 
@@ -44,6 +44,9 @@ def _errors(registry: CollectorRegistry) -> tuple[Counter, Counter]:
 
 
 class IngestMetrics:
+    """The ingest workers' metrics: events by outcome, dead-lettered records, examples emitted,
+    stage latency, client errors."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events = Counter("streamrec_events_total",
@@ -59,6 +62,8 @@ class IngestMetrics:
             self.events.labels(outcome)
 
     def record_batch(self, counts: dict[str, int], event_ages_s: list[float]) -> None:
+        """Count one batch (``counts``: the processor's counters) and observe each message's age
+        (s) as the ``event_to_feature`` latency."""
         for outcome in ("processed", "accepted", "invalid", "duplicate"):
             if counts.get(outcome):
                 self.events.labels(outcome).inc(counts[outcome])
@@ -70,6 +75,9 @@ class IngestMetrics:
 
 
 class TrainerMetrics:
+    """The trainer's metrics: examples, steps, loss, prequential AUC and log-loss, checkpoints,
+    model version, stage latency, client errors."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.examples = Counter("streamrec_trainer_examples_total", "Examples trained on",
@@ -92,6 +100,9 @@ class TrainerMetrics:
 
 
 class ScorerMetrics:
+    """The scorers' metrics: feeds written, users waiting, model version and loads, stage
+    latency, client errors."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.feeds = Counter("streamrec_feeds_written_total", "Feeds written to Redis",
@@ -109,6 +120,9 @@ class ScorerMetrics:
 
 
 class LagMetrics:
+    """The lag monitor's metrics: kafka-exporter's lag and offset gauges, the group status, and
+    the watermark anomaly."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         labels = ["consumergroup", "topic", "partition"]
@@ -143,14 +157,18 @@ def metric_names() -> set[str]:
 
 @dataclass
 class MetricsServer:
+    """A running ``/metrics`` endpoint (from :func:`serve`); :meth:`close` stops it."""
+
     server: WSGIServer
     thread: threading.Thread
 
     @property
     def port(self) -> int:
+        """The port it listens on (the one picked when started with 0)."""
         return int(self.server.server_port)
 
     def close(self) -> None:
+        """Stop serving and join the thread (up to 5 s)."""
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)

@@ -72,6 +72,8 @@ class ManagedProcess:
         self._log: IO[bytes] | None = None
 
     def start(self) -> None:
+        """Start the child in its own session (it dies with this process), appending its output
+        to ``log_path``. Raises :class:`EmbeddedServiceError` when it cannot be started."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         try:
@@ -92,12 +94,15 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int | None:
+        """The child's pid; None before :meth:`start`."""
         return self.proc.pid if self.proc else None
 
     def alive(self) -> bool:
+        """Whether the child was started and is still running."""
         return self.proc is not None and self.proc.poll() is None
 
     def check_alive(self) -> None:
+        """Raise :class:`EmbeddedServiceError` (with the end of the log) if the child exited."""
         if self.proc is not None and self.proc.poll() is not None:
             raise EmbeddedServiceError(
                 f"{self.name} exited with code {self.proc.returncode}; "
@@ -105,6 +110,7 @@ class ManagedProcess:
             )
 
     def tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of the child's log (``"(no log)"`` when it cannot be read)."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:

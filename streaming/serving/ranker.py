@@ -1,9 +1,9 @@
-"""Scoring users' candidates with the newest model and writing their feeds.
+"""Scoring users' candidates with the newest model into ranked feeds (the scorer worker writes them).
 
 ``ModelHolder`` loads a published checkpoint (verified: sha256, spec digest,
 ``weights_only``) into a plain ``StreamRecModel`` and swaps it in atomically; a failed load keeps
 the previous model. ``FeedRanker`` reads users' state and candidates from Redis, builds model
-inputs with :func:`streaming.features.feature_rows` and :func:`models.batch.hash_ids` (the code
+inputs with :func:`streaming.features.state.feature_rows` and :func:`models.batch.hash_ids` (the code
 that built the training examples: no training/serving skew), scores several users in one
 forward pass and keeps each one's top K.
 """
@@ -47,12 +47,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
+    """The model in service: its version, the module (eval mode), and its checkpoint's path."""
+
     version: int
     model: StreamRecModel
     path: str
 
 
 class ModelHolder:
+    """Holds the model the scorer serves; :meth:`load` swaps in newer versions. ``loads`` and
+    ``failures`` count the attempts, ``last_error`` is the latest failure's message."""
+
     def __init__(self, spec: FeatureSpec = DEFAULT_SPEC) -> None:
         self.spec = spec
         self._current: LoadedModel | None = None
@@ -63,6 +68,7 @@ class ModelHolder:
 
     @property
     def current(self) -> LoadedModel | None:
+        """The model in service; None until a load succeeded."""
         return self._current
 
     def load(self, path: str | Path, version: int) -> bool:
@@ -94,13 +100,15 @@ class CachedItem:
 
     read_at: float  # time.monotonic() (s)
     state: dict[str, Any]
-    cols: np.ndarray  # F, streaming.features.item_columns
+    cols: np.ndarray  # F float64: the item's row of streaming.features.state.item_columns
     row: int  # hash_ids(item_id) in the item table
     category_row: int  # hash_ids(category) in the category table, -1 when absent
 
 
 @dataclass(slots=True)
 class UserReads:
+    """One user as read for ranking: feature hash, recent items, candidate lists."""
+
     user_id: str
     state: dict[str, Any]
     recent: list[tuple[str, int]]  # (item, ts ms), newest first
@@ -217,6 +225,7 @@ class FeedRanker:
 
     def read_user(self, user_id: str, now_ms: int) -> tuple[dict[str, Any], list[tuple[str, int]],
                                                             CandidateReads]:
+        """:meth:`read_users` for one user, as ``(state, recent, candidate reads)``."""
         r = self.read_users([user_id], now_ms)[0]
         return r.state, r.recent, r.candidates
 
@@ -262,10 +271,13 @@ class FeedRanker:
 
     def model_inputs(self, user_id: str, user: dict[str, Any], recent: list[tuple[str, int]],
                      items: Sequence[str], now_ms: int) -> ExampleBatch:
+        """The model's input batch for one user against ``items`` at ``now_ms`` (reads the items'
+        state when not cached)."""
         rows = self.scoring_rows(user_id, user, recent, items, self.read_items(items), now_ms)
         return self.builder.build_for_scoring([rows])
 
     def rank(self, user_id: str, now_ms: int | None = None) -> Feed | None:
+        """:meth:`rank_many` for one user: the feed, or None when the user has no candidates."""
         return self.rank_many([user_id], now_ms)[0]
 
     def candidate_batch(self, user_ids: Sequence[str], now_ms: int) -> CandidateBatch:

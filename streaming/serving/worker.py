@@ -58,7 +58,7 @@ class ScorerWorker:
         self.ranker = FeedRanker(self.client, self.p, self.holder, serving=cfg,
                                  features=feature_config(settings))
         self.feeds = FeedStore(self.client, self.p, ttl_s=cfg.feed_ttl_s)
-        self.pending: dict[str, tuple[int, float]] = {}  # user -> (event ts, first seen, monotonic)
+        self.pending: dict[str, tuple[int, float]] = {}  # user -> (event ts ms, first seen monotonic s)
         self.active: dict[str, float] = {}  # user -> last event (wall s)
         self._lock = threading.Lock()
         self.feeds_written = 0
@@ -186,6 +186,8 @@ class ScorerWorker:
             self.feeds.write(feed)
 
     def run(self, stop: threading.Event) -> None:
+        """Consume events and refresh feeds until ``stop`` is set, following model updates on a
+        background thread; closes the consumers, the metrics endpoint and Redis on the way out."""
         loader = threading.Thread(target=self._follow_models, args=(stop,), name="model-loader",
                                   daemon=True)
         loader.start()

@@ -23,9 +23,13 @@ from streaming.sources.files import BadRecord
 class EventSink(Protocol):
     """Where emitted records go; :class:`streaming.io.producer.EventProducer` is the real one."""
 
-    def send(self, event: Event) -> None: ...
+    def send(self, event: Event) -> None:
+        """Send one valid event."""
+        ...
 
-    def send_raw(self, key: bytes | None, value: bytes) -> None: ...
+    def send_raw(self, key: bytes | None, value: bytes) -> None:
+        """Send bytes as they are (an invalid record forwarded for the DLQ)."""
+        ...
 
 
 class Pacer:
@@ -48,6 +52,7 @@ class Pacer:
         return max(0.0, due - self._clock())
 
     def wait(self, stop: threading.Event | None = None) -> None:
+        """Sleep until the next item is due (or ``stop`` is set), then count it."""
         d = self.delay()
         if d > 0:
             if stop is not None:
@@ -59,6 +64,8 @@ class Pacer:
 
 @dataclass(slots=True)
 class EmitReport:
+    """What :func:`emit_records` did: counts, the first problems found, elapsed time (s)."""
+
     emitted: int = 0
     invalid: int = 0
     forwarded_invalid: int = 0
@@ -66,6 +73,7 @@ class EmitReport:
     elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts, elapsed time (s) and achieved rate (events/s), JSON-ready."""
         return {
             "emitted": self.emitted,
             "invalid": self.invalid,

@@ -24,6 +24,9 @@ from streaming.errors import SourceError
 
 @dataclass(frozen=True, slots=True)
 class BadRecord:
+    """A line that could not be decoded: reason ``code`` (an ``InvalidEvent`` code), ``detail``,
+    and the raw bytes."""
+
     code: str
     detail: str
     raw: bytes

@@ -77,6 +77,8 @@ def read_log(path: str | Path, limit: int | None = None) -> ReplayLog:
 
 
 def read_uci(path: str | Path) -> ReplayLog:
+    """Read a UCI Online Retail CSV (mapping in the module docstring). Raises
+    :class:`SourceError` when the file is absent or lacks a column."""
     path = Path(path)
     log = ReplayLog("uci-online-retail", "implicit", [])
     with _open_text(path) as fh:
@@ -123,6 +125,8 @@ def _uci_skip(row: dict[str, str]) -> str | None:
 
 
 def read_otto(path: str | Path) -> ReplayLog:
+    """Read an OTTO JSON-lines session log (mapping in the module docstring). Raises
+    :class:`SourceError` when the file is absent."""
     path = Path(path)
     log = ReplayLog("otto", "exposure", [])
     with _open_text(path) as fh:

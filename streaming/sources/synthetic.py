@@ -30,6 +30,9 @@ from streaming.contract.events import Event
 
 @dataclass(frozen=True, slots=True)
 class SyntheticConfig:
+    """The synthetic world: sizes, popularity and interest skew, the hidden click and purchase
+    model, follow-up delays (ms), session gap (ms), and drift."""
+
     n_users: int = 2_000
     n_items: int = 5_000
     n_categories: int = 20
@@ -77,6 +80,7 @@ class SyntheticStream:
 
     @property
     def n_items(self) -> int:
+        """The number of items so far (each drift adds ``new_items_per_drift``)."""
         return len(self.item_category)
 
     def _index_items(self) -> None:

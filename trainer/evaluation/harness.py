@@ -59,6 +59,9 @@ RANKERS = ("continuous", "frozen", "popularity", "covisit", "lightgbm")
 
 @dataclass(frozen=True, slots=True)
 class EvalOptions:
+    """Knobs of one evaluation: ``k`` of Recall@K / NDCG@K (also the feed size), users ranked and
+    candidates per user per window, the warm-up share of event time, the trainer's batch size."""
+
     k: int = 20
     rank_users: int = 200  # users ranked per window (a seeded sample of those who interact)
     candidates: int = 500
@@ -94,6 +97,14 @@ def _relevant_by_window(events: Sequence[Event], t0: int, window_ms: int,
 
 
 class PrequentialRun:
+    """One prequential evaluation of ``stream``: the models of the module docstring, trained and
+    scored on the examples ``ingest`` returns, feeds ranked by a :class:`FeedRanker` on Redis.
+
+    Builds the sharded DLRM in a 1-rank group (:func:`trainer.distributed.init`); raises
+    ``ValueError`` if the profile's smallest publish interval is not its tick. ``say`` gets the
+    progress lines. Call :meth:`run` once, then :meth:`close`.
+    """
+
     def __init__(self, settings: Settings, stream: LoadedStream, ingest: Ingest, seed: int,
                  opts: EvalOptions | None = None, spec: FeatureSpec = DEFAULT_SPEC,
                  say: Callable[[str], None] = print) -> None:
@@ -173,6 +184,9 @@ class PrequentialRun:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Replay the stream tick by tick and return the results: overall AUC / log-loss per
+        model and Recall@K / NDCG@K per ranker after the warm-up, the publish-interval sweep,
+        per-window series and counts. Raises ``ValueError`` if no example was labelled."""
         prof, opts, events = self.profile, self.opts, self.stream.events
         started = time.perf_counter()
         t0, t_end = events[0].ts, events[-1].ts
@@ -323,6 +337,7 @@ class PrequentialRun:
         }
 
     def close(self) -> None:
+        """Close the Redis connection (the caller closes the ingest and deletes the keys)."""
         self._redis.close()
 
 
@@ -350,5 +365,6 @@ def cleanup(settings: Settings) -> None:
 
 
 def run_tag() -> str:
+    """8 random hex digits that name one run's Redis key prefix and topics."""
     return uuid.uuid4().hex[:8]
 

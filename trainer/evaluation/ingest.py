@@ -35,12 +35,20 @@ from trainer.source import ExampleSource
 
 
 class Ingest(Protocol):
+    """A driver of the stream processor: ``mode`` names it in results, ``dead_lettered`` counts
+    the events dead-lettered (invalid) so far."""
+
     mode: str
     dead_lettered: int
 
-    def feed(self, events: Sequence[Event]) -> list[dict[str, Any]]: ...
+    def feed(self, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """Process ``events``; returns the decoded examples that became due, sorted by
+        ``(ts, example_id)``."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the driver holds (event loop, worker process, clients)."""
+        ...
 
 
 def _sorted(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,6 +66,8 @@ class _CollectSink:
 
 
 class InProcessIngest:
+    """The ingest agent's processor called directly (partition 0, real Redis state store)."""
+
     mode = "in-process"
 
     def __init__(self, settings: Settings) -> None:
@@ -69,6 +79,7 @@ class InProcessIngest:
         self.dead_lettered = 0
 
     def feed(self, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """See :meth:`Ingest.feed`; events are processed in chunks of 1000."""
         msgs = []
         for e in events:
             msgs.append(RawMessage(self._offset, e.key, e.to_json()))
@@ -80,6 +91,7 @@ class InProcessIngest:
         return _sorted([orjson.loads(m.value) for m in out if m.topic == self._cfg.examples_topic])
 
     def close(self) -> None:
+        """Close the processor's resources, then the event loop."""
         self._loop.run_until_complete(self._close())
         self._loop.close()
 
@@ -116,6 +128,8 @@ class KafkaIngest:
                           range(self.settings.topics.events_partitions))
 
     def feed(self, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """See :meth:`Ingest.feed`. Raises :class:`StreamrecError` if the worker stalls past
+        ``timeout_s`` (s) or dies."""
         for e in events:
             self._producer.send(e)
         self._producer.flush(60)
@@ -139,6 +153,7 @@ class KafkaIngest:
         time.sleep(0.01)
 
     def close(self) -> None:
+        """Stop the worker, close the examples consumer, flush the producer (10 s), close Redis."""
         self.worker.stop()
         self._examples.close()
         self._producer.flush(10)

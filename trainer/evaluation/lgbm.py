@@ -32,6 +32,8 @@ class BatchRetrained:
         self.fits = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Keep labelled rows (``x``: ``N x (D + 1)`` from :func:`lgbm_matrix`, ``y``: ``N`` 0/1);
+        whole oldest batches go once the rest still hold ``max_rows``. Nothing is fitted here."""
         self._x.append(x)
         self._y.append(y)
         self._rows += len(y)

@@ -19,6 +19,9 @@ S, MIN, H, D = 1_000, 60_000, 3_600_000, 86_400_000
 
 @dataclass(frozen=True, slots=True)
 class StreamProfile:
+    """The time scales (ms of event time) at which one stream is evaluated, what counts as
+    relevant for ranking, and the settings its labelling needs."""
+
     name: str
     tick_ms: int  # events are fed, and a trainer step taken, per tick of event time
     window_ms: int  # per-window metrics; feeds are ranked at each window's start
@@ -54,6 +57,9 @@ SYNTHETIC_START_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: fixed, so runs r
 
 @dataclass(slots=True)
 class LoadedStream:
+    """A stream ready to replay: its profile, its events in order, known drifts and where it
+    came from (for the result)."""
+
     profile: StreamProfile
     events: list[Event]
     drifts_ms: list[int]  # event times of known concept drifts (synthetic only)

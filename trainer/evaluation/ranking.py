@@ -17,6 +17,7 @@ from streaming.features.state import decay
 
 
 def recall_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Hits in ``ranked[:k]`` / ``min(k, |relevant|)``; ``ValueError`` if ``relevant`` is empty."""
     if not relevant:
         raise ValueError("recall of a user with no relevant items is undefined")
     hits = sum(1 for item in ranked[:k] if item in relevant)
@@ -24,6 +25,8 @@ def recall_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> flo
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Binary-relevance NDCG of ``ranked[:k]``, the ideal being ``min(k, |relevant|)`` hits on
+    top; ``ValueError`` if ``relevant`` is empty."""
     if not relevant:
         raise ValueError("NDCG of a user with no relevant items is undefined")
     dcg = sum(1.0 / math.log2(pos + 2) for pos, item in enumerate(ranked[:k]) if item in relevant)
@@ -57,6 +60,8 @@ class DecayedPopularity:
         self._ref_ms: int | None = None  # scores are referenced to this time
 
     def update(self, events: Iterable[Event]) -> None:
+        """Add each event's weight to its item, decayed to a common reference time; event types
+        without a weight count 0."""
         for e in events:
             if self._ref_ms is None:
                 self._ref_ms = e.ts

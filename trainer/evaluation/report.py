@@ -9,6 +9,7 @@ import orjson
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
+    """``result`` as indented JSON at ``path`` (parent directories created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
 

@@ -1,4 +1,4 @@
--- Applies one planned batch of one partition atomically (streaming.ingest.state_store.apply).
+-- Applies one planned batch of one partition atomically (streaming.ingest.state_store.StateStore.apply).
 -- KEYS[1]: the partition's applied-offset watermark; KEYS[2]: its outbox list.
 -- ARGV[1]: the watermark the caller read (the batch is refused if it moved); ARGV[2]: the
 -- batch's last offset; ARGV[3]: the ops as JSON (streaming.ingest.plan); ARGV[4..]: outbox

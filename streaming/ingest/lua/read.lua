@@ -1,4 +1,4 @@
--- Reads everything one batch of one partition needs (streaming.ingest.state_store.read_batch).
+-- Reads everything one batch of one partition needs (streaming.ingest.state_store.StateStore.read_batch).
 -- KEYS: 1 applied offset, 2 max event time, 3 seen ids, 4 pending exposures (lx),
 --       5 follow-ups (lf), 6 exposure deadlines (lxd), 7 follow-up times (lfd), 8 trending;
 --       then per user: feature hash, recent list; then per item: feature hash.

@@ -1,0 +1,258 @@
+"""The parts ``streamrec up`` (:mod:`deploy.up`) is made of: its options, the component
+processes, the event source, the arrival monitor, readiness, the status line and the summary."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from deploy.dashboard import Dashboard
+from deploy.embedded import EmbeddedRuntime
+from models.checkpoint import list_versions, read_manifest, version_dir
+from streaming.contract.names import GROUP_UP_MONITOR, Keys
+from streaming.errors import BrokerError, StreamrecError
+from streaming.ingest.state_store import read_stats
+from streaming.io.kafka import client_config
+from streaming.io.producer import EventProducer
+from streaming.ops import health
+from streaming.ops.lag_monitor import LagCollector
+from streaming.ops.process import component_process, free_port
+from streaming.settings import Settings
+from streaming.sources.emit import EmitReport, emit_records
+from streaming.sources.files import read_records
+from streaming.sources.synthetic import SyntheticStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    """What ``streamrec up`` runs: the source, its rate and length, how many workers."""
+    duration_s: float | None = None  # None = until stopped
+    rate: float = 200.0  # events/s from the source
+    ready_timeout_s: float = 180.0  # for the components to start and join their groups
+    replay: Path | None = None  # replay this file instead of the synthetic generator
+    seed: int = 0
+    status_every_s: float = 5.0
+    workers: int = 1  # stream-processing worker processes
+    scorers: int = 1  # scorer processes
+    max_events: int | None = None  # the source stops after this many (the loop keeps running)
+    dashboard: bool = True  # serve the dashboard (runtime.dashboard_port) from this process
+
+
+class ArrivalMonitor:
+    """Counts messages arriving on a topic after the moment it was created.
+
+    Assigns every partition at its current end offset (read before the source starts), rather
+    than subscribing with ``auto.offset.reset=latest``, which resolves the end only after the
+    group join and misses what is produced meanwhile.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        conf = client_config(settings.kafka, **{
+            "group.id": GROUP_UP_MONITOR,
+            "enable.auto.commit": False,
+        })
+        self._consumer = confluent_kafka.Consumer(conf)
+        md = self._consumer.list_topics(topic, timeout=10)
+        start = []
+        for p in md.topics[topic].partitions:
+            tp = confluent_kafka.TopicPartition(topic, p)
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            start.append(confluent_kafka.TopicPartition(topic, p, high))
+        self._consumer.assign(start)
+        self.count = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="arrival-monitor", daemon=True)
+
+    def start(self) -> None:
+        """Start counting in a background thread."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(1000, 0.2):
+                if msg.error():
+                    self.errors += 1
+                else:
+                    self.count += 1
+
+    def stop(self) -> None:
+        """Stop counting and close the consumer."""
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+def consumer_lag(settings: Settings) -> dict[str, int]:
+    """Max lag (messages) over each consumer group's partitions (streaming.ops.lag_monitor)."""
+    collector = LagCollector(settings)
+    try:
+        out: dict[str, int] = {}
+        for p in collector.collect():
+            out[p.group] = max(out.get(p.group, 0), p.lag)
+        return out
+    except BrokerError as exc:
+        log.warning("%s", exc)
+        return {}
+    finally:
+        collector.close()
+
+
+def _source(settings: Settings, opts: UpOptions) -> Iterable[tuple[str, Any]]:
+    if opts.replay is not None:
+        return read_records(opts.replay)
+    stream = SyntheticStream(seed=opts.seed)
+
+    def events() -> Iterator[tuple[str, Any]]:
+        for n, event in enumerate(stream.live(opts.rate)):
+            yield f"synthetic:{n}", event
+
+    return events()
+
+
+def wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
+                    components: tuple[str, ...], timeout_s: float, stop: threading.Event,
+                    say: Callable[[str], None]) -> None:
+    """Block until every component beats with partitions assigned (streaming.ops.health), so that
+    the first events are not measured against process start-up and group joins."""
+    say(f"waiting for {', '.join(components)} to join their consumer groups ...")
+    deadline = time.monotonic() + timeout_s
+    missing = set(components)
+    while missing and not stop.is_set():
+        runtime.check_alive()
+        beats = health.parse(client.hgetall(health.key(settings.redis.key_prefix)))
+        missing = set(components) - health.consuming(beats, int(time.time() * 1000))
+        if missing and time.monotonic() > deadline:
+            raise StreamrecError(f"{', '.join(sorted(missing))} not consuming after "
+                                 f"{timeout_s:g} s; see the logs in {runtime.run_dir}")
+        stop.wait(0.25)
+
+
+def start_dashboard(settings: Settings, metrics_urls: dict[str, str],
+                     say: Callable[[str], None]) -> Dashboard | None:
+    """The dashboard on ``runtime.dashboard_port``, or a free port when that one is taken."""
+    for port in (settings.runtime.dashboard_port, 0):
+        try:
+            dashboard = Dashboard(settings, lambda: metrics_urls, port=port).start()
+        except OSError as exc:
+            say(f"dashboard port {port} unavailable ({exc}); trying a free port")
+            continue
+        say(f"dashboard {dashboard.url}")
+        return dashboard
+    return None
+
+
+
+
+def start_components(settings: Settings, runtime: EmbeddedRuntime, opts: UpOptions
+                     ) -> dict[str, str]:
+    """Start the workers, the trainer and the scorers as child processes (stopped with the
+    runtime, before the broker), each with its own metrics port; returns name -> metrics URL."""
+    components = [(f"worker-{n}", ["worker"]) for n in range(opts.workers)]
+    components += [("trainer", ["train"])]
+    components += [(f"scorer-{n}", ["score"]) for n in range(opts.scorers)]
+    host = settings.runtime.bind_host
+    metrics_urls: dict[str, str] = {}
+    for name, args in components:
+        port = free_port(host)
+        metrics_urls[name] = f"http://{host}:{port}/metrics"
+        proc = component_process(settings.with_values({"runtime.metrics_port": str(port)}),
+                                 runtime.run_dir, name, *args)
+        proc.start()
+        runtime.processes.append(proc)
+    return metrics_urls
+
+
+@dataclass
+class EventSource:
+    """The run's events (synthetic or a replay) sent by a background thread at ``opts.rate``."""
+
+    settings: Settings
+    opts: UpOptions
+    producer: EventProducer = field(init=False)
+    _stop: threading.Event = field(init=False, default_factory=threading.Event)
+    _result: dict[str, EmitReport] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.producer = EventProducer(self.settings)
+        self._thread = threading.Thread(target=self._run, name="event-source", daemon=True)
+
+    def _run(self) -> None:
+        self._result["report"] = emit_records(
+            self.producer, _source(self.settings, self.opts), rate=self.opts.rate,
+            stop=self._stop, limit=self.opts.max_events,
+            on_invalid=lambda m: log.warning("invalid input: %s", m))
+
+    def start(self) -> None:
+        """Start sending."""
+        self._thread.start()
+
+    def alive(self) -> bool:
+        """Still sending."""
+        return self._thread.is_alive()
+
+    def stop(self) -> EmitReport:
+        """Stop, wait for every delivery, and return what was emitted."""
+        self._stop.set()
+        self._thread.join()
+        self.producer.flush(30)
+        return self._result.get("report", EmitReport())
+
+
+def pipeline_stats(redis_client: Any, settings: Settings) -> dict[str, int]:
+    """Processor counters over every partition plus the scorer's (``scorer_*``)."""
+    out = read_stats(redis_client, settings.redis.key_prefix,
+                     range(settings.topics.events_partitions))
+    scorer = redis_client.hgetall(Keys(settings.redis.key_prefix).scorer_stats)
+    out.update({f"scorer_{k.decode()}": int(v) for k, v in scorer.items()})
+    return out
+
+
+def status_line(elapsed_s: float, sent: int, arrived: int, rate: float, st: dict[str, int]) -> str:
+    """The periodic status line."""
+    return (f"[{elapsed_s:6.1f}s] emitted {sent:>8}  arrived {arrived:>8} ({rate:.0f}/s)  "
+            f"processed {st.get('processed', 0):>8}  dlq {st.get('invalid', 0):>5}  "
+            f"examples {st.get('examples', 0):>7}  model v{st.get('scorer_model_version', '-')}  "
+            f"feeds {st.get('scorer_feeds_written', 0):>7}")
+
+
+def summary(settings: Settings, st: dict[str, int], emitted: EmitReport, delivered: int,
+            arrived: int, fresh_ms: list[float], duration_s: float) -> dict[str, Any]:
+    """The final JSON summary of a run."""
+    root = Path(settings.trainer.checkpoint_dir)
+    checkpoints = list_versions(root)
+    train_steps = read_manifest(version_dir(root, checkpoints[-1])).step if checkpoints else 0
+    lag = consumer_lag(settings)
+    return {
+        "emitted": emitted.emitted,
+        "invalid_input": emitted.invalid,
+        "delivered": delivered,
+        "arrived": arrived,
+        "processed": st.get("processed", 0),
+        "dead_lettered": st.get("invalid", 0),
+        "duplicates": st.get("duplicate", 0),
+        "examples": st.get("examples", 0),
+        "train_steps": train_steps,
+        "checkpoints": len(checkpoints),
+        "model_version": st.get("scorer_model_version"),
+        "feeds_written": st.get("scorer_feeds_written", 0),
+        "freshness_ms": {"p50": _pct(fresh_ms, 50), "p99": _pct(fresh_ms, 99), "n": len(fresh_ms)},
+        "lag_max": max(lag.values(), default=0),
+        "lag": lag,
+        "duration_s": round(duration_s, 2),
+    }

@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
                 feeds.write(feed)
             refresh_ms.append((time.perf_counter() - t) * 1000)
         # Model alone on a 500-row batch of the same shape.
-        user, recent, _ = ranker.read_user(users[0], int(time.time() * 1000))
+        reads = ranker.read_user(users[0], int(time.time() * 1000))
         items = [f"i{k}" for k in range(500)]
-        batch = ranker.model_inputs(users[0], user, recent, items, int(time.time() * 1000))
+        batch = ranker.model_inputs(reads, items, int(time.time() * 1000))
         loaded = holder.current
         assert loaded is not None
         with torch.inference_mode():

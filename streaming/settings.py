@@ -126,6 +126,15 @@ class StreamSettings:
     covisit_window_ms: int = _f(30 * 60 * 1000, "two items co-visited if seen this close (ms)")
     covisit_top_k: int = _f(50, "co-visited items kept per item (trimmed at 2K back to K)")
     covisit_recent: int = _f(5, "an event is paired with this many of the user's latest items")
+    user_items_kept: int = _f(200, "items kept per user in the user x item state (the most "
+                              "interacted, by decayed weight; trimmed at 2K back to K)")
+    user_item_half_life_ms: int = _f(7 * 86_400_000, "half-life of a user's decayed interest in "
+                                     "an item (ms): orders the 'again' candidates")
+    hard_negatives: float = _f(0.5, "implicit mode: share of sampled negatives drawn from the "
+                               "user's own candidates (own items, co-visits of recent items) "
+                               "instead of the trending pool")
+    min_event_ts_ms: int = _f(946_684_800_000, "events with an earlier time are rejected "
+                              "(ts_out_of_range); lower it to replay historical logs")
     batch_size: int = _f(500, "max events per processing batch")
     batch_wait_ms: int = _f(50, "max wait to fill a processing batch (ms)")
 
@@ -135,8 +144,10 @@ class StreamSettings:
         for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms",
                      "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent",
                      "affinity_half_life_ms", "short_affinity_half_life_ms",
-                     "trending_half_life_ms"):
+                     "trending_half_life_ms", "user_items_kept", "user_item_half_life_ms"):
             _positive(f"stream.{name}", getattr(self, name))
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            raise ConfigError(f"stream.hard_negatives={self.hard_negatives!r}: a share in [0, 1]")
         if self.negative_sampling not in ("uniform", "popularity"):
             raise ConfigError(f"stream.negative_sampling={self.negative_sampling!r}: "
                               "uniform or popularity")
@@ -170,6 +181,8 @@ class ServingSettings:
     """Scorer workers and the feed ranker (``streamrec score``)."""
 
     feed_size: int = _f(50, "items kept in each user's feed")
+    repeat: str = _f("allow", "items the user already has: allow (the model ranks them), "
+                     "exclude_purchased, or exclude_interacted")
     candidates: int = _f(500, "candidates scored per user (the ranker's budget)")
     batch_users: int = _f(32, "users scored per forward pass")
     debounce_ms: int = _f(200, "coalesce a user's events for this long before re-scoring (ms)")
@@ -181,6 +194,8 @@ class ServingSettings:
     feed_ttl_s: float = _f(86_400.0, "a feed expires this long after its last refresh (s)")
     cache_s: float = _f(1.0, "item state and shared candidate lists are cached this long (s): "
                         "a feed may miss this much of other users' activity")
+    again_candidates: int = _f(100, "candidates taken from the user's own items ('again', by "
+                               "decayed interaction)")
     trending_candidates: int = _f(100, "candidates taken from the trending list")
     covisit_seeds: int = _f(5, "recent items whose co-visitation lists give candidates")
     covisit_per_item: int = _f(50, "candidates read per co-visitation list")
@@ -190,8 +205,11 @@ class ServingSettings:
     popular_candidates: int = _f(200, "candidates taken from all-time popularity")
 
     def __post_init__(self) -> None:
+        policies = ("allow", "exclude_purchased", "exclude_interacted")  # features.candidates
+        if self.repeat not in policies:
+            raise ConfigError(f"serving.repeat={self.repeat!r}: one of {list(policies)}")
         for f in dataclasses.fields(self):
-            if f.name != "cache_s":
+            if f.name not in ("cache_s", "repeat"):
                 _positive(f"serving.{f.name}", getattr(self, f.name))
         if self.cache_s < 0:
             raise ConfigError("serving.cache_s must be >= 0")

@@ -44,6 +44,8 @@ def dense_feature_names(half_lives_ms: Sequence[tuple[str, int]] = HALF_LIVES_MS
               "user_recent_count"]
     names += [f"item_{t}_{label}" for t in EVENT_TYPES for label, _ in half_lives_ms]
     names += ["item_ctr", "item_cvr", "item_age_s", "price"]
+    # The user's own history with this item (user x item state): repeat behaviour.
+    names += ["ui_view_count", "ui_click_count", "ui_purchase_count", "ui_recency_s", "ui_weight"]
     return names
 
 

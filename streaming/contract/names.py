@@ -12,6 +12,10 @@ Feature state (written by ingest, read by ingest and the scorers):
 ``P u:<user>``          hash  decayed per-type counts, ``last`` event ms, category affinity
 ``P ur:<user>``         list  newest-first ``item\\x1fts`` of the user's last items
 ``P ub:<user>``         zset  purchased item -> time (ms), the newest ``purchased_kept``
+``P ui:<user>``         hash  item -> ``"views clicks purchases last_ms weight"`` (user x item
+                              state; field ``\x1ft0`` = reference time of ``uz:``)
+``P uz:<user>``         zset  item -> decayed interaction weight x a factor shared by the user's
+                              items (the "again" order; the most interacted ``user_items_kept``)
 ``P i:<item>``          hash  decayed popularity, raw counts, ``first`` seen, ``cat``, ``price``
 ``P cv:<item>``         zset  co-visited item -> count (top-K)
 ``P ci:<category>``     zset  item -> interactions within the category (top-K)
@@ -83,6 +87,14 @@ class Keys:
     def purchased(self, user_id: str) -> str:
         """The user's purchased-items zset."""
         return f"{self.prefix}ub:{user_id}"
+
+    def user_items(self, user_id: str) -> str:
+        """The user x item state: the user's history with each item."""
+        return f"{self.prefix}ui:{user_id}"
+
+    def user_items_order(self, user_id: str) -> str:
+        """The user's items by decayed interaction weight (the "again" candidates)."""
+        return f"{self.prefix}uz:{user_id}"
 
     def item(self, item_id: str) -> str:
         """Item feature hash."""

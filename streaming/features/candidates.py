@@ -2,10 +2,14 @@
 
 Sources, in priority order (an item found by several keeps the first): the user's own recent
 items (re-visits: in e-commerce logs such as OTTO the strongest single signal of the next
-interaction), co-visitation of those items, trending items (decayed global popularity: what
-is hot now, including items too new for the other lists), the user's top categories, new
-items, and all-time popularity. Items the user bought are excluded unless
-``exclude_purchased`` is off.
+interaction), the user's own items by decayed interaction (``again``: repeat purchases, about
+41% of a returning UCI customer's next-week items), co-visitation of the recent items, trending
+items (decayed global popularity: what is hot now, including items too new for the other
+lists), the user's top categories, new items, and all-time popularity.
+
+The repeat policy (``serving.repeat``, :data:`REPEAT_POLICIES`) says which of the user's own
+items may appear at all: ``allow`` (the model decides how high a repeat ranks),
+``exclude_purchased`` or ``exclude_interacted``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,23 @@ class CandidateReads:
     popular: list[tuple[str, float]]  # most popular first
     trending: list[tuple[str, float]] = field(default_factory=list)  # hottest first
     purchased: set[str] = field(default_factory=set)
+    # The user's own items, most interacted first (decayed weight): the "again" source.
+    again: list[tuple[str, float]] = field(default_factory=list)
+    interacted: set[str] = field(default_factory=set)  # every item in the user x item state
+
+
+REPEAT_POLICIES = ("allow", "exclude_purchased", "exclude_interacted")
+
+
+def excluded_items(reads: CandidateReads, policy: str) -> set[str]:
+    """The user's items that ``policy`` keeps out of the feed (see the module docstring)."""
+    if policy == "allow":
+        return set()
+    if policy == "exclude_purchased":
+        return set(reads.purchased)
+    if policy == "exclude_interacted":
+        return set(reads.interacted) | set(reads.purchased) | set(reads.recent)
+    raise ValueError(f"unknown repeat policy {policy!r}; one of {REPEAT_POLICIES}")
 
 
 def top_categories(user: Mapping[str, object], at_ms: int, half_life_ms: int, n: int) -> list[str]:
@@ -42,11 +63,11 @@ def top_categories(user: Mapping[str, object], at_ms: int, half_life_ms: int, n:
     return [cat for _, cat in sorted(scores, reverse=True)[:n]]
 
 
-def generate(reads: CandidateReads, limit: int, exclude_purchased: bool = True
-             ) -> list[tuple[str, str]]:
-    """Up to ``limit`` ``(item_id, source)`` pairs."""
+def generate(reads: CandidateReads, limit: int, repeat: str = "allow") -> list[tuple[str, str]]:
+    """Up to ``limit`` ``(item_id, source)`` pairs, sources in the module docstring's order,
+    without the items the repeat policy excludes."""
     out: dict[str, str] = {}
-    skip = reads.purchased if exclude_purchased else set()
+    skip = excluded_items(reads, repeat)
 
     def add(items: Sequence[tuple[str, float]] | Sequence[str], source: str) -> None:
         for entry in items:
@@ -57,6 +78,7 @@ def generate(reads: CandidateReads, limit: int, exclude_purchased: bool = True
                 out[item] = source
 
     add(reads.recent, "recent")
+    add(reads.again, "again")
     # Interleave co-visitation lists so that every recent item contributes.
     lists = [reads.covisit.get(i, []) for i in reads.recent]
     for rank in range(max((len(x) for x in lists), default=0)):

@@ -207,3 +207,23 @@ def sample_negatives(
         chosen.append(items.pop(idx))
         weights.pop(idx)
     return chosen
+
+
+def sample_mixed_negatives(
+    event_id: str, positive_item: str, own_items: Sequence[str],
+    pool: Sequence[tuple[str, float]], k: int, hard_share: float, weighted: bool = False,
+) -> list[str]:
+    """``k`` negatives for a positive: ``round(k * hard_share)`` drawn uniformly from the user's
+    own candidates (``own_items``: items the user already interacted with, which the scorer
+    ranks as the "again" and "recent" sources), the rest from ``pool`` (the trending list) as
+    :func:`sample_negatives` draws them. Training then sees what the scorer ranks: without own
+    items among the negatives, "the user had it before" would look like a sure positive.
+
+    Seeded by the event id (a redelivered event samples the same negatives); never the positive
+    item, never one item twice; a short own list is topped up from the pool."""
+    n_hard = min(round(k * hard_share), k)
+    hard = sample_negatives(event_id + ":own", positive_item,
+                            [(i, 1.0) for i in dict.fromkeys(own_items)], n_hard) if n_hard else []
+    chosen = set(hard)
+    rest = [(i, w) for i, w in pool if i not in chosen]
+    return hard + sample_negatives(event_id, positive_item, rest, k - len(hard), weighted)

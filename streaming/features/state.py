@@ -67,7 +67,9 @@ class FeatureConfig:
     covisit_recent: int = 5  # pair an event with this many of the user's latest items
     category_top_k: int = 500  # items kept per category index (trimmed at 2K back to K)
     new_items_kept: int = 1_000  # newest first-seen items kept
-    purchased_kept: int = 200  # per user, newest purchases (excluded from feeds)
+    purchased_kept: int = 200  # per user, newest purchases
+    user_items_kept: int = 200  # per user, most interacted items in the user x item state
+    user_item_half_life_ms: int = 7 * 86_400_000  # decay of the user x item weight
     covisit_top_k: int = 50
     ctr_prior: float = 0.05  # smoothed CTR = (clicks + a * prior) / (views + a)
     cvr_prior: float = 0.1
@@ -86,7 +88,9 @@ def feature_config(settings: Settings) -> FeatureConfig:
                          affinity_half_life_ms=s.affinity_half_life_ms,
                          short_affinity_half_life_ms=s.short_affinity_half_life_ms,
                          trending_half_life_ms=s.trending_half_life_ms,
-                         trending_top_k=max(DEFAULT_FEATURES.trending_top_k, s.negative_pool))
+                         trending_top_k=max(DEFAULT_FEATURES.trending_top_k, s.negative_pool),
+                         user_items_kept=s.user_items_kept,
+                         user_item_half_life_ms=s.user_item_half_life_ms)
 
 
 def decay(value: float, from_ms: int, to_ms: int, half_life_ms: int) -> float:
@@ -106,6 +110,42 @@ def decayed_add(
     if ts >= ref_ms:
         return value * 2.0 ** (-(ts - ref_ms) / half_life_ms) + weight, ts
     return value + weight * 2.0 ** (-(ref_ms - ts) / half_life_ms), ref_ms
+
+
+# User x item state: one entry per (user, item), ``(views, clicks, purchases, last_ms, weight)``
+# where ``weight`` is the decayed interaction weight referenced to ``last_ms`` (event weights as
+# for category affinity). Stored as ``"v c p t w"`` in the ``ui:`` hash (lua/apply.lua ``uitouch``).
+UserItem = tuple[float, float, float, float, float]
+USER_ITEM_T0 = SEP + "t0"  # ``ui:`` hash field holding the reference time of the ``uz:`` scores
+
+
+def parse_user_items(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, UserItem]:
+    """A ``ui:`` hash as read from Redis -> ``{item: (views, clicks, purchases, last_ms, weight)}``
+    (the ``\x1ft0`` bookkeeping field is skipped)."""
+    out: dict[str, UserItem] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        if name == USER_ITEM_T0:
+            continue
+        raw = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        v, c, p, t, w = (float(x) for x in raw.split())
+        out[name] = (v, c, p, t, w)
+    return out
+
+
+def touch_user_item(entry: UserItem | None, event_type: str, ts: int, weight: float,
+                    half_life_ms: int) -> UserItem:
+    """``entry`` after one event of ``event_type`` at ``ts`` (ms): its type's count + 1, the last
+    touch ``max(last, ts)``, the weight decayed-added as :func:`decayed_add` does. The Lua op
+    ``uitouch`` (``streaming/ingest/lua/apply.lua``) is the same formula; keep them in step."""
+    if entry is None:
+        counts, t, w = [0.0, 0.0, 0.0], float(ts), weight
+    else:
+        counts = list(entry[:3])
+        w, new_t = decayed_add(entry[4], int(entry[3]), ts, weight, half_life_ms)
+        t = float(new_t)
+    counts[EVENT_TYPES.index(event_type)] += 1.0
+    return (counts[0], counts[1], counts[2], t, w)
 
 
 # State hashes as read for a batch: numeric fields as floats, ``cat`` as a string.
@@ -223,6 +263,7 @@ def feature_rows(
     at_ms: Sequence[int] | int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
     item_cols: np.ndarray | None = None,
+    user_items: Sequence[UserItem | None] | None = None,
 ) -> np.ndarray:
     """Dense model inputs, ``N x D`` float64 in :func:`dense_feature_names` order; row ``k`` is
     user ``users[k]`` (with ``recent_counts[k]`` recent items) against ``items[k]`` as of
@@ -230,7 +271,8 @@ def feature_rows(
     times -1. The one implementation behind training examples (:class:`streaming.ingest.plan.Snapshots`
     computes a batch's snapshots in one call) and serving (the scorer, one user x hundreds of items).
     ``item_cols`` is :func:`item_columns` of ``items`` when the caller already has it (the
-    scorer caches it per item)."""
+    scorer caches it per item). ``user_items[k]`` is the user's history with the item (``None``:
+    never touched; all ``None`` when not given)."""
     n = len(items)
     if item_cols is None:
         item_cols = item_columns(items, cfg)
@@ -284,6 +326,19 @@ def feature_rows(
     out[:, col + 2] = np.where(np.isnan(first), -1.0, np.log1p(np.maximum(0.0, at - first) / 1000))
     price = np.fromiter((p if p is not None and p >= 0 else np.nan for p in prices), np.float64, n)
     out[:, col + 3] = np.where(np.isnan(price), -1.0, np.log1p(np.nan_to_num(price)))
+    col += 4
+    ui = np.full((n, 5), np.nan)
+    if user_items is not None:
+        for k, entry in enumerate(user_items):
+            if entry is not None:
+                ui[k] = entry
+    touched = ~np.isnan(ui[:, 3])
+    for j in range(3):
+        out[:, col + j] = np.where(touched, np.log1p(np.nan_to_num(ui[:, j])), 0.0)
+    since = np.maximum(at - np.nan_to_num(ui[:, 3]), 0.0)
+    out[:, col + 3] = np.where(touched, np.log1p(since / 1000), -1.0)
+    out[:, col + 4] = np.where(touched, np.log1p(np.nan_to_num(ui[:, 4])
+                                                 * np.exp2(-since / cfg.user_item_half_life_ms)), 0.0)
     return out
 
 
@@ -296,11 +351,12 @@ def feature_matrix(
     at_ms: int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
     item_cols: np.ndarray | None = None,
+    user_items: Sequence[UserItem | None] | None = None,
 ) -> np.ndarray:
     """One user against ``N`` items (the scorer's shape): :func:`feature_rows`, ``N x D`` float64."""
     n = len(items)
     return feature_rows([user] * n, [len(recent)] * n, items, categories, prices, at_ms, cfg,
-                        item_cols)
+                        item_cols, user_items)
 
 
 def feature_values(
@@ -311,7 +367,9 @@ def feature_values(
     price: float | None,
     at_ms: int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
+    user_item: UserItem | None = None,
 ) -> dict[str, float]:
     """:func:`feature_rows` for one (user, item), by name."""
-    row = feature_rows([user], [len(recent)], [item], [category], [price], at_ms, cfg)[0]
+    row = feature_rows([user], [len(recent)], [item], [category], [price], at_ms, cfg,
+                       user_items=[user_item])[0]
     return dict(zip(dense_feature_names(cfg.half_lives_ms), row.tolist(), strict=True))

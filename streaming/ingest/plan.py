@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from streaming.contract.events import DEFAULT_LIMITS, Event, Limits
+from streaming.contract.events import DEFAULT_LIMITS, EVENT_TYPES, Event, Limits
 from streaming.contract.examples import Example, dense_feature_names
 from streaming.contract.names import Keys
 from streaming.errors import InvalidEvent
@@ -43,8 +43,10 @@ from streaming.features.state import (
     SEP,
     EntityState,
     FeatureConfig,
+    UserItem,
     feature_rows,
     parse_recent,
+    touch_user_item,
 )
 from streaming.ingest.types import BatchReads, Op, OutMessage, Plan, RawMessage
 
@@ -81,10 +83,12 @@ class ProcessorConfig:
     # popularity instead, they are older and staler than the positives, so the model learns
     # "new or hot = positive" and a drift (new hits) throws its feeds off.
     negative_pool: int = 2_000
+    hard_negatives: float = 0.5  # share of negatives from the user's own items (see labels)
 
 
-# (user fields, recent count, item fields, category, price, event time)
-SnapshotRow = tuple[dict[str, Any], int, dict[str, Any], str | None, float | None, int]
+# (user fields, recent count, item fields, category, price, event time, user x item entry)
+SnapshotRow = tuple[dict[str, Any], int, dict[str, Any], str | None, float | None, int,
+                    UserItem | None]
 
 
 @dataclass(slots=True)
@@ -98,16 +102,19 @@ class Snapshots:
     # except ``features``, and the snapshot row that gives them
 
     def take(self, user: EntityState, recent_count: int, item: EntityState, category: str | None,
-             price: float | None, ts: int) -> int:
+             price: float | None, ts: int, user_item: UserItem | None = None) -> int:
         """Snapshot (user, item) as of now; returns the row index."""
-        self.rows.append((dict(user.fields), recent_count, dict(item.fields), category, price, ts))
+        self.rows.append((dict(user.fields), recent_count, dict(item.fields), category, price, ts,
+                          user_item))
         return len(self.rows) - 1
 
     def resolve(self, fc: FeatureConfig) -> list[Example]:
         """Fill the exposures' features; return the examples (implicit mode) with theirs."""
         if not self.rows:
             return []
-        matrix = feature_rows(*zip(*self.rows, strict=True), cfg=fc)  # type: ignore[misc]
+        users, counts, items, cats, prices, times, user_items = zip(*self.rows, strict=True)
+        matrix = feature_rows(users, counts, items, cats, prices, times, fc,
+                              user_items=user_items)
         names = dense_feature_names(fc.half_lives_ms)
         rows = [dict(zip(names, r, strict=True)) for r in matrix.tolist()]
         for exposure, idx in self.exposures:
@@ -116,9 +123,10 @@ class Snapshots:
 
 
 def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tuple[str, int]],
-                item: EntityState, items: dict[str, EntityState], category: str | None,
-                negatives: Sequence[str], join: JoinState, lc: LabelConfig, snaps: Snapshots,
-                now_ms: int, counts: Counter[str]) -> None:
+                user_items: dict[str, UserItem], item: EntityState,
+                items: dict[str, EntityState], category: str | None, negatives: Sequence[str],
+                join: JoinState, lc: LabelConfig, snaps: Snapshots, now_ms: int,
+                counts: Counter[str]) -> None:
     """The labelling step of one accepted event, before its feature update.
 
     Exposure mode: a view opens an exposure (its inputs snapshotted now), a click/purchase is
@@ -126,13 +134,15 @@ def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tup
     items) are negatives, each with the item's last seen price."""
     recent_ids = [i for i, _ in user_recent]
 
-    def snapshot(item_state: EntityState, cat: str | None, price: float | None) -> int:
-        return snaps.take(user, len(user_recent), item_state, cat, price, ev.ts)
+    def snapshot(item_id: str, item_state: EntityState, cat: str | None,
+                 price: float | None) -> int:
+        return snaps.take(user, len(user_recent), item_state, cat, price, ev.ts,
+                          user_items.get(item_id))
 
     if ev.event_type == "view" and lc.mode == "exposure":
         exposure = Exposure(ev.event_id, ev.user_id, ev.item_id, ev.ts, category, {},
                             recent_ids, offset)
-        snaps.exposures.append((exposure, snapshot(item, category, ev.price)))
+        snaps.exposures.append((exposure, snapshot(ev.item_id, item, category, ev.price)))
         on_view(join, exposure, lc)
     elif ev.event_type != "view":
         if lc.mode == "exposure":
@@ -143,7 +153,7 @@ def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tup
         snaps.examples.append(({**common, "example_id": ev.event_id, "item_id": ev.item_id,
                                 "category": category, "click": 1,
                                 "purchase": int(ev.event_type == "purchase"), "sampled": False},
-                               snapshot(item, category, ev.price)))
+                               snapshot(ev.item_id, item, category, ev.price)))
         for k, neg in enumerate(negatives):
             neg_state = items.get(neg, EntityState())
             neg_cat = neg_state.fields.get("cat")
@@ -153,15 +163,17 @@ def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tup
                                    # The item's last seen price, as the scorer sees it: a
                                    # missing price would mark every negative (a label leak
                                    # the model learns).
-                                   snapshot(neg_state, neg_cat, neg_state.fields.get("price"))))
+                                   snapshot(neg, neg_state, neg_cat,
+                                            neg_state.fields.get("price"))))
 
 
 def feature_ops(ev: Event, user: EntityState, item: EntityState,
-                user_recent: list[tuple[str, int]], category: str | None, keys: Keys,
-                fc: FeatureConfig) -> list[Op]:
+                user_recent: list[tuple[str, int]], user_items: dict[str, UserItem],
+                category: str | None, keys: Keys, fc: FeatureConfig) -> list[Op]:
     """Apply one event to the in-memory user and item state (for later snapshots in the same
     batch) and return the ops that apply it in Redis: decayed counters, category affinity,
-    item attributes, popularity and trending lists, purchases, co-visitation, recent items."""
+    item attributes, popularity and trending lists, purchases, co-visitation, recent items,
+    and the user x item entry."""
     ops: list[Op] = []
     hl_args = [x for label, h in fc.half_lives_ms for x in (label, h)]
     weight = EVENT_WEIGHT[ev.event_type]
@@ -204,6 +216,11 @@ def feature_ops(ev: Event, user: EntityState, item: EntityState,
         if other != ev.item_id and abs(ev.ts - other_ts) <= fc.covisit_window_ms:
             ops.append(["zincr", keys.covisit(other), ev.item_id, 1, fc.covisit_top_k])
             ops.append(["zincr", keys.covisit(ev.item_id), other, 1, fc.covisit_top_k])
+    user_items[ev.item_id] = touch_user_item(user_items.get(ev.item_id), ev.event_type, ev.ts,
+                                             weight, fc.user_item_half_life_ms)
+    ops.append(["uitouch", keys.user_items(ev.user_id), keys.user_items_order(ev.user_id),
+                ev.item_id, EVENT_TYPES.index(ev.event_type) + 1, ev.ts, weight,
+                fc.user_item_half_life_ms, fc.user_items_kept])
     user_recent.insert(0, (ev.item_id, ev.ts))
     del user_recent[fc.recent_items:]
     ops.append(["lpush_trim", keys.recent(ev.user_id), f"{ev.item_id}{SEP}{ev.ts}",
@@ -284,6 +301,7 @@ def plan_batch(
     users = {u: EntityState(h) for u, h in reads.users.items()}
     items = {i: EntityState(h) for i, h in reads.items.items()}
     recent = {u: parse_recent(r) for u, r in reads.recent.items()}
+    user_items = {u: dict(m) for u, m in reads.user_items.items()}
     join = JoinState(max_ts=reads.max_ts, pending=reads.pending, followups=reads.followups)
     seen = set(reads.seen)
     snaps = Snapshots()
@@ -305,10 +323,11 @@ def plan_batch(
         user = users.setdefault(ev.user_id, EntityState())
         item = items.setdefault(ev.item_id, EntityState())
         user_recent = recent.setdefault(ev.user_id, [])
+        own = user_items.setdefault(ev.user_id, {})
         category = ev.category or item.fields.get("cat")
-        label_event(ev, msg.offset, user, user_recent, item, items, category,
+        label_event(ev, msg.offset, user, user_recent, own, item, items, category,
                     negatives.get(ev.event_id, ()), join, lc, snaps, now_ms, counts)
-        ops.extend(feature_ops(ev, user, item, user_recent, category, keys, fc))
+        ops.extend(feature_ops(ev, user, item, user_recent, own, category, keys, fc))
 
     examples = snaps.resolve(fc)
     if lc.mode == "exposure":

@@ -27,10 +27,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from streaming.contract.events import Event, parse_event
+from streaming.contract.events import Event, Limits, parse_event
 from streaming.errors import InvalidEvent, StoreError
-from streaming.features.labels import LabelConfig, pair_key, sample_negatives
-from streaming.features.state import feature_config
+from streaming.features.labels import LabelConfig, pair_key, sample_mixed_negatives
+from streaming.features.state import SEP, feature_config
 from streaming.ingest.plan import ProcessorConfig, plan_batch
 from streaming.ingest.state_store import StateStore
 from streaming.ingest.types import OutboxSink, OutMessage, RawMessage
@@ -116,9 +116,12 @@ class BatchProcessor:
         if implicit:
             for _, e in fresh:
                 if isinstance(e, Event) and e.event_type != "view":
-                    negatives[e.event_id] = sample_negatives(
-                        e.event_id, e.item_id, reads.trending, cfg.labels.negatives,
-                        weighted=cfg.labels.negative_sampling == "popularity")
+                    # Sorted: the draw must not depend on the order Redis returned them in.
+                    own = sorted({*reads.user_items.get(e.user_id, {}), *(
+                        entry.rpartition(SEP)[0] for entry in reads.recent.get(e.user_id, []))})
+                    negatives[e.event_id] = sample_mixed_negatives(
+                        e.event_id, e.item_id, own, reads.trending, cfg.labels.negatives,
+                        cfg.hard_negatives, weighted=cfg.labels.negative_sampling == "popularity")
             wanted = {i for items in negatives.values() for i in items} - set(reads.items)
             if wanted:
                 reads.items.update(await self.store.read_items(sorted(wanted)))
@@ -162,8 +165,10 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
                            allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives,
                            negative_sampling=s.negative_sampling),
+        limits=Limits(min_ts_ms=s.min_event_ts_ms),
         dedup_window=s.dedup_window,
         negative_pool=s.negative_pool,
+        hard_negatives=s.hard_negatives,
     )
 
 

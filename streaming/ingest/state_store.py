@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from streaming.contract.names import Keys
 from streaming.errors import StoreError
 from streaming.features.labels import Exposure
-from streaming.features.state import parse_state_hash
+from streaming.features.state import parse_state_hash, parse_user_items
 from streaming.ingest.types import BatchReads, OutMessage
 from streaming.io.redis_client import as_text
 
@@ -94,7 +94,7 @@ class StateStore:
                 *(k.partition(name, partition) for name in ("seen", "lx", "lf", "lxd", "lfd")),
                 k.trending]
         for u in users:
-            keys += [k.user(u), k.recent(u)]
+            keys += [k.user(u), k.recent(u), k.user_items(u)]
         keys += [k.item(i) for i in items]
         args: list[Any] = [recent_n, trending_n, "" if batch_max_ts is None else batch_max_ts,
                            "" if lateness_ms is None else lateness_ms,
@@ -103,7 +103,7 @@ class StateStore:
             res = await self._read(keys=keys, args=args)
         except redis.RedisError as exc:
             raise StoreError(f"Redis batch read failed: {exc}") from None
-        wm, mt, seen_scores, user_h, recent_l, item_h, lx, lf, trending, due, due_raw, exp = res
+        wm, mt, seen_scores, user_h, recent_l, item_h, lx, lf, trending, due, due_raw, exp, ui = res
         out = BatchReads(
             applied_offset=int(wm) if wm else -1,
             max_ts=int(mt) if mt else None,
@@ -111,6 +111,8 @@ class StateStore:
             users={u: _pairs(h) for u, h in zip(users, user_h, strict=True)},
             recent={u: [as_text(x) for x in r] for u, r in zip(users, recent_l, strict=True)},
             items={i: _pairs(h) for i, h in zip(items, item_h, strict=True)},
+            user_items={u: parse_user_items(zip(h[::2], h[1::2], strict=True))
+                        for u, h in zip(users, ui, strict=True)},
             pending={}, followups={},
             expired_followups=[as_text(p) for p in exp],
         )

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import orjson
 
 from streaming.features.labels import Exposure
+from streaming.features.state import UserItem
 
 __all__ = ["BatchReads", "Op", "OutMessage", "OutboxSink", "Plan", "RawMessage"]
 
@@ -70,6 +71,8 @@ class BatchReads:
     pending: dict[str, list[Exposure]]
     followups: dict[str, list[tuple[str, int]]]
     trending: list[tuple[str, float]] = field(default_factory=list)  # hottest first
+    # user -> item -> (views, clicks, purchases, last ms, weight): the user x item state
+    user_items: dict[str, dict[str, UserItem]] = field(default_factory=dict)
     expired_followups: list[str] = field(default_factory=list)
 
 

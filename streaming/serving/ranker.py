@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,18 @@ from streaming.features.candidates import CandidateReads, generate, top_categori
 from streaming.features.state import (
     DEFAULT_FEATURES,
     FeatureConfig,
+    UserItem,
     feature_matrix,
     item_columns,
     parse_recent,
     parse_state_hash,
+    parse_user_items,
 )
 from streaming.io.redis_client import as_text
 from streaming.settings import ServingSettings
 
 log = logging.getLogger(__name__)
+_PER_USER = 5  # reads queued per user in read_users: hash, recent, purchased, ui, uz
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class UserReads:
     state: dict[str, Any]
     recent: list[tuple[str, int]]  # (item, ts ms), newest first
     candidates: CandidateReads
+    user_items: dict[str, UserItem] = field(default_factory=dict)  # the user x item state
 
 
 @dataclass(slots=True)
@@ -189,22 +193,28 @@ class FeedRanker:
                     pipe.hgetall(k_.user(u))
                     pipe.lrange(k_.recent(u), 0, self.fc.recent_items - 1)
                     pipe.zrange(k_.purchased(u), 0, -1)
+                    pipe.hgetall(k_.user_items(u))
+                    pipe.zrevrange(k_.user_items_order(u), 0, lim.again_candidates - 1,
+                                   withscores=True)
                 stale = self._read_lists(pipe, shared, now)
                 res = pipe.execute()
-            for key, raw in zip(stale, res[3 * len(user_ids):], strict=True):
+            n = _PER_USER
+            for key, raw in zip(stale, res[n * len(user_ids):], strict=True):
                 self._lists[key] = (now, self._zlist(raw))
             users = []
             wanted: dict[str, int] = {}
             for k, u in enumerate(user_ids):
-                state = parse_state_hash(res[3 * k].items())
-                recent = parse_recent([as_text(x) for x in res[3 * k + 1]])
+                state = parse_state_hash(res[n * k].items())
+                recent = parse_recent([as_text(x) for x in res[n * k + 1]])
                 recent_items = list(dict.fromkeys(i for i, _ in recent))[:lim.covisit_seeds]
                 cats = top_categories(state, now_ms, self.fc.affinity_half_life_ms,
                                       lim.top_categories)
                 wanted.update({k_.covisit(i): lim.covisit_per_item for i in recent_items})
                 wanted.update({k_.category_items(c): lim.category_candidates for c in cats})
                 users.append((u, state, recent, recent_items, cats,
-                              {as_text(b) for b in res[3 * k + 2]}))
+                              {as_text(b) for b in res[n * k + 2]},
+                              parse_user_items(res[n * k + 3].items()),
+                              self._zlist(res[n * k + 4])))
             with self.r.pipeline(transaction=False) as pipe:
                 stale = self._read_lists(pipe, wanted, now)
                 for key, raw in zip(stale, pipe.execute() if stale else [], strict=True):
@@ -218,16 +228,15 @@ class FeedRanker:
             covisit={i: lists[k_.covisit(i)][1] for i in recent_items},
             by_category={c: lists[k_.category_items(c)][1] for c in cats},
             new_items=lists[k_.new_items][1], popular=lists[k_.popular][1],
-            trending=lists[k_.trending][1], purchased=bought))
-            for u, state, recent, recent_items, cats, bought in users]
+            trending=lists[k_.trending][1], purchased=bought, again=again,
+            interacted=set(own)), own)
+            for u, state, recent, recent_items, cats, bought, own, again in users]
         self._evict(now)
         return out
 
-    def read_user(self, user_id: str, now_ms: int) -> tuple[dict[str, Any], list[tuple[str, int]],
-                                                            CandidateReads]:
-        """:meth:`read_users` for one user, as ``(state, recent, candidate reads)``."""
-        r = self.read_users([user_id], now_ms)[0]
-        return r.state, r.recent, r.candidates
+    def read_user(self, user_id: str, now_ms: int) -> UserReads:
+        """:meth:`read_users` for one user."""
+        return self.read_users([user_id], now_ms)[0]
 
     def read_items(self, items: Sequence[str]) -> dict[str, CachedItem]:
         """Item state (cached for ``cache_s``), with its feature columns and hashed rows."""
@@ -252,9 +261,8 @@ class FeedRanker:
                 cache[item] = CachedItem(now, states[k], cols[k], int(rows[k]), int(cat_rows[k]))
         return {i: cache[i] for i in items}
 
-    def scoring_rows(self, user_id: str, user: dict[str, Any], recent: list[tuple[str, int]],
-                     items: Sequence[str], cached: dict[str, CachedItem], now_ms: int
-                     ) -> ScoringRows:
+    def scoring_rows(self, reads: UserReads, items: Sequence[str], cached: dict[str, CachedItem],
+                     now_ms: int) -> ScoringRows:
         """The exact inputs the model sees for (user, items) now: the functions that built the
         training examples (feature_rows, hash_ids), on the state read from Redis. The price
         is the item's last seen price (training used the event's price)."""
@@ -262,18 +270,18 @@ class FeedRanker:
         states = [c.state for c in entries]
         cats = [st.get("cat") for st in states]
         cols = np.stack([c.cols for c in entries]) if entries else None
-        dense = feature_matrix(user, recent, states, cats, [st.get("price") for st in states],
-                               now_ms, self.fc, cols)
-        return ScoringRows(dense, user_id, items, cats, [i for i, _ in recent],
+        dense = feature_matrix(reads.state, reads.recent, states, cats,
+                               [st.get("price") for st in states], now_ms, self.fc, cols,
+                               [reads.user_items.get(i) for i in items])
+        return ScoringRows(dense, reads.user_id, items, cats, [i for i, _ in reads.recent],
                            item_rows=np.fromiter((c.row for c in entries), np.int64, len(entries)),
                            category_rows=np.fromiter((c.category_row for c in entries), np.int64,
                                                      len(entries)))
 
-    def model_inputs(self, user_id: str, user: dict[str, Any], recent: list[tuple[str, int]],
-                     items: Sequence[str], now_ms: int) -> ExampleBatch:
-        """The model's input batch for one user against ``items`` at ``now_ms`` (reads the items'
-        state when not cached)."""
-        rows = self.scoring_rows(user_id, user, recent, items, self.read_items(items), now_ms)
+    def model_inputs(self, reads: UserReads, items: Sequence[str], now_ms: int) -> ExampleBatch:
+        """The model's input batch for one user (as :meth:`read_user` read them) against
+        ``items`` at ``now_ms`` (reads the items' state when not cached)."""
+        rows = self.scoring_rows(reads, items, self.read_items(items), now_ms)
         return self.builder.build_for_scoring([rows])
 
     def rank(self, user_id: str, now_ms: int | None = None) -> Feed | None:
@@ -284,12 +292,12 @@ class FeedRanker:
         """Users' reads, candidates and (for those with any) the model inputs of all their
         candidates in one batch: what a forward pass of any model over them needs."""
         reads = self.read_users(user_ids, now_ms)
-        cands = [generate(r.candidates, self.n_candidates) for r in reads]
+        cands = [generate(r.candidates, self.n_candidates, self.limits.repeat) for r in reads]
         self.last_candidates = sum(map(len, cands))
         cached = self.read_items([i for c in cands for i, _ in c])
         scored = [k for k, c in enumerate(cands) if c]
-        parts = [self.scoring_rows(reads[k].user_id, reads[k].state, reads[k].recent,
-                                   [i for i, _ in cands[k]], cached, now_ms) for k in scored]
+        parts = [self.scoring_rows(reads[k], [i for i, _ in cands[k]], cached, now_ms)
+                 for k in scored]
         return CandidateBatch(reads, cands, scored, parts, self.builder.build_for_scoring(parts))
 
     def rank_many(self, user_ids: Sequence[str], now_ms: int | None = None) -> list[Feed | None]:

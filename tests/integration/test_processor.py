@@ -243,3 +243,31 @@ def test_trending_list_orders_by_decayed_count_and_is_the_negative_pool(stack: S
         assert h.stats()["accepted"] == 15
     finally:
         h.close()
+
+
+def test_user_item_state_matches_the_python_rule_and_stays_bounded(stack: Settings) -> None:
+    from streaming.features.state import DEFAULT_FEATURES, parse_user_items, touch_user_item
+
+    h = Harness(stack.with_values({"stream.user_items_kept": "2"}))
+    try:
+        hl = DEFAULT_FEATURES.user_item_half_life_ms
+        events = [e(1, "view", T0 + 5_000, item="a"), e(2, "purchase", T0 + 9_000, item="a"),
+                  e(3, "click", T0 + 1_000, item="a"),  # out of order
+                  e(4, "view", T0 + 2 * H, item="b")]
+        h.feed(events)
+        stored = parse_user_items(h.hash("ui:u1").items())
+        expected = None
+        for ev in events[:3]:
+            expected = touch_user_item(expected, ev.event_type, ev.ts,
+                                       {"view": 1.0, "click": 3.0, "purchase": 10.0}[ev.event_type],
+                                       hl)
+        assert stored["a"] == expected  # the Lua op and the Python rule agree, bit for bit
+        # Bounded: beyond 2K = 4 items the lightest are dropped back to K = 2 (hash and zset).
+        h.feed([e(10 + n, "view", T0 + 3 * H + n, item=f"x{n}") for n in range(3)])
+        stored = parse_user_items(h.hash("ui:u1").items())
+        order = h.loop.run_until_complete(h.client.zrevrange(
+            h.settings.redis.key_prefix + "uz:u1", 0, -1))
+        assert set(stored) == {m.decode() for m in order}
+        assert len(stored) == 2 and "a" in stored  # a (bought: weight 14) is the heaviest
+    finally:
+        h.close()

@@ -13,7 +13,7 @@ from models.spec import DEFAULT_SPEC
 from streaming.contract.feeds import Feed, FeedItem
 from streaming.serving.feed_store import FeedStore
 from streaming.serving.ranker import FeedRanker, ModelHolder
-from streaming.settings import Settings
+from streaming.settings import ServingSettings, Settings
 from tests.integration.helpers import consume_all
 from tests.integration.test_processor import Harness, e
 
@@ -36,8 +36,7 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(stack: Sett
                 e(5, "purchase", T0 + 4_000, user="u2", item="i3", category="shoes")])
         t_view = T0 + 10_000
         ranker = FeedRanker(redis_client, settings.redis.key_prefix, ModelHolder())
-        user, recent, _ = ranker.read_user("u1", t_view)
-        serving = ranker.model_inputs("u1", user, recent, ["i3"], t_view)
+        serving = ranker.model_inputs(ranker.read_user("u1", t_view), ["i3"], t_view)
         # Now the event whose example snapshots that same state: u1 views i3 at t_view.
         h.feed([e(6, "view", t_view, item="i3"), e(7, "view", t_view + 10 * W, item="zz")])
         # Windows closed by then: u1's views e1, e3, e6 and u2's view e4 (e7's is still open).
@@ -54,6 +53,7 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(stack: Sett
 
 
 def test_candidates_reflect_behaviour_and_exclude_purchases(stack: Settings, redis_client) -> None:
+    """With ``serving.repeat=exclude_purchased`` (the default is ``allow``, see the next test)."""
     h = Harness(stack)
     try:
         now = T0 + 100_000
@@ -61,13 +61,64 @@ def test_candidates_reflect_behaviour_and_exclude_purchases(stack: Settings, red
         h.feed([e(n, "view", T0 + n, user=f"o{n}", item="a") for n in range(5)]
                + [e(10 + n, "view", T0 + 100 + n, user=f"o{n}", item="b") for n in range(5)]
                + [e(20, "view", T0 + 1_000, item="a"), e(21, "purchase", T0 + 2_000, item="c")])
-        ranker = FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder())
+        ranker = FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder(),
+                            serving=ServingSettings(repeat="exclude_purchased"))
         feed = ranker.rank("u1", now)
         assert feed is not None and feed.model_version is None  # no model published yet
         ids = [i.item_id for i in feed.items]
         assert "b" in ids and dict((i.item_id, i.source) for i in feed.items)["b"] == "covisit"
         assert "c" not in ids  # bought
         assert feed.source_event_ts_ms == T0 + 2_000
+    finally:
+        h.close()
+
+
+def test_repeat_policy_allow_offers_the_users_own_items_again(stack: Settings,
+                                                              redis_client) -> None:
+    h = Harness(stack)
+    try:
+        # u1 bought "old" long ago, then browsed 6 other items: "old" is no longer among the
+        # recent items, but it is in the user x item state ("again").
+        h.feed([e(1, "purchase", T0, item="old")]
+               + [e(10 + n, "view", T0 + 1_000 + n, item=f"v{n}") for n in range(6)])
+        now = T0 + 100_000
+        allow = FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder()).rank("u1", now)
+        assert allow is not None
+        sources = {i.item_id: i.source for i in allow.items}
+        assert sources["old"] == "again"
+        for policy in ("exclude_purchased", "exclude_interacted"):
+            ranker = FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder(),
+                                serving=ServingSettings(repeat=policy))
+            feed = ranker.rank("u1", now)
+            ids = [i.item_id for i in feed.items] if feed else []
+            assert "old" not in ids, policy
+            assert ("v0" in ids) == (policy == "exclude_purchased"), policy
+    finally:
+        h.close()
+
+
+def test_user_item_features_are_the_same_in_training_and_serving(stack: Settings,
+                                                                  redis_client) -> None:
+    settings = stack.with_values({"stream.label_mode": "implicit", "stream.negatives": "0"})
+    h = Harness(settings)
+    try:
+        # u1's history with i1 (two views, a purchase) and i2; then u1 buys i1 again at t.
+        h.feed([e(1, "view", T0, item="i1", category="shoes", price=5.0),
+                e(2, "view", T0 + 60_000, item="i1"),
+                e(3, "purchase", T0 + 120_000, item="i1", price=5.0),
+                e(4, "click", T0 + 180_000, item="i2", category="hats")])
+        t = T0 + 3_600_000
+        ranker = FeedRanker(redis_client, settings.redis.key_prefix, ModelHolder())
+        reads = ranker.read_user("u1", t)
+        assert reads.user_items["i1"][:3] == (2.0, 0.0, 1.0)
+        serving = ranker.model_inputs(reads, ["i1"], t)
+        h.feed([e(5, "purchase", t, item="i1", price=5.0)])
+        docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 3)]
+        example = next(d for d in docs if d["example_id"] == "e5")
+        training = BatchBuilder(DEFAULT_SPEC).build([example])
+        assert torch.equal(training.dense, serving.dense)  # bit for bit, user x item included
+        names = list(DEFAULT_SPEC.dense)
+        assert training.dense[0, names.index("ui_purchase_count")] > 0
     finally:
         h.close()
 

@@ -20,7 +20,7 @@ def test_sources_in_priority_order_and_each_item_once() -> None:
               trending=[("hit", 9.0), ("c", 8.0)],
               by_category={"shoes": [("s1", 4.0)]},
               new_items=[("n1", 1.0)], popular=[("a", 99.0), ("p1", 50.0)])
-    assert generate(r, 100) == [
+    assert generate(r, 100, repeat="exclude_purchased") == [
         ("a", "recent"), ("b", "recent"),
         ("c", "covisit"), ("e", "covisit"), ("d", "covisit"),  # interleaved by rank
         ("hit", "trending"), ("s1", "category"), ("n1", "new"), ("p1", "popular")]
@@ -28,10 +28,10 @@ def test_sources_in_priority_order_and_each_item_once() -> None:
 
 def test_purchased_items_are_left_out_unless_asked_and_the_limit_holds() -> None:
     r = reads(recent=["a"], trending=[("b", 2.0), ("c", 1.0)], purchased={"b"})
-    assert generate(r, 10) == [("a", "recent"), ("c", "trending")]
-    assert generate(r, 10, exclude_purchased=False) == [
+    assert generate(r, 10, repeat="exclude_purchased") == [("a", "recent"), ("c", "trending")]
+    assert generate(r, 10, repeat="allow") == [
         ("a", "recent"), ("b", "trending"), ("c", "trending")]
-    assert generate(r, 2) == [("a", "recent"), ("c", "trending")]
+    assert generate(r, 2, repeat="exclude_purchased") == [("a", "recent"), ("c", "trending")]
 
 
 def test_top_categories_by_decayed_affinity() -> None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from streaming.contract.examples import dense_feature_names
 from streaming.features.state import (
     EntityState,
+    FeatureConfig,
     decay,
     decayed_add,
     decayed_value,
@@ -65,3 +66,21 @@ def test_feature_values_cover_the_declared_names_and_are_finite() -> None:
     assert values["item_ctr"] == (0 + 20 * 0.05) / (1 + 20)
     empty = feature_values({}, [], {}, None, None, T0)
     assert empty["user_recency_s"] == -1.0 and empty["price"] == -1.0
+
+
+def test_user_item_entries_count_touches_and_decay_their_weight() -> None:
+    from streaming.features.state import touch_user_item
+
+    e1 = touch_user_item(None, "view", T0, 1.0, H)
+    e2 = touch_user_item(e1, "purchase", T0 + H, 10.0, H)
+    assert e2 == (1.0, 0.0, 1.0, float(T0 + H), 10.5)
+    # An older event adds its decayed weight and keeps the last touch.
+    assert touch_user_item(e2, "click", T0, 3.0, H) == (1.0, 1.0, 1.0, float(T0 + H), 12.0)
+    values = feature_values({}, [], {}, None, None, T0 + 2 * H,
+                            cfg=FeatureConfig(user_item_half_life_ms=H), user_item=e2)
+    assert values["ui_purchase_count"] == math.log1p(1.0)
+    assert values["ui_recency_s"] == math.log1p(3600.0)
+    assert values["ui_weight"] == math.log1p(10.5 / 2)
+    untouched = feature_values({}, [], {}, None, None, T0)
+    assert (untouched["ui_view_count"], untouched["ui_recency_s"], untouched["ui_weight"]) == (
+        0.0, -1.0, 0.0)

@@ -105,3 +105,18 @@ def test_negatives_are_uniform_over_the_pool_unless_weighted_by_popularity() -> 
     assert first_uniform.count("head") < 60  # ~1% of 2000
     assert first_weighted.count("head") > 1900
     assert len(set(first_uniform)) > 90
+
+
+def test_mixed_negatives_take_a_share_from_the_users_own_items() -> None:
+    from streaming.features.labels import sample_mixed_negatives
+
+    own = ["o1", "o2", "o3", "pos"]
+    pool = [(f"t{n}", 1.0) for n in range(50)] + [("o1", 1.0)]
+    neg = sample_mixed_negatives("ev-1", "pos", own, pool, 4, 0.5)
+    assert len(neg) == 4 and len(set(neg)) == 4 and "pos" not in neg
+    assert sum(n.startswith("o") for n in neg) == 2  # round(4 * 0.5) own items
+    assert neg == sample_mixed_negatives("ev-1", "pos", own, pool, 4, 0.5)  # seeded by the id
+    # Fewer own items than the share asks for: topped up from the pool.
+    short = sample_mixed_negatives("ev-2", "pos", ["o1"], pool, 4, 1.0)
+    assert short[0] == "o1" and len(set(short)) == 4
+    assert all(n.startswith("t") for n in sample_mixed_negatives("ev-3", "pos", own, pool, 3, 0.0))

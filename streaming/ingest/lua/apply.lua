@@ -75,6 +75,48 @@ for _, op in ipairs(ops) do
     if redis.call('ZCARD', key) > 2 * k then
       redis.call('ZREMRANGEBYRANK', key, 0, -(k + 1))
     end
+  elseif name == 'uitouch' then
+    -- op: ui hash, uz zset, item, type (1 view, 2 click, 3 purchase), ts (ms), weight,
+    -- half-life (ms), K. The entry "v c p t w" (counts, last touch, weight decayed-added as
+    -- 'dadd' does; streaming.features.state.touch_user_item); uz orders the user's items by
+    -- weight, referenced to t0 (hash field \31t0) like 'zdecay'; beyond 2K items the lightest
+    -- are dropped from both back to K.
+    local hk, zk, item, ty = op[2], op[3], op[4], op[5]
+    local ts, w, h, k = tonumber(op[6]), tonumber(op[7]), tonumber(op[8]), op[9]
+    local cnt, t, x = {0, 0, 0}, ts, w
+    local cur = redis.call('HGET', hk, item)
+    if cur then
+      local f = {}
+      for s in string.gmatch(cur, '%S+') do f[#f + 1] = tonumber(s) end
+      cnt = {f[1], f[2], f[3]}
+      t, x = f[4], f[5]
+      if ts >= t then
+        x = x * 2 ^ (-(ts - t) / h) + w
+        t = ts
+      else
+        x = x + w * 2 ^ (-(t - ts) / h)
+      end
+    end
+    cnt[ty] = cnt[ty] + 1
+    redis.call('HSET', hk, item, fmt('%d %d %d %d %.17g', cnt[1], cnt[2], cnt[3], t, x))
+    local t0 = tonumber(redis.call('HGET', hk, '\31t0') or '')
+    if not t0 or (t - t0) / h > 64 then
+      if t0 then
+        local f = 2 ^ (-(t - t0) / h)
+        local all = redis.call('ZRANGE', zk, 0, -1, 'WITHSCORES')
+        for j = 1, #all, 2 do
+          redis.call('ZADD', zk, fmt('%.17g', tonumber(all[j + 1]) * f), all[j])
+        end
+      end
+      t0 = t
+      redis.call('HSET', hk, '\31t0', fmt('%d', t))
+    end
+    redis.call('ZADD', zk, fmt('%.17g', x * 2 ^ ((t - t0) / h)), item)
+    if redis.call('ZCARD', zk) > 2 * k then
+      local drop = redis.call('ZRANGE', zk, 0, -(k + 1))
+      redis.call('ZREMRANGEBYRANK', zk, 0, -(k + 1))
+      redis.call('HDEL', hk, unpack(drop))
+    end
   elseif name == 'zadd' then
     redis.call('ZADD', op[2], op[4], op[3])
   elseif name == 'zadd_min' then

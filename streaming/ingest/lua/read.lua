@@ -1,7 +1,7 @@
 -- Reads everything one batch of one partition needs (streaming.ingest.state_store.StateStore.read_batch).
 -- KEYS: 1 applied offset, 2 max event time, 3 seen ids, 4 pending exposures (lx),
 --       5 follow-ups (lf), 6 exposure deadlines (lxd), 7 follow-up times (lfd), 8 trending;
---       then per user: feature hash, recent list; then per item: feature hash.
+--       then per user: feature hash, recent list, user x item hash; then per item: feature hash.
 -- ARGV: recent_n, trending_n, batch max event time ('' = none), allowed lateness ms
 --       ('' = no label windows), #users, #items, #event ids, event ids..., then pairs.
 local recent_n, trending_n = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -14,14 +14,15 @@ local res = {}
 res[1] = redis.call('GET', KEYS[1]) or ''
 res[2] = redis.call('GET', KEYS[2]) or ''
 res[3] = #ids > 0 and redis.call('ZMSCORE', KEYS[3], unpack(ids)) or {}
-local u, r = {}, {}
+local u, r, ui = {}, {}, {}
 for j = 1, n_users do
-  u[j] = redis.call('HGETALL', KEYS[7 + 2 * j])
-  r[j] = redis.call('LRANGE', KEYS[8 + 2 * j], 0, recent_n - 1)
+  u[j] = redis.call('HGETALL', KEYS[6 + 3 * j])
+  r[j] = redis.call('LRANGE', KEYS[7 + 3 * j], 0, recent_n - 1)
+  ui[j] = redis.call('HGETALL', KEYS[8 + 3 * j])
 end
-res[4], res[5] = u, r
+res[4], res[5], res[13] = u, r, ui
 local it = {}
-local base = 8 + 2 * n_users
+local base = 8 + 3 * n_users
 for j = 1, n_items do it[j] = redis.call('HGETALL', KEYS[base + j]) end
 res[6] = it
 if #prs > 0 then

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-from torchrec.models.dlrm import DLRM
+from torchrec.models.dlrm import DLRM, DLRM_DCN
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.spec import FeatureSpec
@@ -51,7 +51,8 @@ class StreamRecModel(nn.Module):
     sparse features, ``E`` ``spec.embedding_dim``. The sparse arch pools one ``E``-vector per
     feature (``B x F x E``), the dense arch maps ``B x D`` to ``B x E``, the interaction arch
     appends the pairwise dot products of those ``F + 1`` vectors (``B x (E + F(F+1)/2)``) and the
-    over arch maps that to one logit per row.
+    over arch maps that to one logit per row. With ``spec.interaction == "dcn"`` the interaction
+    is TorchRec's low-rank cross network over the ``B x (F + 1)E`` concatenation (``DLRM_DCN``).
 
     Args:
         spec (FeatureSpec): dense names, tables, embedding dim and layer sizes;
@@ -71,14 +72,22 @@ class StreamRecModel(nn.Module):
         if spec.dense_arch[-1] != spec.embedding_dim:
             raise ValueError("the last dense_arch layer must equal embedding_dim (DLRM)")
         self.dense_norm = DenseNormArch(len(spec.dense))
-        self.dlrm = DLRM(
-            embedding_bag_collection=EmbeddingBagCollection(
+        common = {
+            "embedding_bag_collection": EmbeddingBagCollection(
                 tables=embedding_configs(spec), device=device),
-            dense_in_features=len(spec.dense),
-            dense_arch_layer_sizes=list(spec.dense_arch),
-            over_arch_layer_sizes=list(spec.over_arch),
-            dense_device=device if device is None or device.type != "meta" else None,
-        )
+            "dense_in_features": len(spec.dense),
+            "dense_arch_layer_sizes": list(spec.dense_arch),
+            "over_arch_layer_sizes": list(spec.over_arch),
+            "dense_device": device if device is None or device.type != "meta" else None,
+        }
+        if spec.interaction == "dcn":
+            # Cross network over the (F + 1) x E concatenation instead of pairwise dots.
+            self.dlrm: DLRM = DLRM_DCN(dcn_num_layers=spec.dcn_layers,
+                                       dcn_low_rank_dim=spec.dcn_low_rank_dim, **common)
+        elif spec.interaction == "dot":
+            self.dlrm = DLRM(**common)
+        else:
+            raise ValueError(f"unknown interaction {spec.interaction!r}")
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """``dense: B x D float32``, ``sparse``: KeyedJaggedTensor with keys ``spec.sparse``

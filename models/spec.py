@@ -7,6 +7,7 @@ Dense inputs are the values of :func:`streaming.features.state.feature_values` i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -41,6 +42,11 @@ class FeatureSpec:
     embedding_dim: int = 16
     dense_arch: tuple[int, ...] = (64, 16)  # last size must equal embedding_dim (DLRM)
     over_arch: tuple[int, ...] = (64, 32, 1)
+    # Feature interaction: "dot" (DLRM's pairwise dot products) or "dcn" (TorchRec's DLRM_DCN:
+    # a low-rank cross network over the concatenated embeddings, dcn_layers deep).
+    interaction: str = "dot"
+    dcn_layers: int = 2
+    dcn_low_rank_dim: int = 16
 
     @property
     def sparse(self) -> tuple[str, ...]:
@@ -65,7 +71,18 @@ class FeatureSpec:
             "tables": [[t.name, t.num_embeddings, list(t.features)] for t in self.tables],
             "dense_arch": self.dense_arch, "over_arch": self.over_arch, "hash": "fnv1a64",
         }
+        if self.interaction != "dot":  # digests of dot-interaction specs stay what they were
+            doc["interaction"] = [self.interaction, self.dcn_layers, self.dcn_low_rank_dim]
         return hashlib.sha256(orjson.dumps(doc)).hexdigest()[:16]
 
 
 DEFAULT_SPEC = FeatureSpec()
+INTERACTIONS = ("dot", "dcn")
+
+
+def spec_for(interaction: str = "dot") -> FeatureSpec:
+    """The default spec with the given feature interaction (``model.interaction``); raises
+    ``ValueError`` for an unknown one."""
+    if interaction not in INTERACTIONS:
+        raise ValueError(f"unknown interaction {interaction!r}; one of {INTERACTIONS}")
+    return dataclasses.replace(DEFAULT_SPEC, interaction=interaction)

@@ -157,6 +157,18 @@ class StreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """The ranking model's architecture choices (trainer and scorers must agree)."""
+
+    interaction: str = _f("dot", "feature interaction: dot (DLRM) or dcn (DLRM_DCN cross "
+                          "network)")
+
+    def __post_init__(self) -> None:
+        if self.interaction not in ("dot", "dcn"):  # models.spec.INTERACTIONS
+            raise ConfigError(f"model.interaction={self.interaction!r}: dot or dcn")
+
+
+@dataclass(frozen=True, slots=True)
 class TrainerSettings:
     """The online trainer (``trainer.*``): micro-batches, checkpoint publishing and retention."""
 
@@ -243,6 +255,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
-from models.spec import DEFAULT_SPEC, FeatureSpec
+from models.spec import FeatureSpec, spec_for
 from streaming.contract.updates import ModelUpdate
 from streaming.io.producer import RecordProducer
 from streaming.io.redis_client import connect
@@ -81,10 +81,10 @@ class ContinuousTrainer:
     every rank calls them in step (:meth:`run` arranges that).
     """
 
-    def __init__(self, settings: Settings, spec: FeatureSpec = DEFAULT_SPEC,
+    def __init__(self, settings: Settings, spec: FeatureSpec | None = None,
                  info: D.DistInfo | None = None) -> None:
         self.settings = settings
-        self.spec = spec
+        self.spec = spec = spec or spec_for(settings.model.interaction)
         self.info = info or D.init()
         self.builder = BatchBuilder(spec)
         self.root = Path(settings.trainer.checkpoint_dir)

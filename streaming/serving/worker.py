@@ -26,6 +26,7 @@ import orjson
 import redis
 import torch
 
+from models.spec import spec_for
 from streaming.contract.names import GROUP_SCORER, GROUP_SCORER_MODELS, Keys
 from streaming.contract.updates import ModelUpdate
 from streaming.errors import StreamrecError
@@ -54,7 +55,7 @@ class ScorerWorker:
         self.client = connect(settings.redis)
         self.p = settings.redis.key_prefix
         self.keys = Keys(self.p)
-        self.holder = ModelHolder()
+        self.holder = ModelHolder(spec_for(settings.model.interaction))
         self.ranker = FeedRanker(self.client, self.p, self.holder, serving=cfg,
                                  features=feature_config(settings))
         self.feeds = FeedStore(self.client, self.p, ttl_s=cfg.feed_ttl_s)

@@ -6,6 +6,7 @@ Writes ``result.json`` into the directory given as argv[1].
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from trainer import distributed as D
 SPEC = FeatureSpec(tables=(TableSpec("t_user", 997, ("user_id",)),
                            TableSpec("t_item", 991, ("item_id", "recent_items")),
                            TableSpec("t_category", 31, ("category",))))
+
+
+if len(sys.argv) > 2:  # the feature interaction to check (dot or dcn)
+    SPEC = dataclasses.replace(SPEC, interaction=sys.argv[2])
 
 
 def examples(seed: int, n: int = 64) -> list[dict]:

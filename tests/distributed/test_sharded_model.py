@@ -20,8 +20,9 @@ def torchrun(args: list[str], timeout_s: float = 240) -> subprocess.CompletedPro
     )
 
 
-def test_export_scores_like_the_sharded_model(tmp_path: Path) -> None:
-    result = torchrun(["tests/distributed/export_check.py", str(tmp_path)])
+@pytest.mark.parametrize("interaction", ["dot", "dcn"])
+def test_export_scores_like_the_sharded_model(tmp_path: Path, interaction: str) -> None:
+    result = torchrun(["tests/distributed/export_check.py", str(tmp_path), interaction])
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     rows = orjson.loads((tmp_path / "result.json").read_bytes())
     assert [r["rank"] for r in rows] == [0, 1]

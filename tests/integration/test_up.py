@@ -30,6 +30,20 @@ def _pids_matching(text: str) -> list[int]:
     return pids
 
 
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(children - found)
+            found |= children
+    return found
+
+
 def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
     proc, lines, _ = start_up(tmp_path, "--rate", "300")
     return proc, lines
@@ -49,6 +63,9 @@ def test_up_stops_cleanly_on_signal_leaving_no_process(tmp_path: Path, sig: sign
     proc, lines = _start_up(tmp_path)
     markers = _service_markers(lines)
     assert all(_pids_matching(m) for m in markers), "embedded services should be running"
+    # This run's worker (other test sessions on the machine may run workers of their own).
+    workers = [pid for pid in _descendants(proc.pid) if pid in _pids_matching("deploy.cli worker")]
+    assert workers, "up should have started a worker"
     time.sleep(2)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
@@ -56,7 +73,7 @@ def test_up_stops_cleanly_on_signal_leaving_no_process(tmp_path: Path, sig: sign
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["emitted"] > 0 and summary["arrived"] == summary["delivered"] == summary["emitted"]
     assert not any(_pids_matching(m) for m in markers)
-    assert not _pids_matching("deploy.cli worker"), "worker left running"
+    assert not set(workers) & set(_pids_matching("deploy.cli worker")), "worker left running"
     assert not (tmp_path / "current.json").exists()
 
 

@@ -169,8 +169,8 @@ class EmbeddedRuntime:
             proc.check_alive()
 
     def stop(self) -> None:
-        # Reverse start order; Redis gets SIGTERM so it finishes its AOF write.
         """Stop the managed processes (components first, then Redis and the broker)."""
+        # Reverse start order; Redis gets SIGTERM so it finishes its AOF write.
         while self.processes:
             self.processes.pop().stop()
 

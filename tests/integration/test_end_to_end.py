@@ -26,6 +26,9 @@ def test_events_change_the_users_feed_and_new_models_reach_it(tmp_path: Path) ->
         tmp_path, "--rate", "40",
         "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300",
         "--set", "trainer.publish_interval_s=4", "--set", "trainer.batch_size=64",
+        # A purchase must visibly change the feed: the bought item leaves it (the default
+        # policy, allow, lets the model rank repeats instead).
+        "--set", "serving.repeat=exclude_purchased",
         "--set", f"trainer.checkpoint_dir={tmp_path / 'ckpt'}")
     assert settings is not None
     sent: list[Event] = []

@@ -130,9 +130,11 @@ class StreamSettings:
                               "interacted, by decayed weight; trimmed at 2K back to K)")
     user_item_half_life_ms: int = _f(7 * 86_400_000, "half-life of a user's decayed interest in "
                                      "an item (ms): orders the 'again' candidates")
-    hard_negatives: float = _f(0.5, "implicit mode: share of sampled negatives drawn from the "
-                               "user's own candidates (own items, co-visits of recent items) "
-                               "instead of the trending pool")
+    hard_negatives: str = _f("proportional", "implicit mode: how many negatives come from the "
+                             "user's own items (user x item state, recent items) rather than "
+                             "the trending pool: proportional (every own or trending item "
+                             "equally likely, so scores rank the scorer's candidates without "
+                             "a correction) or a fixed share in [0, 1]")
     min_event_ts_ms: int = _f(946_684_800_000, "events with an earlier time are rejected "
                               "(ts_out_of_range); lower it to replay historical logs")
     batch_size: int = _f(500, "max events per processing batch")
@@ -146,8 +148,14 @@ class StreamSettings:
                      "affinity_half_life_ms", "short_affinity_half_life_ms",
                      "trending_half_life_ms", "user_items_kept", "user_item_half_life_ms"):
             _positive(f"stream.{name}", getattr(self, name))
-        if not 0.0 <= self.hard_negatives <= 1.0:
-            raise ConfigError(f"stream.hard_negatives={self.hard_negatives!r}: a share in [0, 1]")
+        if self.hard_negatives != "proportional":
+            try:
+                share = float(self.hard_negatives)
+            except ValueError:
+                share = -1.0
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"stream.hard_negatives={self.hard_negatives!r}: proportional "
+                                  "or a share in [0, 1]")
         if self.negative_sampling not in ("uniform", "popularity"):
             raise ConfigError(f"stream.negative_sampling={self.negative_sampling!r}: "
                               "uniform or popularity")

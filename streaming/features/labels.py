@@ -197,8 +197,7 @@ def sample_negatives(
     candidates = [(item, w) for item, w in pool if item != positive_item and w > 0]
     if not candidates or k <= 0:
         return []
-    seed = int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
-    rng = random.Random(seed)
+    rng = random.Random(_seed(event_id))
     chosen: list[str] = []
     items = [c[0] for c in candidates]
     weights = [c[1] if weighted else 1.0 for c in candidates]
@@ -211,19 +210,36 @@ def sample_negatives(
 
 def sample_mixed_negatives(
     event_id: str, positive_item: str, own_items: Sequence[str],
-    pool: Sequence[tuple[str, float]], k: int, hard_share: float, weighted: bool = False,
+    pool: Sequence[tuple[str, float]], k: int, hard_share: float | None, weighted: bool = False,
 ) -> list[str]:
-    """``k`` negatives for a positive: ``round(k * hard_share)`` drawn uniformly from the user's
-    own candidates (``own_items``: items the user already interacted with, which the scorer
-    ranks as the "again" and "recent" sources), the rest from ``pool`` (the trending list) as
-    :func:`sample_negatives` draws them. Training then sees what the scorer ranks: without own
-    items among the negatives, "the user had it before" would look like a sure positive.
+    """``k`` negatives for a positive, from the user's own candidates (``own_items``: items the
+    user already interacted with, which the scorer ranks as the "again" and "recent" sources)
+    and from ``pool`` (the trending list, drawn as :func:`sample_negatives` does).
+
+    ``hard_share=None`` (proportional): every own or pool item is equally likely, so the own
+    items' expected share is ``|own| / (|own| + |pool|)``. A pointwise model learns
+    ``P(positive) / P(sampled)`` per item; with equal sampling rates its scores rank the
+    scorer's candidates as they are, while over-sampling own items would teach it to discount
+    exactly the repeats a feed should show. A number: ``round(k * hard_share)`` own items.
+    Without own items among the negatives, "the user had it before" would look like a sure
+    positive.
 
     Seeded by the event id (a redelivered event samples the same negatives); never the positive
     item, never one item twice; a short own list is topped up from the pool."""
-    n_hard = min(round(k * hard_share), k)
-    hard = sample_negatives(event_id + ":own", positive_item,
-                            [(i, 1.0) for i in dict.fromkeys(own_items)], n_hard) if n_hard else []
+    own = [i for i in dict.fromkeys(own_items) if i != positive_item]
+    if hard_share is None:
+        pool_n = sum(1 for i, w in pool if w > 0 and i != positive_item and i not in own)
+        draws = random.Random(_seed(event_id + ":mix")).random
+        n_hard = sum(draws() < len(own) / max(1, len(own) + pool_n) for _ in range(k))
+    else:
+        n_hard = min(round(k * hard_share), k)
+    hard = sample_negatives(event_id + ":own", positive_item, [(i, 1.0) for i in own],
+                            n_hard) if n_hard else []
     chosen = set(hard)
     rest = [(i, w) for i, w in pool if i not in chosen]
     return hard + sample_negatives(event_id, positive_item, rest, k - len(hard), weighted)
+
+
+def _seed(text: str) -> int:
+    """A stable 64-bit seed (Python's ``hash`` of a str changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")

@@ -83,7 +83,9 @@ class ProcessorConfig:
     # popularity instead, they are older and staler than the positives, so the model learns
     # "new or hot = positive" and a drift (new hits) throws its feeds off.
     negative_pool: int = 2_000
-    hard_negatives: float = 0.5  # share of negatives from the user's own items (see labels)
+    # Share of negatives from the user's own items; None: proportional to their number (every
+    # own or pool item equally likely; see streaming.features.labels.sample_mixed_negatives).
+    hard_negatives: float | None = None
 
 
 # (user fields, recent count, item fields, category, price, event time, user x item entry)

@@ -168,7 +168,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         limits=Limits(min_ts_ms=s.min_event_ts_ms),
         dedup_window=s.dedup_window,
         negative_pool=s.negative_pool,
-        hard_negatives=s.hard_negatives,
+        hard_negatives=None if s.hard_negatives == "proportional" else float(s.hard_negatives),
     )
 
 

@@ -120,3 +120,15 @@ def test_mixed_negatives_take_a_share_from_the_users_own_items() -> None:
     short = sample_mixed_negatives("ev-2", "pos", ["o1"], pool, 4, 1.0)
     assert short[0] == "o1" and len(set(short)) == 4
     assert all(n.startswith("t") for n in sample_mixed_negatives("ev-3", "pos", own, pool, 3, 0.0))
+
+
+def test_proportional_negatives_sample_own_and_trending_items_at_one_rate() -> None:
+    from streaming.features.labels import sample_mixed_negatives
+
+    own = ["o1", "o2", "o3"]
+    pool = [(f"t{n}", 1.0) for n in range(47)]
+    drawn = [n for ev in range(2000)
+             for n in sample_mixed_negatives(f"ev-{ev}", "pos", own, pool, 4, None)]
+    assert len(drawn) == 8000
+    share = sum(n.startswith("o") for n in drawn) / len(drawn)
+    assert 0.045 < share < 0.075  # 3 of 50 items: 0.06

@@ -82,6 +82,7 @@ def default_cache_dir() -> Path:
 
 
 def _tail(text: str, lines: int = 25) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Debian's Maven colours even with -B
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
@@ -166,7 +167,7 @@ def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
         partial = home / "lib.partial"
         shutil.rmtree(partial, ignore_errors=True)
         cmd = [
-            mvn, "-B", "-q", "-f", str(POM), f"-Dkafka.version={KAFKA_VERSION}",
+            mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(POM), f"-Dkafka.version={KAFKA_VERSION}",
             "dependency:copy-dependencies", f"-DoutputDirectory={partial}",
         ]
         log.info("fetching the Kafka %s jars with Maven into %s", KAFKA_VERSION, lib)
@@ -257,6 +258,7 @@ class KafkaBroker:
         self.class_data_sharing = class_data_sharing
         self.overrides = dict(overrides or {})
         self._dumping: tuple[Path, Path] | None = None  # (archive being written, its final name)
+        self._marks: dict[Path, int] = {}  # log sizes when the JVM was launched
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
         self._state: dict[str, Any] = self._read_state()
@@ -367,13 +369,14 @@ class KafkaBroker:
         self.stop()
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the JVM's output and of the broker's log."""
+        """The last lines of the JVM's output and of the broker's log, since the last launch."""
         parts = []
         for path in (self.data_dir / "kafka.out", self.log_path):
             with contextlib.suppress(OSError):
                 with path.open("rb") as fh:
-                    fh.seek(0, os.SEEK_END)
-                    fh.seek(max(0, fh.tell() - 64_000))
+                    end = fh.seek(0, os.SEEK_END)
+                    mark = self._marks.get(path, 0)
+                    fh.seek(max(mark if mark <= end else 0, end - 64_000))  # rolled over: from 0
                     text = fh.read().decode(errors="replace")
                 if text.strip():
                     parts.append(f"--- {path.name}\n{_tail(text, lines)}")
@@ -491,6 +494,8 @@ class KafkaBroker:
             f"-Dkafka.logs.dir={self.data_dir}",
             "-cp", str(lib / "*"), "kafka.Kafka", str(config),
         ]
+        self._marks = {p: p.stat().st_size if p.exists() else 0
+                       for p in (self.data_dir / "kafka.out", self.log_path)}
         self._out = (self.data_dir / "kafka.out").open("ab")
         self._out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         self._out.flush()

@@ -240,12 +240,22 @@ class RuntimeSettings:
     """The local runtime (``runtime.*``): run directory, bind address, log level, HTTP ports."""
 
     run_dir: str = _f(".streamrec", "state of the embedded runtime: logs, endpoints, Redis AOF")
+    broker: str = _f("kafka", "embedded broker when kafka.bootstrap_servers is empty: kafka "
+                     "(Apache Kafka, KRaft, from Maven Central; needs a JDK) or tansu (in-memory, "
+                     "no Java)")
+    data_dir: str = _f("", "where the embedded broker and Redis keep their data across runs "
+                       "(empty: <run_dir>/data)")
+    fresh: bool = _f(False, "start the embedded services from an empty data directory")
+    kafka_heap_mb: int = _f(512, "heap of the embedded Kafka JVM (MB)")
     bind_host: str = _f("127.0.0.1", "address embedded services and HTTP endpoints bind to")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
     metrics_port: int = _f(0, "port of this component's Prometheus /metrics (0 = not served)")
     dashboard_port: int = _f(8050, "port of `streamrec dashboard` (bound to runtime.bind_host)")
 
     def __post_init__(self) -> None:
+        if self.broker not in ("kafka", "tansu"):
+            raise ConfigError(f"runtime.broker={self.broker!r}: kafka or tansu")
+        _positive("runtime.kafka_heap_mb", self.kafka_heap_mb)
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"runtime.log_level={self.log_level!r} is not a log level")
 

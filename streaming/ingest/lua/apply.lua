@@ -9,6 +9,22 @@ local cur = redis.call('GET', KEYS[1]) or '-1'
 if cur ~= ARGV[1] then return {0, cur} end
 local ops = cjson.decode(ARGV[3])
 local fmt = string.format
+
+-- Multiply every score of a zset by f (rebasing decayed scores to a newer reference time).
+local function rescale(key, f)
+  local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  for j = 1, #all, 2 do
+    redis.call('ZADD', key, fmt('%.17g', tonumber(all[j + 1]) * f), all[j])
+  end
+end
+
+-- Beyond 2K members, keep the K highest; returns the dropped members (or nil).
+local function trim_top(key, k)
+  if redis.call('ZCARD', key) <= 2 * k then return nil end
+  local drop = redis.call('ZRANGE', key, 0, -(k + 1))
+  redis.call('ZREMRANGEBYRANK', key, 0, -(k + 1))
+  return drop
+end
 for _, op in ipairs(ops) do
   local name = op[1]
   if name == 'dadd' then
@@ -51,30 +67,19 @@ for _, op in ipairs(ops) do
     redis.call('LTRIM', op[2], 0, op[4] - 1)
   elseif name == 'zincr' then
     redis.call('ZINCRBY', op[2], op[4], op[3])
-    local k = op[5]
-    if k > 0 and redis.call('ZCARD', op[2]) > 2 * k then
-      redis.call('ZREMRANGEBYRANK', op[2], 0, -(k + 1))
-    end
+    if op[5] > 0 then trim_top(op[2], op[5]) end
   elseif name == 'zdecay' then
     -- op: key, member, ts (ms), weight, half-life (ms), K, t0 key. Score += w * 2^((ts - t0) / h),
     -- t0 kept in the t0 key (see streaming.features.state); score order = trending order.
     local key, ts, h, k, t0key = op[2], tonumber(op[4]), tonumber(op[6]), op[7], op[8]
     local t0 = tonumber(redis.call('GET', t0key) or '')
     if not t0 or (ts - t0) / h > 64 then
-      if t0 then
-        local f = 2 ^ (-(ts - t0) / h)
-        local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-        for j = 1, #all, 2 do
-          redis.call('ZADD', key, fmt('%.17g', tonumber(all[j + 1]) * f), all[j])
-        end
-      end
+      if t0 then rescale(key, 2 ^ (-(ts - t0) / h)) end
       t0 = ts
       redis.call('SET', t0key, fmt('%d', ts))
     end
     redis.call('ZINCRBY', key, fmt('%.17g', tonumber(op[5]) * 2 ^ ((ts - t0) / h)), op[3])
-    if redis.call('ZCARD', key) > 2 * k then
-      redis.call('ZREMRANGEBYRANK', key, 0, -(k + 1))
-    end
+    trim_top(key, k)
   elseif name == 'uitouch' then
     -- op: ui hash, uz zset, item, type (1 view, 2 click, 3 purchase), ts (ms), weight,
     -- half-life (ms), K. The entry "v c p t w" (counts, last touch, weight decayed-added as
@@ -101,22 +106,13 @@ for _, op in ipairs(ops) do
     redis.call('HSET', hk, item, fmt('%d %d %d %d %.17g', cnt[1], cnt[2], cnt[3], t, x))
     local t0 = tonumber(redis.call('HGET', hk, '\31t0') or '')
     if not t0 or (t - t0) / h > 64 then
-      if t0 then
-        local f = 2 ^ (-(t - t0) / h)
-        local all = redis.call('ZRANGE', zk, 0, -1, 'WITHSCORES')
-        for j = 1, #all, 2 do
-          redis.call('ZADD', zk, fmt('%.17g', tonumber(all[j + 1]) * f), all[j])
-        end
-      end
+      if t0 then rescale(zk, 2 ^ (-(t - t0) / h)) end
       t0 = t
       redis.call('HSET', hk, '\31t0', fmt('%d', t))
     end
     redis.call('ZADD', zk, fmt('%.17g', x * 2 ^ ((t - t0) / h)), item)
-    if redis.call('ZCARD', zk) > 2 * k then
-      local drop = redis.call('ZRANGE', zk, 0, -(k + 1))
-      redis.call('ZREMRANGEBYRANK', zk, 0, -(k + 1))
-      redis.call('HDEL', hk, unpack(drop))
-    end
+    local dropped = trim_top(zk, k)
+    if dropped then redis.call('HDEL', hk, unpack(dropped)) end
   elseif name == 'zadd' then
     redis.call('ZADD', op[2], op[4], op[3])
   elseif name == 'zadd_min' then

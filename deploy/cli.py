@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="prequential evaluation on a replayed stream (JSON + plots)")
     ev.add_argument("--stream", required=True, metavar="synthetic|PATH",
-                    help="`synthetic` (drifting generator) or a UCI Online Retail / OTTO log")
+                    help="`synthetic` (drifting generator), a UCI Online Retail / OTTO log, or "
+                         "any event file in the contract's format (JSONL/CSV, .gz ok: what "
+                         "`streamrec emit --file` reads)")
     ev.add_argument("--seed", type=int, default=7, help="generator, sampling and model seed")
     ev.add_argument("--events", type=int, metavar="N",
                     help="synthetic: events to generate; a log: keep its first N events")
@@ -127,8 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
                          "kafka: events through the broker and a real worker process")
     ev.add_argument("--out", type=Path, default=Path("benchmarks/results"), metavar="DIR",
                     help="where prequential-<stream>.json/.png go (default benchmarks/results)")
-    ev.add_argument("--rank-users", type=int, default=200, metavar="N",
-                    help="users whose feeds are ranked per window (default 200)")
+    ev.add_argument("--rank-users", type=int, default=2000, metavar="N",
+                    help="users whose feeds are ranked per window: a seeded sample of N of those "
+                         "who interact in it (default 2000; 0 = all of them)")
+    ev.add_argument("--tick", metavar="DURATION",
+                    help="events fed and a trainer step taken per tick of event time, e.g. 1h "
+                         "(default: the stream's profile, or window / 100 for other logs)")
+    ev.add_argument("--window", metavar="DURATION",
+                    help="metrics per window; feeds ranked at each window's start, e.g. 1d "
+                         "(default: the stream's profile, or the log's span / 20)")
+    ev.add_argument("--half-life", metavar="DURATION",
+                    help="half-life of popularity, trending and buy-again, e.g. 7d (default: "
+                         "the stream's profile, or the window)")
+    ev.add_argument("--warmup", type=float, default=0.2, metavar="SHARE",
+                    help="share of event time before the frozen model is fixed and overall "
+                         "metrics start (default 0.2)")
+    ev.add_argument("--label-mode", choices=["implicit", "exposure"],
+                    help="default: the stream's profile; other logs: implicit without views, "
+                         "else exposure")
     ev.add_argument("--no-plots", action="store_true", help="skip the PNG")
     _global_options(ev)
 

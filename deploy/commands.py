@@ -195,13 +195,23 @@ def cmd_eval(args: argparse.Namespace, settings: Any) -> int:
     from deploy.embedded import EmbeddedRuntime
     from trainer.evaluation.harness import EvalOptions
     from trainer.evaluation.main import run_eval, summary
+    from trainer.evaluation.profiles import TimeScales, parse_duration_ms
 
+    if not 0.0 <= args.warmup < 1.0:
+        raise ConfigError(f"--warmup {args.warmup}: a share of event time in [0, 1)")
+    if args.rank_users < 0:
+        raise ConfigError(f"--rank-users {args.rank_users}: 0 (all) or more")
+    scales = TimeScales(
+        tick_ms=parse_duration_ms(args.tick, "--tick") if args.tick else None,
+        window_ms=parse_duration_ms(args.window, "--window") if args.window else None,
+        half_life_ms=parse_duration_ms(args.half_life, "--half-life") if args.half_life else None,
+        label_mode=args.label_mode)
     # Ctrl-C raises KeyboardInterrupt: the run stops where it is and the services stop with it.
     result = run_eval(settings, args.stream, services=EmbeddedRuntime, seed=args.seed,
                       via=args.via, events=args.events,
                       out_dir=args.out, plots=not args.no_plots,
-                      opts=EvalOptions(rank_users=args.rank_users),
-                      say=lambda s: print(s, file=sys.stderr, flush=True))
+                      opts=EvalOptions(rank_users=args.rank_users, warmup_share=args.warmup),
+                      scales=scales, say=lambda s: print(s, file=sys.stderr, flush=True))
     print(orjson.dumps(summary(result)).decode(), flush=True)
     return 0
 

@@ -1,4 +1,5 @@
-"""Public event logs as event streams, in event-time order: UCI Online Retail and OTTO.
+"""Event logs as event streams, in event-time order: UCI Online Retail, OTTO, and any event
+file in the contract's format (what ``streamrec emit --file`` reads).
 
 The path is always an argument (the logs are not part of the repository); an absent or
 unrecognised file raises :class:`SourceError` before anything is read. Rows that cannot be
@@ -17,6 +18,13 @@ OTTO (``{"session", "events": [{"aid", "ts", "type"}]}`` JSON lines)
     user = ``otto-<session>``, item = aid; ``clicks`` -> ``view`` (the item was looked at),
     ``carts`` -> ``click`` (the intent the model predicts), ``orders`` -> ``purchase``.
     Evaluated in exposure mode: the label is "was the viewed item carted or ordered".
+Event files (JSON lines or CSV in the contract's schema, optionally gzipped; see
+:func:`streaming.sources.files.read_records`)
+    Each record is validated with :func:`streaming.contract.events.validate_event`, except that
+    any time from 1970 on is accepted (``min_ts_ms``, default 0: replays of historical logs).
+    Invalid records and repeated ``event_id`` s (the first is kept) are counted by reason code
+    (``missing_field``, ``ts_out_of_range``, ..., ``duplicate``), the first few with their place
+    in the file (``events.jsonl:3: ...``) in :attr:`ReplayLog.messages`.
 """
 
 from __future__ import annotations
@@ -24,15 +32,19 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
+import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from streaming.contract.events import Event
-from streaming.errors import SourceError
+from streaming.contract.events import ALL_FIELDS, R_DUPLICATE, Event, Limits, validate_event
+from streaming.errors import InvalidEvent, SourceError
+from streaming.sources.files import BadRecord, Record, read_records
 
 UCI_HEADER = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
               "CustomerID", "Country")
@@ -43,11 +55,13 @@ OTTO_TYPES = {"clicks": "view", "carts": "click", "orders": "purchase"}
 class ReplayLog:
     """A log read into memory and sorted by event time (stable: file order breaks ties)."""
 
-    name: str  # "uci-online-retail" | "otto"
+    name: str  # "uci-online-retail" | "otto" | an event file's name without extensions
     label_mode: str  # the labelling mode the log supports: "implicit" | "exposure"
     events: list[Event]
     rows: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    format: str = ""  # "uci" | "otto" | "events-jsonl" | "events-csv"
+    messages: list[str] = field(default_factory=list)  # the first skipped records: where, why
 
 
 def _open_text(path: Path) -> io.TextIOWrapper:
@@ -58,21 +72,99 @@ def _open_text(path: Path) -> io.TextIOWrapper:
     return path.open(encoding="utf-8", newline="")
 
 
-def read_log(path: str | Path, limit: int | None = None) -> ReplayLog:
-    """Recognise the log by its content (CSV header or first JSON line) and read it.
-    ``limit`` keeps the first ``limit`` events in event-time order."""
+def read_log(path: str | Path, limit: int | None = None, min_ts_ms: int = 0) -> ReplayLog:
+    """Recognise the log by its content (CSV header or first JSON line) and read it: UCI Online
+    Retail, OTTO, or an event file in the contract's format (JSON lines or CSV; events before
+    ``min_ts_ms`` are rejected). ``limit`` keeps the first ``limit`` events in event-time order."""
     path = Path(path)
-    with _open_text(path) as fh:
-        first = fh.readline()
-    if first.strip().lstrip("\ufeff").split(",")[:2] == list(UCI_HEADER[:2]):
+    first = ""
+    try:
+        with _open_text(path) as fh:
+            for line in fh:  # the first non-blank line
+                if line.strip():
+                    first = line.strip().lstrip("\ufeff")
+                    break
+    except (UnicodeDecodeError, OSError) as exc:  # binary, a broken .gz, unreadable
+        raise SourceError(f"{path}: not a text log (UTF-8, optionally gzipped): {exc}") from None
+    header = [h.strip() for h in first.split(",")]
+    if header[:2] == list(UCI_HEADER[:2]):
         log = read_uci(path)
-    elif first.lstrip().startswith("{") and '"session"' in first:
+    elif first.startswith("{") and _is_otto(first):
         log = read_otto(path)
+    elif first.startswith("{"):
+        log = read_events(path, "jsonl", min_ts_ms)
+    elif first and set(header) <= ALL_FIELDS:
+        log = read_events(path, "csv", min_ts_ms)
     else:
-        raise SourceError(f"{path}: not a log this replay knows (UCI Online Retail CSV or OTTO "
-                          "JSON lines); event files in the contract format go to `streamrec emit`")
+        raise SourceError(f"{path}: not a log this replay knows: UCI Online Retail CSV, OTTO "
+                          "JSON lines, or events in the contract's format (JSON lines, or CSV "
+                          f"with a header of {', '.join(sorted(ALL_FIELDS))}; .gz ok)")
     if limit is not None:
         log.events = log.events[:limit]
+    return log
+
+
+def _is_otto(line: str) -> bool:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and "session" in doc and "events" in doc
+
+
+def log_name(path: str | Path) -> str:
+    """An event file's name for results: without directories and ``.gz`` / ``.jsonl`` /
+    ``.json`` / ``.csv``, characters other than letters, digits, ``._-`` replaced by ``-``."""
+    name = Path(path).name
+    for ext in (".gz", ".jsonl", ".json", ".csv"):
+        name = name.removesuffix(ext)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "events"
+
+
+def read_events(path: str | Path, fmt: str = "auto", min_ts_ms: int = 0) -> ReplayLog:
+    """Read an event file in the contract's format (``fmt``: ``jsonl``, ``csv`` or ``auto`` by
+    the file name, as :func:`streaming.sources.files.read_records`); see
+    :func:`validate_records`. Raises :class:`SourceError` when the file cannot be read."""
+    fmt = fmt if fmt != "auto" else ("csv" if str(path).removesuffix(".gz").endswith(".csv")
+                                     else "jsonl")
+    try:
+        log = validate_records(read_records(path, fmt), log_name(path), min_ts_ms)
+    except (OSError, EOFError) as exc:  # e.g. a truncated .gz
+        raise SourceError(f"{path}: read failed: {exc}") from None
+    log.format = f"events-{fmt}"
+    return log
+
+
+def validate_records(records: Iterable[tuple[str, Record]], name: str, min_ts_ms: int = 0,
+                     now_ms: int | None = None, max_messages: int = 20) -> ReplayLog:
+    """Validate decoded records ``(origin, record)`` against the event contract (no I/O; the
+    clock is read once when ``now_ms`` is None), any time from ``min_ts_ms`` on (up to
+    ``now_ms`` + 24 h) accepted. Invalid
+    records and repeats of an ``event_id`` are counted by reason code in ``skipped`` (the first
+    ``max_messages`` described in ``messages``); the events come out sorted by time (stable).
+    The label mode is ``exposure`` if any event is a view, else ``implicit``."""
+    limits = Limits(min_ts_ms=min_ts_ms)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms  # one clock read per file
+    log = ReplayLog(name, "implicit", [])
+    seen: set[str] = set()
+    for origin, record in records:
+        log.rows += 1
+        try:
+            if isinstance(record, BadRecord):
+                raise InvalidEvent(record.code, record.detail)
+            event = validate_event(record, limits=limits, now_ms=now_ms)
+            if event.event_id in seen:
+                raise InvalidEvent(R_DUPLICATE, f"event_id {event.event_id[:64]!r} seen before")
+        except InvalidEvent as exc:
+            log.skipped[exc.code] += 1
+            if len(log.messages) < max_messages:
+                log.messages.append(f"{origin}: {exc.code}: {exc.detail}")
+            continue
+        seen.add(event.event_id)
+        log.events.append(event)
+    log.events.sort(key=lambda e: e.ts)
+    if any(e.event_type == "view" for e in log.events):
+        log.label_mode = "exposure"
     return log
 
 
@@ -80,7 +172,7 @@ def read_uci(path: str | Path) -> ReplayLog:
     """Read a UCI Online Retail CSV (mapping in the module docstring). Raises
     :class:`SourceError` when the file is absent or lacks a column."""
     path = Path(path)
-    log = ReplayLog("uci-online-retail", "implicit", [])
+    log = ReplayLog("uci-online-retail", "implicit", [], format="uci")
     with _open_text(path) as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in UCI_HEADER if c not in (reader.fieldnames or [])]
@@ -128,7 +220,7 @@ def read_otto(path: str | Path) -> ReplayLog:
     """Read an OTTO JSON-lines session log (mapping in the module docstring). Raises
     :class:`SourceError` when the file is absent."""
     path = Path(path)
-    log = ReplayLog("otto", "exposure", [])
+    log = ReplayLog("otto", "exposure", [], format="otto")
     with _open_text(path) as fh:
         for line in fh:
             if not line.strip():

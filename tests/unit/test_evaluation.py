@@ -9,10 +9,12 @@ from streaming.contract.events import Event
 from trainer.evaluation.harness import _relevant_by_window, _sample_users
 from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
 from trainer.evaluation.ranking import (
+    BuyAgain,
     DecayedPopularity,
     covisit_ranking,
     ndcg_at_k,
     recall_at_k,
+    take,
     top_k,
 )
 
@@ -52,6 +54,40 @@ def test_decayed_popularity_lets_recent_activity_overtake_old() -> None:
     assert pop.ranking(2, exclude={"new"}) == ["old"]
     pop.update([ev("far", 2000 * H, "purchase")])  # rescales without overflow
     assert pop.ranking(1) == ["far"]
+
+
+def test_decayed_popularity_lists_every_item_and_take_skips_exclusions() -> None:
+    pop = DecayedPopularity(half_life_ms=H)
+    pop.update([ev("a", 0), ev("b", 0), ev("b", 0), ev("c", 0, "purchase")])
+    assert pop.ranked() == ["c", "b", "a"]
+    assert take(pop.ranked(), 2, exclude={"c"}) == ["b", "a"]
+    assert take(pop.ranked(), 0) == [] and take([], 3) == []
+
+
+def uev(user: str, item: str, ts: int, kind: str = "purchase") -> Event:
+    return Event(f"{user}-{item}-{ts}", user, item, kind, ts)
+
+
+def test_buy_again_ranks_own_items_by_recency_weighted_count_then_popular() -> None:
+    again = BuyAgain(half_life_ms=H, types=("purchase",))
+    again.update([uev("u1", "old", 0), uev("u1", "old", 0), uev("u1", "old", 0),
+                  uev("u1", "new", 4 * H), uev("u1", "viewed", 5 * H, "view"),
+                  uev("u2", "other", 5 * H)])
+    now = 5 * H
+    scores = again.scores("u1", now)
+    assert scores["old"] == pytest.approx(3 * 2 ** -5) and scores["new"] == pytest.approx(0.5)
+    assert "viewed" not in scores  # not a relevant type
+    assert again.ranking("u1", now, 2) == ["new", "old"]
+    assert again.ranking("u1", now, 4, top_up=["new", "p1", "p2", "p3"]) == [
+        "new", "old", "p1", "p2"]
+    assert again.ranking("nobody", now, 2, top_up=["p1", "p2", "p3"]) == ["p1", "p2"]
+    # x bought twice but long ago: 2^-10 + 2^-1 at 10 h, below y's fresh 1.
+    again.update([uev("u3", "x", 0), uev("u3", "y", 10 * H)])
+    again.update([uev("u3", "x", 9 * H)])
+    assert again.ranking("u3", 10 * H, 2) == ["y", "x"]
+    # An event older than the item's latest still counts, decayed.
+    again.update([uev("u3", "y", 9 * H)])
+    assert again.scores("u3", 10 * H)["y"] == pytest.approx(1.5)
 
 
 def test_covisit_ranking_sums_counts_over_recent_items() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from streaming.contract.events import validate_event
 from streaming.errors import SourceError
-from streaming.sources.replay import read_log
+from streaming.sources.files import BadRecord
+from streaming.sources.replay import log_name, read_log, validate_records
 
 UCI = """InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
 536366,22633,HAND WARMER,6,2010-12-01 08:28:00,1.85,17850.0,United Kingdom
@@ -53,10 +54,64 @@ def test_otto_sessions_map_clicks_carts_orders(tmp_path: Path) -> None:
 def test_missing_or_unknown_logs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not found"):
         read_log(tmp_path / "nope.csv.gz")
-    other = tmp_path / "events.jsonl"
-    other.write_text('{"event_id": "e1"}\n')
+    other = tmp_path / "notes.txt"
+    other.write_text("hello, world\nnot, a log\n")
     with pytest.raises(SourceError, match="not a log this replay knows"):
         read_log(other)
+    binary = tmp_path / "events.jsonl.gz"
+    binary.write_bytes(b"\x00\xff" * 100)  # not gzip
+    with pytest.raises(SourceError, match="not a text log"):
+        read_log(binary)
+
+
+OLD_TS = 631_152_000_000  # 1990-01-01T00:00:00Z: before the contract's 2000 floor
+
+
+def contract(event_id: str, ts: int, kind: str = "click", user: str = "u1", item: str = "i1"
+             ) -> dict[str, object]:
+    return {"event_id": event_id, "user_id": user, "item_id": item, "event_type": kind, "ts": ts}
+
+
+def test_event_files_in_the_contract_replay_with_old_times_and_count_rejects(
+        tmp_path: Path) -> None:
+    rows = [contract("e2", OLD_TS + 5000, "purchase"), contract("e1", OLD_TS, "view"),
+            contract("e1", OLD_TS + 9, "click"),  # the same event_id again
+            {"event_id": "e3", "user_id": "u1", "event_type": "click", "ts": OLD_TS},  # no item
+            contract("e4", -5), contract("e5", OLD_TS, "like")]
+    path = tmp_path / "my log.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(orjson.dumps(r) for r in rows) + b"\n{broken\n"))
+    log = read_log(path)
+    assert log.name == "my-log" and log.format == "events-jsonl" and log.rows == 7
+    assert [(e.event_id, e.ts) for e in log.events] == [("e1", OLD_TS), ("e2", OLD_TS + 5000)]
+    assert log.label_mode == "exposure"  # the log has views
+    assert dict(log.skipped) == {"duplicate": 1, "missing_field": 1, "ts_out_of_range": 1,
+                                 "unknown_event_type": 1, "not_json": 1}
+    assert any(m.startswith("my log.jsonl.gz:3: duplicate") for m in log.messages)
+    assert read_log(path, limit=1).events[0].event_id == "e1"
+    path.write_bytes(path.read_bytes()[:-12])  # a truncated gzip stream
+    with pytest.raises(SourceError, match="read failed"):
+        read_log(path)
+
+
+def test_event_csv_files_replay_too_and_views_decide_the_label_mode(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,user_id,item_id,event_type,ts,price\n"
+                    f"a,u1,i1,purchase,{OLD_TS},2.5\n"
+                    f"b,u2,i2,click,{OLD_TS + 1},x\n")
+    log = read_log(path)
+    assert log.format == "events-csv" and log.label_mode == "implicit"
+    assert [(e.event_id, e.price) for e in log.events] == [("a", 2.5)]
+    assert dict(log.skipped) == {"wrong_type": 1}
+
+
+def test_validate_records_is_pure_and_honours_the_time_floor() -> None:
+    records = [("f:1", contract("a", OLD_TS)), ("f:2", BadRecord("not_json", "x", b"{")),
+               ("f:3", contract("b", OLD_TS + 1, "view"))]
+    log = validate_records(records, "f", min_ts_ms=OLD_TS + 1, now_ms=OLD_TS + 10)
+    assert [e.event_id for e in log.events] == ["b"]
+    assert dict(log.skipped) == {"ts_out_of_range": 1, "not_json": 1}
+    assert log.messages[0].startswith("f:1: ts_out_of_range")
+    assert log_name("/x/train.events.csv.gz") == "train.events"
 
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -10,7 +10,16 @@ Models compared in one run, on the same examples and the same candidates:
 - ``frozen``: the served copy at the end of the warm-up (first ``warmup_share`` of event time),
   never refreshed again: the sweep's "never";
 - ``lightgbm``: retrained from scratch every ``lgbm_every_ms`` on the examples so far;
-- ``popularity`` (decayed) and ``covisit`` (the feature store's co-visitation lists): feeds only.
+- feeds only: ``popularity`` (decayed, every item), ``popularity_repeat_policy`` (the same
+  without the user's items that ``serving.repeat`` excludes), ``buy_again`` (the user's own past
+  items by recency-weighted count, topped up with popular items) and ``covisit`` (the feature
+  store's co-visitation lists, without what ``serving.repeat`` excludes).
+
+At each window's start the users who interact in the window (all, or a seeded sample of
+``rank_users``) get top-K feeds from every ranker. Besides Recall@K / NDCG@K, the run measures
+candidate recall (the share of those interactions whose item is among the user's candidates at
+all, total and by candidate source) and a 95% interval of each ranker's Recall@K over users
+(:mod:`trainer.evaluation.stats`).
 
 Overall numbers cover the time after the warm-up (before it, frozen and continuous are one
 model); per-window numbers cover every window.
@@ -23,7 +32,7 @@ import math
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +44,8 @@ from models.batch import BatchBuilder, ExampleBatch, hash_optional_ids
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.contract.events import Event
+from streaming.errors import StreamrecError
+from streaming.features.candidates import excluded_items
 from streaming.features.state import feature_config
 from streaming.io.redis_client import connect
 from streaming.serving.ranker import CandidateBatch, FeedRanker, ModelHolder
@@ -42,19 +53,25 @@ from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.evaluation.ingest import Ingest
 from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
-from trainer.evaluation.profiles import LoadedStream
+from trainer.evaluation.profiles import LoadedStream, format_duration_ms
 from trainer.evaluation.ranking import (
+    BuyAgain,
+    CandidateRecall,
     DecayedPopularity,
     covisit_ranking,
     ndcg_at_k,
     recall_at_k,
+    take,
     top_k,
 )
+from trainer.evaluation.stats import mean_ci95
 from trainer.loop import sgd_step
 from trainer.metrics import auc, log_loss
 
 LEARNED = ("continuous", "frozen", "lightgbm")
-RANKERS = ("continuous", "frozen", "popularity", "covisit", "lightgbm")
+RANKERS = ("continuous", "frozen", "popularity", "popularity_repeat_policy", "buy_again",
+           "covisit", "lightgbm")
+BASELINES = ("popularity", "buy_again")  # every ranker's recall is compared with these, paired
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +80,12 @@ class EvalOptions:
     candidates per user per window, the warm-up share of event time, the trainer's batch size."""
 
     k: int = 20
-    rank_users: int = 200  # users ranked per window (a seeded sample of those who interact)
+    # Users ranked per window: a seeded sample of those who interact in it; 0 = every one.
+    rank_users: int = 2000
     candidates: int = 500
     warmup_share: float = 0.2
     batch_size: int = 1024  # examples per trainer step (a tick's examples are split)
+    rank_batch_users: int = 250  # users whose candidates share one forward pass when ranking
 
 
 @dataclass(slots=True)
@@ -80,9 +99,20 @@ class Served:
     ages_ms: list[float] = field(default_factory=list)  # per scored tick: age (ms) x examples
 
 
+@dataclass(slots=True)
+class WindowRanks:
+    """The feeds ranked at one window's start: the ranked ``users`` (of ``active`` who interact
+    in the window), per ranker one ``(recall, ndcg)`` per user, and candidate-recall counts."""
+
+    users: list[str]
+    active: int
+    metrics: dict[str, list[tuple[float, float]]]
+    candidates: CandidateRecall = field(default_factory=CandidateRecall)
+
+
 def _sample_users(relevant: dict[str, set[str]], n: int, seed: int, window: int) -> list[str]:
     users = sorted(relevant)
-    if len(users) <= n:
+    if n <= 0 or len(users) <= n:
         return users
     return sorted(random.Random(seed * 1_000_003 + window).sample(users, n))
 
@@ -129,8 +159,10 @@ class PrequentialRun:
                                       candidates=opts.candidates, cache_s=0.0)
         self.ranker = FeedRanker(self._redis, settings.redis.key_prefix, ModelHolder(spec),
                                  serving=serving, features=feature_config(settings))
+        self.repeat = self.ranker.limits.repeat
         self.lgbm = BatchRetrained(seed)
         self.popularity = DecayedPopularity(self.profile.popularity_half_life_ms)
+        self.buy_again = BuyAgain(self.profile.popularity_half_life_ms, self.profile.relevant)
         self.n_cat = spec.table_of("category").num_embeddings
 
     # -- models ---------------------------------------------------------------------------
@@ -153,13 +185,23 @@ class PrequentialRun:
 
     # -- ranking --------------------------------------------------------------------------
     def _rank_window(self, window: int, now_ms: int, relevant: dict[str, set[str]],
-                     models: dict[str, StreamRecModel]) -> dict[str, list[tuple[float, float]]]:
-        """Per ranker: ``(recall, ndcg)`` of each sampled user's top K at ``now_ms``."""
-        k = self.opts.k
+                     models: dict[str, StreamRecModel]) -> WindowRanks:
+        """Every ranker's top K at ``now_ms`` for the window's (sampled) users, scored against
+        their interactions in the window; users are scored ``rank_batch_users`` at a time."""
         users = _sample_users(relevant, self.opts.rank_users, self.seed, window)
-        out: dict[str, list[tuple[float, float]]] = {name: [] for name in RANKERS}
+        out = WindowRanks(users, len(relevant), {name: [] for name in RANKERS})
         if not users:
             return out
+        popular = self.popularity.ranked()
+        step = max(1, self.opts.rank_batch_users)
+        for start in range(0, len(users), step):
+            self._rank_users(users[start:start + step], now_ms, relevant, models, popular, out)
+        return out
+
+    def _rank_users(self, users: list[str], now_ms: int, relevant: dict[str, set[str]],
+                    models: dict[str, StreamRecModel], popular: list[str], out: WindowRanks
+                    ) -> None:
+        k = self.opts.k
         cb: CandidateBatch = self.ranker.candidate_batch(users, now_ms)
         scores: dict[str, dict[int, np.ndarray]] = {}
         if cb.scored:
@@ -168,19 +210,22 @@ class PrequentialRun:
             cat_rows = np.concatenate([p.category_rows for p in cb.parts])  # type: ignore[misc]
             scores["lightgbm"] = cb.split(self.lgbm.predict(lgbm_matrix(
                 cb.batch.dense.numpy(), cat_rows)))
+        top_popular = take(popular, k)
         for j, user in enumerate(users):
             rel = relevant[user]
             reads = cb.reads[j].candidates
+            out.candidates.add(rel, cb.cands[j])
             items = [i for i, _ in cb.cands[j]]
             lists = {name: (top_k(items, s[j], k) if j in s else [])
                      for name, s in scores.items()}
-            lists["popularity"] = self.popularity.ranking(k, exclude=reads.purchased)
-            lists["covisit"] = covisit_ranking(reads.recent, reads.covisit, k,
-                                               exclude=reads.purchased)
+            excluded = excluded_items(reads, self.repeat)
+            lists["popularity"] = top_popular
+            lists["popularity_repeat_policy"] = take(popular, k, excluded)
+            lists["buy_again"] = self.buy_again.ranking(user, now_ms, k, popular)
+            lists["covisit"] = covisit_ranking(reads.recent, reads.covisit, k, exclude=excluded)
             for name in RANKERS:
                 ranked = lists.get(name, [])
-                out[name].append((recall_at_k(ranked, rel, k), ndcg_at_k(ranked, rel, k)))
-        return out
+                out.metrics[name].append((recall_at_k(ranked, rel, k), ndcg_at_k(ranked, rel, k)))
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -203,7 +248,7 @@ class PrequentialRun:
         labels: list[np.ndarray] = []
         example_ts: list[np.ndarray] = []
         lgbm_probs: list[np.ndarray] = []
-        ranked: dict[int, dict[str, list[tuple[float, float]]]] = {}
+        ranked: dict[int, WindowRanks] = {}
         window = -1
         last_lgbm = t0
         examples_total = steps = 0
@@ -224,6 +269,7 @@ class PrequentialRun:
             tick_events = ticks[tick]
             examples = self.ingest.feed(tick_events)
             self.popularity.update(tick_events)
+            self.buy_again.update(tick_events)
             if examples:
                 batch = self.builder.build(examples)
                 y = batch.labels.numpy().astype(np.float64)
@@ -259,7 +305,7 @@ class PrequentialRun:
             if tick_end - last_lgbm >= prof.lgbm_every_ms and self.lgbm.retrain():
                 last_lgbm = tick_end
         if not labels:
-            raise ValueError("the stream produced no labelled examples: nothing to evaluate")
+            raise StreamrecError(_no_examples(events, self.settings, self.ingest.dead_lettered))
         return self._summarise(
             np.concatenate(labels), np.concatenate(example_ts), sweep, frozen,
             np.concatenate(lgbm_probs), ranked, t0, warm_end,
@@ -268,20 +314,17 @@ class PrequentialRun:
 
     # -- results --------------------------------------------------------------------------
     def _summarise(self, y: np.ndarray, ts: np.ndarray, sweep: list[Served], frozen: Served,
-                   lgbm: np.ndarray, ranked: dict[int, dict[str, list[tuple[float, float]]]],
+                   lgbm: np.ndarray, ranked: dict[int, WindowRanks],
                    t0: int, warm_end: int, counts: dict[str, Any]) -> dict[str, Any]:
-        prof = self.profile
+        prof, k = self.profile, self.opts.k
         probs = {"continuous": np.concatenate(sweep[0].probs),
                  "frozen": np.concatenate(frozen.probs), "lightgbm": lgbm}
         after = ts >= warm_end
         win = (ts - t0) // prof.window_ms
 
-        def rnd(x: float) -> float | None:
-            return None if math.isnan(x) else round(x, 5)
-
         def pooled(mask: np.ndarray) -> dict[str, dict[str, float | None]]:
-            return {name: {"auc": rnd(auc(p[mask], y[mask])) if mask.any() else None,
-                           "logloss": rnd(log_loss(p[mask], y[mask])) if mask.any() else None}
+            return {name: {"auc": _rnd(auc(p[mask], y[mask])) if mask.any() else None,
+                           "logloss": _rnd(log_loss(p[mask], y[mask])) if mask.any() else None}
                     for name, p in probs.items()}
 
         overall = pooled(after)
@@ -292,18 +335,17 @@ class PrequentialRun:
             entry: dict[str, Any] = {"window": w, "start_ms": start, "examples": int(m.sum()),
                                      "after_warmup": start >= warm_end}
             entry.update({f"auc_{n}": v["auc"] for n, v in pooled(m).items()})
-            for name, pairs in ranked.get(w, {}).items():
-                entry[f"recall_{name}"] = rnd(float(np.mean([r for r, _ in pairs]))) \
+            wr = ranked.get(w)
+            for name, pairs in (wr.metrics.items() if wr else ()):
+                entry[f"recall_{name}"] = _rnd(float(np.mean([r for r, _ in pairs]))) \
                     if pairs else None
-                entry[f"ndcg_{name}"] = rnd(float(np.mean([n for _, n in pairs]))) \
+                entry[f"ndcg_{name}"] = _rnd(float(np.mean([n for _, n in pairs]))) \
                     if pairs else None
-            entry["ranked_users"] = len(ranked.get(w, {}).get("continuous", []))
+            entry["ranked_users"] = len(wr.users) if wr else 0
+            entry["active_users"] = wr.active if wr else 0
+            if wr:
+                entry["candidate_recall"] = wr.candidates.as_dict()
             windows.append(entry)
-
-        def ranking_mean(name: str, which: int) -> float | None:
-            vals = [pair[which] for w, per in ranked.items()
-                    if t0 + w * prof.window_ms >= warm_end for pair in per[name]]
-            return rnd(float(np.mean(vals))) if vals else None
 
         sweep_out = []
         for s in [*sweep, frozen]:
@@ -312,25 +354,33 @@ class PrequentialRun:
                 "publish_interval_s": None if s.interval_ms is None else s.interval_ms / 1000,
                 "label": "never (frozen)" if s.interval_ms is None else
                 _human(s.interval_ms),
-                "auc": rnd(auc(p[after], y[after])), "logloss": rnd(log_loss(p[after], y[after])),
+                "auc": _rnd(auc(p[after], y[after])),
+                "logloss": _rnd(log_loss(p[after], y[after])),
                 "mean_model_age_s": round(sum(s.ages_ms) / max(1, len(p)) / 1000, 1),
             })
         ctr = float(y[after].mean()) if after.any() else float("nan")
         return {
             "auc": {n: v["auc"] for n, v in overall.items()},
             "logloss": {n: v["logloss"] for n, v in overall.items()},
-            "recall_at_20" if self.opts.k == 20 else f"recall_at_{self.opts.k}":
-                {n: ranking_mean(n, 0) for n in RANKERS},
-            "ndcg_at_20" if self.opts.k == 20 else f"ndcg_at_{self.opts.k}":
-                {n: ranking_mean(n, 1) for n in RANKERS},
+            **ranking_summary([wr for w, wr in sorted(ranked.items())
+                               if t0 + w * prof.window_ms >= warm_end], k),
             "sweep": sweep_out,
             "windows": windows,
-            "positive_rate_after_warmup": rnd(ctr),
+            "positive_rate_after_warmup": _rnd(ctr),
             "warmup_end_ms": warm_end,
             "first_event_ms": t0,
             "drifts_ms": self.stream.drifts_ms,
             "window_s": prof.window_ms / 1000,
             "tick_s": prof.tick_ms / 1000,
+            "time_scales": {
+                "tick": format_duration_ms(prof.tick_ms),
+                "window": format_duration_ms(prof.window_ms),
+                "half_life": format_duration_ms(prof.popularity_half_life_ms),
+                "lgbm_every": format_duration_ms(prof.lgbm_every_ms),
+                "warmup_share": self.opts.warmup_share, "from": prof.scales_from},
+            "label_mode": self.settings.stream.label_mode,
+            "relevant_types": list(prof.relevant),
+            "repeat_policy": self.repeat,
             "events": len(self.stream.events),
             "dead_lettered": self.ingest.dead_lettered,
             **counts,
@@ -339,6 +389,69 @@ class PrequentialRun:
     def close(self) -> None:
         """Close the Redis connection (the caller closes the ingest and deletes the keys)."""
         self._redis.close()
+
+
+def _rnd(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 5)
+
+
+def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
+    """Pure: the overall ranking numbers of the windows given (those after the warm-up):
+
+    - ``recall_at_{k}`` / ``ndcg_at_{k}``: per ranker, the mean over (user, window) pairs;
+    - ``recall_at_{k}_ci95``: per ranker, its 95% interval, users as units (clipped to [0, 1]);
+    - ``recall_at_{k}_minus_popularity_ci95`` (and ``_minus_buy_again_``): per other ranker, the
+      95% interval of its recall minus the baseline's on the same users and windows (entirely
+      above 0: it beats the baseline);
+    - ``candidate_recall``: ``{"total", "by_source", "relevant_items"}`` over all those users;
+    - ``ranked``: user-window pairs and distinct users ranked.
+    """
+    units = [u for wr in windows for u in wr.users]
+    recall: dict[str, list[float]] = {
+        name: [r for wr in windows for r, _ in wr.metrics.get(name, [])] for name in RANKERS}
+    ndcg = {name: [n for wr in windows for _, n in wr.metrics.get(name, [])] for name in RANKERS}
+    cand = CandidateRecall()
+    for wr in windows:
+        cand.merge(wr.candidates)
+    ci: dict[str, list[float | None] | None] = {}
+    diffs: dict[str, dict[str, list[float | None] | None]] = {b: {} for b in BASELINES}
+    for name in RANKERS:
+        iv = mean_ci95(recall[name], units)
+        ci[name] = iv.rounded(clip=(0.0, 1.0)) if iv else None
+        for base in BASELINES:
+            if name != base:
+                d = mean_ci95(np.subtract(recall[name], recall[base]), units)
+                diffs[base][name] = d.rounded() if d else None
+    return {
+        f"recall_at_{k}": {n: _rnd(float(np.mean(v))) if v else None for n, v in recall.items()},
+        f"ndcg_at_{k}": {n: _rnd(float(np.mean(v))) if v else None for n, v in ndcg.items()},
+        f"recall_at_{k}_ci95": ci,
+        **{f"recall_at_{k}_minus_{base}_ci95": diffs[base] for base in BASELINES},
+        "candidate_recall": cand.as_dict(),
+        "ranked": {"user_windows": len(units), "users": len(set(units))},
+    }
+
+
+def _no_examples(events: Sequence[Event], settings: Settings, dead_lettered: int) -> str:
+    label_mode = settings.stream.label_mode
+    types = Counter(e.event_type for e in events)
+    shown = ", ".join(f"{types[t]} {t}s" for t in ("view", "click", "purchase"))
+    msg = f"no labelled examples: {len(events)} events ({shown})"
+    if dead_lettered:
+        msg += f", {dead_lettered} of them dead-lettered by the ingest worker"
+    if label_mode == "implicit":
+        msg += "; implicit labels need clicks or purchases (each is a positive)"
+        if types["view"]:
+            msg += ": try --label-mode exposure"
+        return msg
+    window_ms = settings.stream.attribution_window_ms
+    span_ms = events[-1].ts - events[0].ts if events else 0
+    msg += ("; exposure labels need views, each labelled once event time passes the view + "
+            f"stream.attribution_window_ms ({format_duration_ms(window_ms)}; the log spans "
+            f"{format_duration_ms(max(1, span_ms))})")
+    if types["click"] + types["purchase"]:
+        msg += ": try --label-mode implicit, or a shorter --set stream.attribution_window_ms"
+    return msg
 
 
 def _human(ms: int) -> str:

@@ -13,15 +13,20 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from models.spec import spec_for
 from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 from trainer.evaluation.harness import EvalOptions, PrequentialRun, cleanup, run_tag
 from trainer.evaluation.ingest import Ingest, InProcessIngest, KafkaIngest
-from trainer.evaluation.profiles import load_stream
+from trainer.evaluation.profiles import TimeScales, load_stream
+from trainer.evaluation.profiles import format_duration_ms as fmt
 from trainer.evaluation.report import plot, write_json
 
 SUMMARY_KEYS = ("name", "stream", "mode", "seed", "auc", "logloss", "recall_at_20", "ndcg_at_20",
-                "sweep", "events", "examples", "elapsed_s")
+                "recall_at_20_ci95", "recall_at_20_minus_popularity_ci95",
+                "recall_at_20_minus_buy_again_ci95", "candidate_recall",
+                "ranked", "sweep", "time_scales", "label_mode", "events", "rejected",
+                "dead_lettered", "examples", "elapsed_s")
 
 
 class Services(Protocol):
@@ -34,18 +39,30 @@ class Services(Protocol):
 def run_eval(settings: Settings, stream: str, *,
              services: Callable[[Settings], AbstractContextManager[Services]], seed: int = 7,
              via: str = "in-process", events: int | None = None, out_dir: Path | None = None,
-             plots: bool = True, opts: EvalOptions | None = None, say: Any = print
-             ) -> dict[str, Any]:
-    """Run one prequential evaluation of ``stream`` (``synthetic`` or a log path) on the services
-    ``services(settings)`` provides; returns the full result (see :func:`summary`)."""
+             plots: bool = True, opts: EvalOptions | None = None, say: Any = print,
+             scales: TimeScales | None = None) -> dict[str, Any]:
+    """Run one prequential evaluation of ``stream`` (``synthetic``, a UCI / OTTO log or any event
+    file in the contract's format) on the services ``services(settings)`` provides, at the
+    time scales of ``scales`` where given; returns the full result (see :func:`summary`)."""
     opts = opts or EvalOptions()
-    loaded = load_stream(stream, seed, events)
+    loaded = load_stream(stream, seed, events, scales)
     prof = loaded.profile
     say(f"eval {prof.name}: {len(loaded.events)} events, {via}, seed {seed}")
+    rejected = {"total": sum(loaded.rejected.values()), "by_reason": loaded.rejected,
+                "first": loaded.problems[:5]}  # records not turned into events, by reason code
+    if rejected["total"]:
+        say(f"  {rejected['total']} records not loaded: " + ", ".join(
+            f"{code} {n}" for code, n in loaded.rejected.items()))
+        for line in loaded.problems[:5]:
+            say(f"    {line}")
+    say(f"  tick {fmt(prof.tick_ms)}, window {fmt(prof.window_ms)}, half-life "
+        f"{fmt(prof.popularity_half_life_ms)}, {prof.label_mode} labels (from {prof.scales_from})")
     tag = run_tag()
     settings = settings.with_values({
         # The trending candidate list decays like the popularity baseline: one time scale.
         "stream.trending_half_life_ms": str(prof.popularity_half_life_ms),
+        # Historical logs: the ingest worker must accept the log's oldest event.
+        "stream.min_event_ts_ms": str(min(settings.stream.min_event_ts_ms, loaded.events[0].ts)),
         **prof.settings, "redis.key_prefix": f"eval{tag}:",
         "topics.events": f"eval-events-{tag}", "topics.dlq": f"eval-dlq-{tag}",
         "topics.examples": f"eval-examples-{tag}", "topics.model_updates": f"eval-mu-{tag}",
@@ -60,7 +77,8 @@ def run_eval(settings: Settings, stream: str, *,
             ingest = InProcessIngest(settings)
         run = None
         try:
-            run = PrequentialRun(settings, loaded, ingest, seed, opts, say=say)
+            run = PrequentialRun(settings, loaded, ingest, seed, opts,
+                                 spec=spec_for(settings.model.interaction), say=say)
             result = run.run()
         finally:
             if run is not None:
@@ -68,7 +86,7 @@ def run_eval(settings: Settings, stream: str, *,
             ingest.close()
             cleanup(settings)
     result = {"name": "prequential", "stream": prof.name, "mode": ingest.mode, "seed": seed,
-              "k": opts.k, "source": loaded.description, **result}
+              "k": opts.k, "source": loaded.description, "rejected": rejected, **result}
     if out_dir is not None:
         suffix = "" if via == "in-process" else f"-{via}"
         write_json(result, out_dir / f"prequential-{prof.name}{suffix}.json")
@@ -78,5 +96,8 @@ def run_eval(settings: Settings, stream: str, *,
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The last JSON line: the headline numbers, without the per-window series."""
-    return {k: result[k] for k in SUMMARY_KEYS if k in result}
+    """The last JSON line: the headline numbers, without the per-window series (with a ``k``
+    other than 20, its ``recall_at_<k>...`` keys instead of the ``_20`` ones)."""
+    k = result.get("k", 20)
+    return {key.replace("_at_20", f"_at_{k}"): result[key.replace("_at_20", f"_at_{k}")]
+            for key in SUMMARY_KEYS if key.replace("_at_20", f"_at_{k}") in result}

@@ -1,14 +1,22 @@
-"""Top-K ranking metrics and the two non-learned baselines. Pure: no I/O.
+"""Top-K ranking metrics, the non-learned baselines and candidate recall. Pure: no I/O.
 
 ``recall_at_k`` = hits in the top K / ``min(K, |relevant|)`` (so a user with 40 next
 interactions can still reach 1.0, as in the OTTO and RecSys-challenge definitions);
 ``ndcg_at_k`` uses binary relevance with the same ideal of ``min(K, |relevant|)`` hits.
+
+Baselines: :class:`DecayedPopularity` (global, decayed in event time), :class:`BuyAgain` (the
+user's own past items by recency-weighted count, topped up with popular items) and
+:func:`covisit_ranking`. :class:`CandidateRecall` measures how many of the items users go on to
+interact with are among their candidates at all: the ceiling of any ranker of candidates.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,8 +84,63 @@ class DecayedPopularity:
 
     def ranking(self, k: int, exclude: Collection[str] = ()) -> list[str]:
         """The ``k`` most popular items now, best first (ties by item id)."""
-        best = sorted(self._score.items(), key=lambda kv: (-kv[1], kv[0]))
-        return [i for i, _ in best if i not in exclude][:k]
+        return take(self.ranked(), k, exclude)
+
+    def ranked(self) -> list[str]:
+        """Every item seen, most popular now first (ties by item id)."""
+        return [i for i, _ in sorted(self._score.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def take(ranked: Iterable[str], k: int, exclude: Collection[str] = ()) -> list[str]:
+    """The first ``k`` items of ``ranked`` not in ``exclude``."""
+    out: list[str] = []
+    if k <= 0:
+        return out
+    for item in ranked:
+        if item not in exclude:
+            out.append(item)
+            if len(out) == k:
+                break
+    return out
+
+
+class BuyAgain:
+    """Each user's own past items of the event types ``types``, scored by a recency-weighted
+    count: every event adds 1, and a score halves every ``half_life_ms`` of event time.
+
+    Feed it the events in event-time order (as the replay does); an older event of an item is
+    still counted, decayed to the item's latest time."""
+
+    def __init__(self, half_life_ms: int, types: Collection[str]) -> None:
+        self.half_life_ms = half_life_ms
+        self.types = frozenset(types)
+        self._items: dict[str, dict[str, tuple[float, int]]] = {}  # user -> item -> (score, ms)
+
+    def update(self, events: Iterable[Event]) -> None:
+        """Count each event of a relevant type for its user and item."""
+        h = self.half_life_ms
+        for e in events:
+            if e.event_type not in self.types:
+                continue
+            items = self._items.setdefault(e.user_id, {})
+            score, at_ms = items.get(e.item_id, (0.0, e.ts))
+            if e.ts >= at_ms:
+                items[e.item_id] = (score * 2.0 ** (-(e.ts - at_ms) / h) + 1.0, e.ts)
+            else:
+                items[e.item_id] = (score + 2.0 ** (-(at_ms - e.ts) / h), at_ms)
+
+    def scores(self, user_id: str, now_ms: int) -> dict[str, float]:
+        """The user's items and their scores decayed to ``now_ms`` (empty for a new user)."""
+        h = self.half_life_ms
+        return {item: score * 2.0 ** (-max(0, now_ms - at_ms) / h)
+                for item, (score, at_ms) in self._items.get(user_id, {}).items()}
+
+    def ranking(self, user_id: str, now_ms: int, k: int, top_up: Iterable[str] = ()) -> list[str]:
+        """The user's ``k`` best own items (ties by item id), then items of ``top_up`` (popular
+        items, best first) that are not among them, up to ``k`` in all."""
+        own = sorted(self.scores(user_id, now_ms).items(), key=lambda kv: (-kv[1], kv[0]))
+        out = [item for item, _ in own[:k]]
+        return out + take(top_up, k - len(out), set(out))
 
 
 def covisit_ranking(recent: Sequence[str], covisit: Mapping[str, Sequence[tuple[str, float]]],
@@ -90,3 +153,52 @@ def covisit_ranking(recent: Sequence[str], covisit: Mapping[str, Sequence[tuple[
             scores[item] = scores.get(item, 0.0) + count
     best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
     return [i for i, _ in best if i not in exclude][:k]
+
+
+# Candidate sources in the order ``streaming.features.candidates.generate`` tries them.
+SOURCE_ORDER = ("recent", "again", "covisit", "trending", "category", "new", "popular")
+
+
+@dataclass(slots=True)
+class CandidateRecall:
+    """Counts for candidate recall: of ``relevant`` (user, item) pairs (the items each user
+    interacts with next), ``found`` are among the user's candidates, ``by_source[s]`` of them
+    found by source ``s`` (an item found by several sources is credited to the first, as
+    ``generate`` keeps it). ``sources`` are the sources that gave any candidate at all."""
+
+    relevant: int = 0
+    found: int = 0
+    by_source: Counter[str] = field(default_factory=Counter)
+    sources: set[str] = field(default_factory=set)
+
+    def add(self, relevant: Collection[str], cands: Sequence[tuple[str, str]]) -> None:
+        """Count one user: their relevant items and their ``(item, source)`` candidates."""
+        source_of = dict(cands)
+        self.sources.update(source_of.values())
+        self.relevant += len(relevant)
+        for item in relevant:
+            source = source_of.get(item)
+            if source is not None:
+                self.found += 1
+                self.by_source[source] += 1
+
+    def merge(self, other: CandidateRecall) -> None:
+        """Add ``other``'s counts to these."""
+        self.relevant += other.relevant
+        self.found += other.found
+        self.by_source.update(other.by_source)
+        self.sources |= other.sources
+
+    def as_dict(self, digits: int = 5) -> dict[str, Any]:
+        """``{"total": found / relevant, "by_source": {source: share}, "relevant_items": n}``;
+        shares are None when nothing was relevant. Sources in :data:`SOURCE_ORDER`, then others
+        by name; every source that gave candidates is listed, with 0.0 if it found nothing."""
+        names = sorted(self.sources | set(self.by_source),
+                       key=lambda s: (SOURCE_ORDER.index(s) if s in SOURCE_ORDER else len(SOURCE_ORDER), s))
+
+        def share(n: int) -> float | None:
+            return round(n / self.relevant, digits) if self.relevant else None
+
+        return {"total": share(self.found),
+                "by_source": {s: share(self.by_source[s]) for s in names},
+                "relevant_items": self.relevant}

@@ -15,8 +15,9 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Per-window AUC and Recall@K over event time (hours since the first event), drift points
-    as dashed red lines, the warm-up shaded; and AUC against the publish interval."""
+    """Per-window AUC and Recall@K (with candidate recall) over event time (hours since the
+    first event), drift points as dashed red lines, the warm-up shaded; and AUC against the
+    publish interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,9 +30,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax_auc.plot(hours, [w.get(f"auc_{name}") for w in result["windows"]], marker=".",
                     label=name)
     k = result["k"]
-    for name in ("continuous", "frozen", "lightgbm", "popularity", "covisit"):
+    for name in ("continuous", "frozen", "lightgbm", "popularity", "popularity_repeat_policy",
+                 "buy_again", "covisit"):
         ax_rec.plot(hours, [w.get(f"recall_{name}") for w in result["windows"]], marker=".",
                     label=name)
+    ax_rec.plot(hours, [(w.get("candidate_recall") or {}).get("total")
+                        for w in result["windows"]],
+                color="0.4", linestyle=":", label="candidate recall (ceiling of the learned)")
     warm = (result["warmup_end_ms"] - t0) / 3.6e6
     for ax, title in ((ax_auc, "click AUC per window (prequential)"),
                       (ax_rec, f"Recall@{k} of the feed against next interactions")):

@@ -11,8 +11,10 @@ $(STAMP): pyproject.toml deploy/bootstrap.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/bootstrap.sh
 	@touch $@
 
+# redis-server, and Java + Maven for the embedded Apache Kafka (then its jars, once).
 services:
 	@bash deploy/ensure-redis.sh
+	@VENV=$(VENV) bash deploy/ensure-java.sh
 
 demo: $(STAMP) services
 	$(BIN)/streamrec up
@@ -27,7 +29,8 @@ screenshot: $(STAMP) services
 	STREAMREC_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/integration/test_observability.py
 
-# Fault injection on the embedded stack: kill -9 worker, trainer, scorer; restart Redis.
+# Fault injection on the embedded stack: kill -9 worker, trainer, scorer; restart Redis; restart
+# the Kafka broker (SIGTERM, then kill -9).
 # Prints a last JSON line and writes benchmarks/results/reliability.json.
 chaos: $(STAMP) services
 	$(BIN)/streamrec bench chaos

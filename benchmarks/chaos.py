@@ -1,14 +1,21 @@
-"""make chaos: kill -9 each component under a steady stream, restart Redis, then prove nothing was
-lost or applied twice.
+"""make chaos: kill -9 each component under a steady stream, restart Redis, restart the Kafka
+broker twice, then prove nothing was lost or applied twice.
 
-On the embedded stack (Tansu + Redis with AOF), with a stream worker, the trainer and a scorer
-running, a deterministic synthetic stream (plus invalid records and duplicates) is sent at a
-steady rate. While it flows:
+On the embedded stack (Apache Kafka + Redis with AOF, in ``<run_dir>/bench/chaos``, emptied first),
+with a stream worker, the trainer and a scorer running, a deterministic synthetic stream (plus
+invalid records and duplicates) is sent at a steady rate. While it flows:
 
 1. the stream worker gets SIGKILL and is restarted 2 s later;
 2. the trainer gets SIGKILL and is restarted 5 s later (the scorer must keep serving meanwhile);
-3. the scorer gets SIGKILL and is restarted 2 s later;
-4. Redis is restarted (SIGTERM, which writes the AOF, then started again on the same port).
+3. the broker gets SIGTERM (a controlled shutdown) and is started again 2 s later;
+4. the scorer gets SIGKILL and is restarted 2 s later;
+5. Redis is restarted (SIGTERM, which writes the AOF, then started again on the same port);
+6. the broker gets SIGKILL and is started again 2 s later (log recovery).
+
+The broker is restarted from a helper thread while the stream keeps flowing into the producer's
+buffer; nothing of ours is restarted for it: producers and consumers must reconnect by
+themselves (``unexpected_exits`` counts components that died anyway). With Tansu
+(``runtime.broker=tansu``, in-memory) or an external Kafka there are no broker restarts.
 
 Afterwards, the same events go through a clean worker on fresh topics and a fresh key prefix, and
 the two feature states are compared: raw counters must be equal, decayed ones equal up to float
@@ -19,6 +26,7 @@ events applied more than once. RSS is sampled per component every second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -32,15 +40,17 @@ from typing import Any
 import orjson
 import redis
 
-from benchmarks.common import fresh_topics, report
-from deploy.embedded import EmbeddedRuntime
+from benchmarks.common import bench_settings, fresh_topics, report
+from deploy.embedded import EmbeddedRuntime, KafkaProcess
 from models.checkpoint import list_versions, read_manifest, version_dir
 from streaming.contract.events import Event
 from streaming.contract.names import Keys
+from streaming.errors import BrokerError
 from streaming.ingest.state_store import read_stats
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
+from streaming.ops.lag_monitor import LagCollector
 from streaming.ops.process import ManagedProcess
 from streaming.settings import Settings
 from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
@@ -98,6 +108,65 @@ class Component:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop(20)
+
+
+class BrokerFaults:
+    """Restarts the embedded Kafka under load from helper threads, so that the stream keeps
+    flowing (into the producer's buffer) while the broker is down. A JVM dies with the thread
+    that started it (PDEATHSIG), so each helper lives until :meth:`close`, which is called
+    once the runtime has stopped the broker."""
+
+    def __init__(self, runtime: EmbeddedRuntime) -> None:
+        proc = next((p for p in runtime.processes if isinstance(p, KafkaProcess)), None)
+        self.proc: KafkaProcess | None = proc
+        self.outages: list[dict[str, Any]] = []
+        self._done = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
+
+    def restart(self, kill: bool, pause_s: float, log: list[str], started: float) -> None:
+        """Stop the broker (SIGKILL if ``kill``, else SIGTERM), start it ``pause_s`` later."""
+        self.wait_idle()
+        self._idle.clear()
+        threading.Thread(target=self._run, args=(kill, pause_s, log, started),
+                         name="broker-restart", daemon=True).start()
+
+    def _run(self, kill: bool, pause_s: float, log: list[str], started: float) -> None:
+        assert self.proc is not None
+        how = "kill -9" if kill else "SIGTERM"
+        try:
+            t0 = time.monotonic()
+            code = self.proc.kill() if kill else self.proc.stop()
+            stopped = time.monotonic()
+            time.sleep(pause_s)
+            t1 = time.monotonic()
+            self.proc.start()
+            up = time.monotonic()
+            log.append(f"{up - started:6.1f}s  kafka back ({how}: exit {code}, stopped in "
+                       f"{stopped - t0:.1f} s, started in {up - t1:.1f} s)")
+            self.outages.append({"how": how, "exit_code": code, "stop_s": round(stopped - t0, 1),
+                                 "start_s": round(up - t1, 1), "down_s": round(up - t0, 1)})
+        except BaseException as exc:  # reported by wait_idle() in the main thread
+            self._error = exc
+        finally:
+            self._idle.set()
+        self._done.wait()  # keep the thread (and so the JVM it started) alive
+
+    def busy(self) -> bool:
+        """Whether a restart is in progress (the broker is down or starting)."""
+        return not self._idle.is_set()
+
+    def wait_idle(self, timeout_s: float = 300.0) -> None:
+        """Wait for a restart in progress; re-raise its error."""
+        if not self._idle.wait(timeout_s):
+            raise TimeoutError("chaos: the broker restart did not finish")
+        if self._error is not None:
+            raise RuntimeError(f"chaos: broker restart failed: {self._error}") from self._error
+
+    def close(self) -> None:
+        """Let the helper threads end (after the runtime stopped the broker)."""
+        self._done.set()
 
 
 def stream(n: int, seed: int) -> list[tuple[bytes | None, bytes, str]]:
@@ -163,7 +232,8 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float,
     return time.monotonic() - started
 
 
-def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict[str, Any]:
+def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int,
+        broker: BrokerFaults) -> dict[str, Any]:
     settings = runtime.settings
     run_dir = Path(settings.runtime.run_path) / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     chaos = fresh_topics(settings, **{
@@ -195,25 +265,49 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict
                 c.sample()
 
     threading.Thread(target=sampler, daemon=True).start()
-    faults = {int(len(records) * f): name for f, name in
-              ((0.15, "worker"), (0.35, "trainer"), (0.55, "scorer"), (0.75, "redis"))}
+    plan = [(0.15, "worker"), (0.35, "trainer"), (0.60, "scorer"), (0.75, "redis")]
+    if broker.proc is not None:
+        plan += [(0.45, "kafka"), (0.88, "kafka-9")]
+    faults = {int(len(records) * f): name for f, name in plan}
     log: list[str] = []
     outage: dict[str, Any] = {}
     producer = EventProducer(chaos)
     started = time.monotonic()
-    redis_restarts = 0
+    redis_restarts = kafka_restarts = 0
     pending: dict[str, float] = {}  # component -> when to restart it
+    def all_consuming() -> bool:
+        try:
+            beats = health.parse(client.hgetall(health.key(prefix)))
+        except redis.RedisError:
+            return False
+        return {"ingest", "trainer", "scorer"} <= health.consuming(beats, int(time.time() * 1000))
+
+    postpone = max(1, int(rate / 2))  # records: ~0.5 s
     for k, (key, value, _) in enumerate(records):
         due = started + k / rate
         if (d := due - time.monotonic()) > 0:
             time.sleep(d)
         producer.send_raw(key, value)
-        if k in faults:
-            what = faults[k]
-            log.append(f"{time.monotonic() - started:6.1f}s  kill {what} at record {k}")
+        what = faults.pop(k, None)
+        # The broker goes down only once every component is up and consuming: a Faust worker
+        # still starting when the broker disappears exits (aiokafka does not retry its
+        # bootstrap), and a supervisor would restart it; running clients must ride it out.
+        if what and what.startswith("kafka") and not all_consuming() and k + postpone < len(records):
+            later = k + postpone
+            while later in faults:
+                later += 1
+            faults[later] = what
+            continue
+        if what:
+            action = {"kafka": "stop kafka (SIGTERM)", "kafka-9": "kill -9 kafka",
+                      "redis": "restart redis (SIGTERM)"}.get(what, f"kill -9 {what}")
+            log.append(f"{time.monotonic() - started:6.1f}s  {action} at record {k}")
             if what == "redis":
                 restart_redis(runtime)
                 redis_restarts += 1
+            elif what.startswith("kafka"):
+                broker.restart(kill=what == "kafka-9", pause_s=2.0, log=log, started=started)
+                kafka_restarts += 1
             else:
                 comps[what].kill9()
                 pause = 5.0 if what == "trainer" else 2.0
@@ -224,19 +318,21 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict
                 pending[what] = restart_at
                 if what == "trainer":
                     outage = {"feeds_before": before, "until": restart_at}
+        # A component killed meanwhile is started again once the broker is back (see above).
         for name, at in list(pending.items()):
-            if time.monotonic() >= at:
+            if time.monotonic() >= at and not broker.busy():
                 comps[name].restart()
                 del pending[name]
         if outage and "feeds_after" not in outage and time.monotonic() >= outage["until"]:
             outage["feeds_after"] = _scorer_stat(client, prefix, "feeds_written")
-        if k % 500 == 0:
+        if k % 500 == 0 and not broker.busy():
             for c in comps.values():
                 c.check()
+    broker.wait_idle()
     for name, at in pending.items():
         time.sleep(max(0.0, at - time.monotonic()))
         comps[name].restart()
-    producer.flush(60)
+    producer.flush(120)
     delivered = producer.stats.delivered
     emit_s = time.monotonic() - started
 
@@ -263,6 +359,7 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict
         log.append(str(exc))
     versions = list_versions(ckpt)
     final = read_manifest(version_dir(ckpt, versions[-1])) if versions else None
+    anomalies = watermark_anomalies(chaos)
     stop_sampling.set()
     for c in comps.values():
         c.stop()
@@ -300,7 +397,11 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict
                                        ("accepted", "duplicate", "invalid")}},
         "state_differences": diffs,
         "state_keys": {"chaos": len(chaos_state), "clean": len(clean_state)},
-        "restarts": {**{n: c.restarts for n, c in comps.items()}, "redis": redis_restarts},
+        "restarts": {**{n: c.restarts for n, c in comps.items()}, "redis": redis_restarts,
+                     "kafka": kafka_restarts},
+        "broker": runtime.broker.describe() if runtime.broker else "external",
+        "broker_outages": broker.outages,
+        "lag_watermark_anomalies": anomalies,
         "unexpected_exits": {n: c.unexpected_exits for n, c in comps.items()},
         "max_rss_mb": {**{n: round(c.max_rss_mb, 1) for n, c in comps.items()},
                        "max": round(max(c.max_rss_mb for c in comps.values()), 1)},
@@ -316,6 +417,20 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int) -> dict
         "drain_s": round(drain_s, 1),
         "rate_per_s": rate,
     }
+
+
+def watermark_anomalies(settings: Settings) -> int | None:
+    """Partitions where the broker reports a log-end below a committed offset (lag monitor)."""
+    try:
+        collector = LagCollector(settings)
+    except BrokerError:
+        return None
+    try:
+        return sum(1 for p in collector.collect() if p.anomaly)
+    except BrokerError:
+        return None
+    finally:
+        collector.close()
 
 
 def _scorer_stat(client: redis.Redis, prefix: str, name: str) -> int:
@@ -352,11 +467,19 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     ap.add_argument("--no-save", action="store_true",
                     help="print the JSON line only (tests); do not write the results file")
     args = ap.parse_args(argv)
-    settings = settings or Settings.load()
+    settings = bench_settings(settings or Settings.load(), "chaos")
     if settings.redis.url:
         raise SystemExit("make chaos restarts Redis: run it on the embedded stack (no REDIS_URL)")
-    with EmbeddedRuntime(settings) as runtime:
-        result = run(runtime, args.events, args.rate, args.seed)
+    runtime = EmbeddedRuntime(settings)
+    runtime.start()  # in the main thread: the broker's JVM dies with the thread that starts it
+    broker = BrokerFaults(runtime)
+    try:
+        result = run(runtime, args.events, args.rate, args.seed, broker)
+    finally:
+        with contextlib.suppress(Exception):
+            broker.wait_idle()
+        runtime.stop()
+        broker.close()
     if args.no_save:
         print(orjson.dumps({"name": "reliability", **result}).decode(), flush=True)
     else:

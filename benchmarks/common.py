@@ -23,10 +23,21 @@ from streaming.settings import Settings
 RESULTS = Path(__file__).parent / "results"
 
 
+def bench_settings(settings: Settings, name: str) -> Settings:
+    """A benchmark measures from empty, and leaves ``streamrec up``'s data alone: unless
+    ``runtime.data_dir`` is set, its embedded services keep their data in
+    ``<run_dir>/bench/<name>``, emptied first (``runtime.fresh``)."""
+    if settings.runtime.data_dir:
+        return settings
+    return settings.with_values({"runtime.data_dir": str(settings.runtime.run_path / "bench" / name),
+                                 "runtime.fresh": "true"})
+
+
 @contextlib.contextmanager
-def services(settings: Settings) -> Iterator[Settings]:
-    """Embedded Kafka + Redis unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point elsewhere."""
-    with EmbeddedRuntime(settings) as runtime:
+def services(settings: Settings, name: str = "services") -> Iterator[Settings]:
+    """Embedded Kafka + Redis unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point elsewhere
+    (data in the benchmark's own directory, see :func:`bench_settings`)."""
+    with EmbeddedRuntime(bench_settings(settings, name)) as runtime:
         yield runtime.settings
 
 

@@ -7,7 +7,7 @@ import argparse
 import tempfile
 import threading
 
-from benchmarks.common import report
+from benchmarks.common import bench_settings, report
 from deploy.up import UpOptions, run_up
 from streaming.settings import Settings
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--scorers", type=int, default=1)
     args = ap.parse_args(argv)
-    base = settings or Settings.load()
+    base = bench_settings(settings or Settings.load(), "freshness")
     with tempfile.TemporaryDirectory() as ckpt:
         summary = run_up(base.with_values({"trainer.checkpoint_dir": ckpt}),
                          UpOptions(duration_s=args.duration, rate=args.rate,

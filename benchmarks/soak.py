@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos import Component, rss_mb
-from benchmarks.common import fresh_topics, report
+from benchmarks.common import bench_settings, fresh_topics, report
 from deploy.embedded import EmbeddedRuntime
 from streaming.errors import BrokerError
 from streaming.ingest.state_store import read_stats
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     ap.add_argument("--rate", type=float, default=1000.0, metavar="N")
     args = ap.parse_args(argv)
     settings = settings or Settings.load()
-    with EmbeddedRuntime(settings) as runtime:
+    with EmbeddedRuntime(bench_settings(settings, "soak")) as runtime:
         result = run(runtime.settings, args.duration, args.rate)
     report(f"soak-{args.rate:g}", result)  # one file per rate: soak-1000.json ...
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import json
@@ -39,6 +38,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from streaming.errors import EmbeddedServiceError
+from streaming.ops.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
     "-Djava.awt.headless=true",
 )
 
-_PR_SET_PDEATHSIG = 1
 _STATE_FILE = "streamrec-kafka.json"
 _STAMP_FILE = ".complete"
 _ARCHIVE = "kafka.jsa"
@@ -191,13 +190,6 @@ def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # broker
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: SIGTERM (a controlled shutdown) when the thread
-    # that started the broker exits, even if that process is killed with SIGKILL.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _port(preferred: int | None, taken: set[int]) -> int:
@@ -502,7 +494,9 @@ class KafkaBroker:
         try:
             self._proc = subprocess.Popen(
                 cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=self._out,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                # SIGTERM (a controlled shutdown) when the thread that started the broker
+                # exits, even if its process is killed with SIGKILL.
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise EmbeddedServiceError(f"cannot start Kafka ({java}): {exc}") from None

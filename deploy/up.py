@@ -18,7 +18,10 @@ from deploy.up_parts import (
     ArrivalMonitor,
     EventSource,
     UpOptions,
+    end_offsets,
+    ingest_caught_up,
     pipeline_stats,
+    say_services,
     start_components,
     start_dashboard,
     status_line,
@@ -42,10 +45,7 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
     dashboard: Dashboard | None = None
     try:
         report = KafkaAdmin(settings).ensure_topics(topic_specs(settings))
-        say(f"kafka  {settings.kafka.bootstrap_servers}  "
-            f"(topics created: {report.created or 'none'}, existing: {report.existing or 'none'})")
-        say(f"redis  {settings.redis.url}")
-        say(f"logs   {runtime.run_dir}")
+        say_services(settings, runtime, report, say)
         metrics_urls = start_components(settings, runtime, opts)
         if opts.dashboard:
             dashboard = start_dashboard(settings, metrics_urls, say)
@@ -56,6 +56,8 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
         wait_consuming(redis_client, settings, runtime, ("ingest", "scorer", "trainer"),
                        opts.ready_timeout_s, stop, say)
         started = time.monotonic()  # the run's duration counts from the first event
+        # Counters in Redis outlive a run (its state is durable): the summary counts this run's.
+        baseline = pipeline_stats(redis_client, settings)
         monitor = ArrivalMonitor(settings, settings.topics.events)
         monitor.start()
         source = EventSource(settings, opts)
@@ -71,7 +73,7 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
             now, arrived = time.monotonic(), monitor.count
             say(status_line(now - started, source.producer.stats.sent, arrived,
                             (arrived - last_arrived) / (now - last_print),
-                            pipeline_stats(redis_client, settings)))
+                            pipeline_stats(redis_client, settings, baseline)))
             last_print, last_arrived = now, arrived
             # A replay ends the run when the file is done; --events stops the source only.
             source_done = not source.alive() and opts.max_events is None
@@ -82,9 +84,9 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
         delivered = source.producer.stats.delivered
         # Let the pipeline catch up with what was acknowledged before reporting.
         drain_deadline = time.monotonic() + 20
+        ends = end_offsets(settings, settings.topics.events)
         while time.monotonic() < drain_deadline and (
-                monitor.count < delivered
-                or pipeline_stats(redis_client, settings).get("processed", 0) < delivered):
+                monitor.count < delivered or not ingest_caught_up(redis_client, settings, ends)):
             runtime.check_alive()
             time.sleep(0.1)
         monitor.stop()
@@ -93,7 +95,7 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
         st = pipeline_stats(redis_client, settings)
         redis_client.close()
         return summary(settings, st, emitted, delivered, monitor.count, fresh,
-                       time.monotonic() - started)
+                       time.monotonic() - started, baseline)
     finally:
         if dashboard is not None:
             dashboard.close()

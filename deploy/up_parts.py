@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from models.checkpoint import list_versions, read_manifest, version_dir
 from streaming.contract.names import GROUP_UP_MONITOR, Keys
 from streaming.errors import BrokerError, StreamrecError
 from streaming.ingest.state_store import read_stats
-from streaming.io.kafka import client_config
+from streaming.io.kafka import TopicReport, client_config
 from streaming.io.producer import EventProducer
 from streaming.ops import health
 from streaming.ops.lag_monitor import LagCollector
@@ -115,14 +115,56 @@ def consumer_lag(settings: Settings) -> dict[str, int]:
 
 def _source(settings: Settings, opts: UpOptions) -> Iterable[tuple[str, Any]]:
     if opts.replay is not None:
-        return read_records(opts.replay)
+        return read_records(opts.replay)  # replayed again, its events are duplicates: right
     stream = SyntheticStream(seed=opts.seed)
+    # The generator numbers its events from 0 each run; on a durable broker and Redis the ids
+    # of an earlier run are still in the de-duplication window, so each run tags its own.
+    run_tag = f"{time.time_ns() // 1_000_000:x}"
 
     def events() -> Iterator[tuple[str, Any]]:
         for n, event in enumerate(stream.live(opts.rate)):
-            yield f"synthetic:{n}", event
+            yield f"synthetic:{n}", replace(event, event_id=f"{event.event_id}-{run_tag}")
 
     return events()
+
+
+def say_services(settings: Settings, runtime: EmbeddedRuntime, report: TopicReport,
+                 say: Callable[[str], None]) -> None:
+    """The first lines of ``up``: which Kafka (Apache Kafka and its version, Tansu, or external)
+    and Redis it runs on, where their data and this run's logs are."""
+    broker = runtime.broker.describe() if runtime.broker else "external"
+    say(f"kafka  {settings.kafka.bootstrap_servers}  ({broker})")
+    say(f"topics created: {', '.join(report.created) or 'none'}; "
+        f"existing: {', '.join(report.existing) or 'none'}")
+    redis_note = f"append-only file in {runtime.redis_dir}" if runtime.redis_embedded else "external"
+    say(f"redis  {settings.redis.url}  ({redis_note})")
+    if runtime.durable:
+        say(f"data   {runtime.data_dir}  (kept across runs; --set runtime.fresh=true starts empty)")
+    say(f"logs   {runtime.run_dir}")
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Partition -> log-end offset of ``topic`` now."""
+    consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{
+        "group.id": GROUP_UP_MONITOR, "enable.auto.commit": False}))
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        return {p: consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p),
+                                                  timeout=10)[1]
+                for p in md.topics[topic].partitions}
+    finally:
+        consumer.close()
+
+
+def ingest_caught_up(redis_client: Any, settings: Settings, ends: dict[int, int]) -> bool:
+    """Whether the ingest workers applied every event before ``ends`` (partition -> offset):
+    their exactly-once watermarks in Redis (last applied offset) reached ``end - 1``."""
+    keys = Keys(settings.redis.key_prefix)
+    parts = [p for p, end in ends.items() if end > 0]
+    if not parts:
+        return True
+    applied = redis_client.mget([keys.applied_offset(settings.topics.events, p) for p in parts])
+    return all(a is not None and int(a) >= ends[p] - 1 for p, a in zip(parts, applied, strict=True))
 
 
 def wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
@@ -214,12 +256,20 @@ class EventSource:
         return self._result.get("report", EmitReport())
 
 
-def pipeline_stats(redis_client: Any, settings: Settings) -> dict[str, int]:
-    """Processor counters over every partition plus the scorer's (``scorer_*``)."""
+#: Levels, not counters: never reported relative to a baseline.
+_LEVELS = frozenset({"scorer_model_version"})
+
+
+def pipeline_stats(redis_client: Any, settings: Settings,
+                   baseline: dict[str, int] | None = None) -> dict[str, int]:
+    """Processor counters over every partition plus the scorer's (``scorer_*``); with a
+    ``baseline`` (an earlier call), the counters' increase since then."""
     out = read_stats(redis_client, settings.redis.key_prefix,
                      range(settings.topics.events_partitions))
     scorer = redis_client.hgetall(Keys(settings.redis.key_prefix).scorer_stats)
     out.update({f"scorer_{k.decode()}": int(v) for k, v in scorer.items()})
+    if baseline:
+        out = {k: v if k in _LEVELS else v - baseline.get(k, 0) for k, v in out.items()}
     return out
 
 
@@ -232,8 +282,12 @@ def status_line(elapsed_s: float, sent: int, arrived: int, rate: float, st: dict
 
 
 def summary(settings: Settings, st: dict[str, int], emitted: EmitReport, delivered: int,
-            arrived: int, fresh_ms: list[float], duration_s: float) -> dict[str, Any]:
-    """The final JSON summary of a run."""
+            arrived: int, fresh_ms: list[float], duration_s: float,
+            baseline: dict[str, int] | None = None) -> dict[str, Any]:
+    """The final JSON summary of a run; ``st``'s counters count from ``baseline`` (the stats
+    when the run's source started: Redis keeps them across runs)."""
+    if baseline:
+        st = {k: v if k in _LEVELS else v - baseline.get(k, 0) for k, v in st.items()}
     root = Path(settings.trainer.checkpoint_dir)
     checkpoints = list_versions(root)
     train_steps = read_manifest(version_dir(root, checkpoints[-1])).step if checkpoints else 0

@@ -41,7 +41,10 @@ class Manifest:
     ``offsets``: ``"topic:partition"`` -> next offset to consume, over all ranks; ``metrics``:
     prequential AUC / log-loss, train loss and window size at publish time (None where
     undefined); ``spec_digest``: :meth:`FeatureSpec.digest` of the model; ``files``: name ->
-    sha256, filled in by :func:`write_checkpoint`.
+    sha256, filled in by :func:`write_checkpoint`. ``kafka_cluster_id`` and ``topic_ids`` (topic
+    name -> topic id) say which Kafka cluster and which topic instances ``offsets`` belong to
+    (empty in manifests written before they were recorded): a topic created again under the
+    same name, or a new cluster, starts at offset 0 again, and saved offsets mean nothing there.
     """
 
     version: int
@@ -53,6 +56,8 @@ class Manifest:
     spec_digest: str
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     format: int = FORMAT
+    kafka_cluster_id: str = ""  # the cluster the offsets were read from ("" = not recorded)
+    topic_ids: dict[str, str] = field(default_factory=dict)  # topic name -> id at that time
 
     def to_json(self) -> bytes:
         """Indented JSON with sorted keys (the bytes of ``manifest.json``)."""

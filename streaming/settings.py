@@ -40,7 +40,8 @@ def _f(default: Any, doc: str, *, secret: bool = False) -> Any:
 class KafkaSettings:
     """Kafka connection (``kafka.*``): brokers, SASL/TLS security, client id, group session timeout."""
 
-    bootstrap_servers: str = _f("", "host:port list; empty = embedded Tansu broker")
+    bootstrap_servers: str = _f("", "host:port list; empty = the embedded broker "
+                                "(runtime.broker)")
     security_protocol: str = _f("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     sasl_mechanism: str = _f("", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (with SASL_*)")
     sasl_username: str = _f("", "SASL user name")
@@ -239,7 +240,8 @@ class ServingSettings:
 class RuntimeSettings:
     """The local runtime (``runtime.*``): run directory, bind address, log level, HTTP ports."""
 
-    run_dir: str = _f(".streamrec", "state of the embedded runtime: logs, endpoints, Redis AOF")
+    run_dir: str = _f(".streamrec", "state of the embedded runtime: logs, endpoints, and its "
+                      "data directory (runtime.data_dir)")
     broker: str = _f("kafka", "embedded broker when kafka.bootstrap_servers is empty: kafka "
                      "(Apache Kafka, KRaft, from Maven Central; needs a JDK) or tansu (in-memory, "
                      "no Java)")

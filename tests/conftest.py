@@ -2,7 +2,8 @@
 
 Backends (``STREAMREC_TEST_BACKEND``):
 
-- ``local`` (default without Docker): the project's own embedded runtime (Tansu + redis-server).
+- ``local`` (default without Docker): the project's own embedded runtime, Apache Kafka 4.x
+  (``runtime.broker=kafka``, KRaft, in a temporary data directory) + redis-server.
 - ``containers``: testcontainers' Kafka and Redis (needs a Docker engine).
 - ``external``: ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` from the environment.
 - ``auto`` (default): external if both variables are set, else containers if a Docker engine
@@ -110,7 +111,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     elif backend == "local":
         from deploy.embedded import EmbeddedRuntime
 
-        settings = base.with_values({"runtime.run_dir": str(run_dir)})
+        settings = base.with_values({"runtime.run_dir": str(run_dir), "runtime.broker": "kafka",
+                                     "runtime.data_dir": str(run_dir / "data")})
+        # Started here, in the main thread: the broker's JVM dies with the thread that forked it.
         with EmbeddedRuntime(settings, run_dir=run_dir / "services") as runtime:
             yield runtime.settings
     else:

@@ -7,7 +7,9 @@ publish or stop, so collectives always match. Examples stay buffered until train
 offsets in a checkpoint are those of the last example *trained* per partition, plus one.
 
 Crash safety: offsets are committed to Kafka only after the checkpoint that contains them is
-durable; a restart loads the newest valid checkpoint and seeks every partition to its offsets.
+durable; a restart loads the newest valid checkpoint and seeks every partition to its offsets,
+provided they belong to the same Kafka cluster and examples-topic instance (the manifest records
+both; see :func:`trainer.source.verified_offsets`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
 from models.spec import FeatureSpec, spec_for
 from streaming.contract.updates import ModelUpdate
+from streaming.errors import BrokerError
+from streaming.io.kafka import ClusterIdentity, KafkaAdmin
 from streaming.io.producer import RecordProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
@@ -37,7 +41,7 @@ from streaming.ops.metrics import TrainerMetrics, serve_configured
 from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.metrics import Prequential, auc, log_loss
-from trainer.source import ExampleSource, offset_key
+from trainer.source import ExampleSource, offset_key, verified_offsets
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,9 @@ class ContinuousTrainer:
         self.last_step_at: float | None = None
         partitions = [p for p in range(settings.topics.examples_partitions)
                       if p % self.info.world == self.info.rank]
+        # Which cluster and examples-topic instance this run reads: recorded in each manifest,
+        # compared with the one resumed from.
+        self.identity: ClusterIdentity | None = self._read_identity()
         start = self._resume()
         self.source = ExampleSource(settings, partitions, start)
         self._last_publish = time.monotonic()
@@ -129,7 +136,34 @@ class ContinuousTrainer:
         self.state.examples_base = manifest.examples_seen
         log.info("rank %d resumed from checkpoint v%d (step %d, %d examples)", self.info.rank,
                  manifest.version, manifest.step, manifest.examples_seen)
-        return dict(manifest.offsets)
+        topic = self.settings.topics.examples
+        offsets, problem = verified_offsets(manifest.offsets, manifest.kafka_cluster_id,
+                                            manifest.topic_ids, self.identity, topic)
+        if problem:
+            log.warning("rank %d: not seeking to the offsets of checkpoint v%d: %s; reading %s "
+                        "from the trainer group's committed offsets, else from the beginning",
+                        self.info.rank, manifest.version, problem, topic)
+        return offsets
+
+    def _read_identity(self, retry_s: float = 30.0) -> ClusterIdentity | None:
+        """The cluster id and the examples topic's id, or None (logged) if Kafka cannot say
+        within ``retry_s`` (a broker restarting meanwhile)."""
+        topic = self.settings.topics.examples
+        admin = KafkaAdmin(self.settings)
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                identity = admin.identity([topic])
+                break
+            except BrokerError as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("cannot read the Kafka cluster and topic ids: %s", exc)
+                    return None
+                time.sleep(1.0)
+        if topic not in identity.topic_ids:
+            log.warning("topic %s not found while reading its id", topic)
+            return None
+        return identity
 
     # -- one step -------------------------------------------------------------------------
     def _fill(self) -> None:
@@ -245,6 +279,7 @@ class ContinuousTrainer:
                 metrics={k: (None if isinstance(v, float) and math.isnan(v) else v)
                          for k, v in metrics.items()},  # type: ignore[misc]
                 spec_digest=self.spec.digest(),
+                **self._identity_fields(),
             )
             path = write_checkpoint(self.root, full or {}, manifest,
                                     self.settings.trainer.keep_checkpoints)
@@ -269,6 +304,16 @@ class ContinuousTrainer:
         self.publish_seconds.append(time.perf_counter() - t0)
         self.prom.stage.labels("checkpoint_publish").observe(self.publish_seconds[-1])
         return manifest
+
+    def _identity_fields(self) -> dict[str, Any]:
+        """The manifest's ``kafka_cluster_id`` and ``topic_ids`` (asked again if unknown)."""
+        if self.identity is None:
+            self.identity = self._read_identity(retry_s=0.0)
+        if self.identity is None:
+            return {}
+        topic = self.settings.topics.examples
+        return {"kafka_cluster_id": self.identity.cluster_id,
+                "topic_ids": {topic: self.identity.topic_ids[topic]}}
 
     # -- main loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_steps: int | None = None,

@@ -3,6 +3,11 @@
 Positions live in the checkpoint manifest, not in the consumer: a restarted trainer seeks to the
 offsets of the checkpoint it resumes from, so nothing is trained twice or skipped. Offsets are
 also committed to the consumer group after each durable checkpoint, for lag monitoring.
+
+A manifest's offsets are applied only to the topic instance they were read from: the manifest
+records the Kafka cluster id and the examples topic's id (:func:`verified_offsets`). After a
+new cluster (a fresh embedded broker) or a topic deleted and created again, the trainer reads
+from the group's committed offsets (which Kafka deletes with the topic), else from the beginning.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import orjson
 
 from streaming.contract.names import GROUP_TRAINER
 from streaming.errors import BrokerError
-from streaming.io.kafka import client_config
+from streaming.io.kafka import ClusterIdentity, client_config, committed_offsets
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,31 @@ log = logging.getLogger(__name__)
 def offset_key(topic: str, partition: int) -> str:
     """``"topic:partition"``, the key of a partition in a manifest's ``offsets``."""
     return f"{topic}:{partition}"
+
+
+def verified_offsets(saved: dict[str, int], saved_cluster_id: str, saved_topic_ids: dict[str, str],
+                     current: ClusterIdentity | None, topic: str) -> tuple[dict[str, int], str]:
+    """The offsets of ``topic`` in ``saved`` (a manifest's ``offsets``) that may be applied to
+    the cluster the trainer now reads, and why none may when they may not.
+
+    They may when the manifest's cluster id and the id it recorded for ``topic`` equal the
+    current ones. Otherwise (another cluster, the topic created again, a manifest that recorded
+    no identity, or a cluster that could not be asked) the result is ``({}, reason)``: applying
+    them could skip examples, or seek past the end of a younger topic."""
+    mine = {k: v for k, v in saved.items() if k.rpartition(":")[0] == topic}
+    if not mine:
+        return {}, ""
+    if not saved_cluster_id or topic not in saved_topic_ids:
+        return {}, "the checkpoint does not record which Kafka cluster and topic its offsets are from"
+    if current is None:
+        return {}, "the Kafka cluster's id and topic ids could not be read"
+    if saved_cluster_id != current.cluster_id:
+        return {}, (f"its offsets are from Kafka cluster {saved_cluster_id}, "
+                    f"this is cluster {current.cluster_id}")
+    if saved_topic_ids[topic] != current.topic_ids.get(topic):
+        return {}, (f"its offsets are from another instance of topic {topic!r} (id "
+                    f"{saved_topic_ids[topic]}, now {current.topic_ids.get(topic, 'missing')})")
+    return mine, ""
 
 
 class ExampleSource:
@@ -42,8 +72,8 @@ class ExampleSource:
             "fetch.wait.max.ms": 50,
         }))
         start = start or {}
-        committed = {tp.partition: tp.offset for tp in self._consumer.committed(
-            [confluent_kafka.TopicPartition(self.topic, p) for p in self.partitions], timeout=10)}
+        committed = {tp.partition: tp.offset for tp in committed_offsets(
+            self._consumer, [confluent_kafka.TopicPartition(self.topic, p) for p in self.partitions])}
         assignment = []
         for p in self.partitions:
             # The checkpoint's offset wins; else the group's commit; else the beginning.

@@ -18,6 +18,7 @@ Planning (steps 3-4) is pure (:mod:`streaming.ingest.plan`); I/O goes through
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter
@@ -75,6 +76,7 @@ class BatchProcessor:
         Re-reads and retries (3 attempts) when the watermark moved meanwhile (another worker
         took the partition). Raises :class:`StoreError` when Redis fails or the watermark keeps
         moving, and the sink's errors (:class:`~streaming.errors.DeliveryError`)."""
+        messages = _once_in_offset_order(partition, messages)
         async with self._lock(partition):
             for _attempt in range(3):
                 result = await self._process_once(partition, messages)
@@ -152,6 +154,20 @@ class BatchProcessor:
             await self.sink.send_all(pending)
             await self.store.trim_outbox(partition, len(pending))
         return len(pending)
+
+
+def _once_in_offset_order(partition: int, messages: Sequence[RawMessage]) -> Sequence[RawMessage]:
+    """``messages`` by offset, each offset once. After a broker restart a consumer can hand the
+    same message over twice in one batch; the watermark (the batch's last offset) only skips
+    what earlier batches applied, so a repeat inside a batch would be counted again."""
+    offsets = [m.offset for m in messages]
+    if all(a < b for a, b in itertools.pairwise(offsets)):
+        return messages
+    unique = sorted({m.offset: m for m in reversed(messages)}.values(), key=lambda m: m.offset)
+    log.warning("partition %d: %d message(s) handed over twice or out of order in one batch "
+                "(offsets %d..%d); each is processed once", partition,
+                len(messages) - len(unique), min(offsets), max(offsets))
+    return unique
 
 
 def processor_config(settings: Settings) -> ProcessorConfig:

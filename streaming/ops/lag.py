@@ -4,10 +4,12 @@ Lag is ``log-end offset - committed offset`` (kafka-exporter's ``kafka_consumerg
 lag in seconds is the age of the oldest message not yet consumed (the one at the committed
 offset), 0 when there is none.
 
-Odd watermarks. The embedded Tansu broker reports a partition's log-end offset as the base offset
-of its last record batch + 1, which can lie *below* a consumer's committed offset. Such a lag
-is never shown as negative and never hidden: :class:`PartitionLag` keeps the raw offsets, clamps
-``lag`` at 0 and sets ``anomaly`` (``"log_end_below_committed"``).
+Odd watermarks. Some brokers misreport a partition's log-end offset: Tansu (the Java-free
+embedded broker, ``runtime.broker=tansu``) reports the base offset of its last record batch + 1,
+which can lie *below* a consumer's committed offset. Such a lag is never shown as negative and
+never hidden: :class:`PartitionLag` keeps the raw offsets, clamps ``lag`` at 0 and sets
+``anomaly`` (``"log_end_below_committed"``). Apache Kafka reports exact log-end offsets, so on it
+the flag stays 0.
 
 Status (after Burrow's evaluator, adapted to polling: we see committed offsets each time we
 sample, not each commit). Over the samples of the last ``window_s`` seconds, per partition:

@@ -22,16 +22,21 @@ from typing import IO, Any
 from streaming.errors import EmbeddedServiceError
 from streaming.settings import Settings
 
-__all__ = ["ManagedProcess", "component_process", "free_port", "terminate"]
+__all__ = ["ManagedProcess", "component_process", "die_with_parent", "free_port", "terminate"]
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. Note: the signal fires when the *thread* that
-    # forked exits, so processes are started from the main thread.
+def die_with_parent() -> None:
+    """``preexec_fn`` for :class:`subprocess.Popen`: the child gets SIGTERM when its parent dies,
+    even when the parent is killed with SIGKILL (``PR_SET_PDEATHSIG``).
+
+    Runs in the child between fork and exec. The signal fires when the *thread* that forked
+    exits, not the process: start long-lived children from the main thread (or from a thread
+    that lives as long as they should).
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -86,7 +91,7 @@ class ManagedProcess:
                 # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
                 # stops children in order instead of all of them dying at once.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             self._log.close()

@@ -185,6 +185,18 @@ def test_duplicates_are_dropped_and_redelivery_is_a_no_op(harness: Harness) -> N
     assert stats["duplicate"] == 2 and stats["accepted"] == 2
 
 
+def test_a_message_handed_over_twice_in_one_batch_counts_once(harness: Harness) -> None:
+    # After a broker restart a consumer may deliver a message again within the same batch.
+    a, b, c = e(1, "view", T0), e(2, "view", T0 + 10, item="i2"), e(3, "click", T0 + 20)
+    msgs = [RawMessage(n, x.key, x.to_json()) for n, x in enumerate((a, b, c))]
+    twice = [msgs[0], msgs[1], msgs[1], msgs[2], msgs[0]]
+    result = harness.loop.run_until_complete(harness.processor.process(0, twice))
+    assert result.applied
+    stats = harness.stats()
+    assert (stats["processed"], stats["accepted"], stats.get("duplicate", 0)) == (3, 3, 0)
+    assert harness.hash("i:i1")["n.view"] == "1"
+
+
 def test_implicit_mode_positive_plus_sampled_negatives(stack: Settings) -> None:
     settings = stack.with_values({"stream.label_mode": "implicit", "stream.negatives": "2"})
     h = Harness(settings)

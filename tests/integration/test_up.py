@@ -9,11 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import confluent_kafka
 import orjson
 import pytest
 
+from models.checkpoint import Manifest, list_versions, read_manifest, version_dir
+from streaming.ingest.state_store import read_stats
+from streaming.io.kafka import client_config
+from streaming.io.redis_client import connect
 from streaming.settings import Settings
-from tests.integration.helpers import cli_env, start_up
+from tests.integration.helpers import cli_env, start_up, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +56,22 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
 
 def _service_markers(lines: list[str]) -> list[str]:
     text = "".join(lines)
-    kafka = re.search(r"kafka\s+(\S+)", text)
-    redis_addr = re.search(r"redis\s+redis://([^/\s]+)", text)
+    kafka = re.search(r"^kafka\s+(\S+)\s+\((.*)\)$", text, re.M)
+    redis_addr = re.search(r"^redis\s+redis://([^/\s]+)", text, re.M)
     assert kafka and redis_addr, text
-    # redis-server rewrites its process title to "redis-server HOST:PORT".
-    return [f"tcp://{kafka.group(1)}", f"redis-server {redis_addr.group(1)}"]
+    # The Apache Kafka JVM runs `kafka.Kafka <its data dir>/server.properties` (up prints the
+    # data dir); Tansu has its listener URL on its command line. redis-server rewrites its
+    # process title to "redis-server HOST:PORT".
+    data = re.search(r"data in (\S+)$", kafka.group(2))
+    broker = f"kafka.Kafka {data.group(1)}/server.properties" if data else f"tcp://{kafka.group(1)}"
+    return [broker, f"redis-server {redis_addr.group(1)}"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_up_stops_cleanly_on_signal_leaving_no_process(tmp_path: Path, sig: signal.Signals) -> None:
     proc, lines = _start_up(tmp_path)
     markers = _service_markers(lines)
+    assert re.search(r"^kafka .*\(Apache Kafka 4\.\d+\.\d+, KRaft, ", "".join(lines), re.M), lines
     assert all(_pids_matching(m) for m in markers), "embedded services should be running"
     # This run's worker (other test sessions on the machine may run workers of their own).
     workers = [pid for pid in _descendants(proc.pid) if pid in _pids_matching("deploy.cli worker")]
@@ -106,3 +116,71 @@ def test_up_with_duration_prints_a_summary_and_other_commands_find_it(
     assert summary["processed"] == summary["emitted"]  # the Faust worker kept up
     assert summary["invalid_input"] == summary["dead_lettered"] == 0
     assert summary["examples"] > 0  # 2 s windows closed during the run
+
+
+def test_a_second_up_continues_where_the_first_stopped(tmp_path: Path) -> None:
+    """Two runs on one data directory: the first run's events stay in the topic, its feature
+    state and group commits stay, and the trainer resumes at its checkpoint's offsets."""
+    ckpt = tmp_path / "ckpt"
+    args = ("--rate", "150", "--no-dashboard",
+            "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300",
+            "--set", "trainer.publish_interval_s=3", "--set", "trainer.batch_size=64",
+            "--set", f"trainer.checkpoint_dir={ckpt}")
+
+    def run(events: int, processed_total: int) -> tuple[dict, list[str], Manifest]:
+        proc, lines, settings = start_up(tmp_path, "--events", str(events), *args)
+        assert settings is not None
+        try:
+            client = connect(settings.redis)
+            wait_for(f"{processed_total} events processed", lambda: read_stats(
+                client, "sr:", range(4)).get("processed", 0) >= processed_total, 120)
+            high = _event_offsets(settings)
+            client.close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, out[-3000:]
+        versions = list_versions(ckpt)
+        assert versions, out[-3000:]
+        return ({"summary": orjson.loads(out.strip().splitlines()[-1]), "offsets": high},
+                lines + out.splitlines(keepends=True), read_manifest(version_dir(ckpt, versions[-1])))
+
+    first, _, m1 = run(600, 600)
+    assert first["summary"]["emitted"] == first["summary"]["processed"] == 600
+    assert sum(first["offsets"]) == 600 and m1.examples_seen > 0
+
+    second, lines2, m2 = run(400, 1000)
+    text = "".join(lines2)
+    assert "topics created: none" in text, text  # the first run's topics, not new ones
+    # The first run's events are still in the topic: offsets continue from where it ended.
+    assert sum(second["offsets"]) == 1000
+    # This run's counters count this run; Redis kept the first run's (1000 processed in all,
+    # none twice: the synthetic ids of each run are its own).
+    assert second["summary"]["emitted"] == second["summary"]["processed"] == 400
+    assert second["summary"]["duplicates"] == 0
+    trainer_log = Path(re.search(r"^logs\s+(\S+)", text, re.M).group(1)) / "trainer.log"
+    log_text = trainer_log.read_text()
+    assert f"resumed from checkpoint v{m1.version}" in log_text
+    assert "not seeking to the offsets" not in log_text
+    assert (m2.kafka_cluster_id, m2.topic_ids) == (m1.kafka_cluster_id, m1.topic_ids)
+    assert m2.version > m1.version
+    for key, offset in m1.offsets.items():
+        assert m2.offsets[key] >= offset
+    # Resumed at the first run's offsets: every example trained once over both runs. (From the
+    # beginning it would count the first run's examples twice; a skip would leave a gap.)
+    assert sum(m2.offsets.values()) == m2.examples_seen > m1.examples_seen
+
+
+def _event_offsets(settings: Settings) -> list[int]:
+    """Log-start must be 0 (nothing deleted) and these are the log-end offsets per partition."""
+    consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{"group.id": "test-offsets"}))
+    try:
+        out = []
+        for p in range(settings.topics.events_partitions):
+            low, high = consumer.get_watermark_offsets(
+                confluent_kafka.TopicPartition(settings.topics.events, p), timeout=10)
+            assert low == 0
+            out.append(high)
+        return out
+    finally:
+        consumer.close()

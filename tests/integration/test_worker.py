@@ -7,10 +7,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import confluent_kafka
 import orjson
 import pytest
 import redis
 
+from streaming.ingest.processor import dlq_reason
+from streaming.io.kafka import client_config
 from streaming.io.producer import EventProducer
 from streaming.settings import Settings
 from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
@@ -168,10 +171,28 @@ def test_worker_killed_mid_stream_matches_an_uninterrupted_run(
     assert totals["invalid"] == 12 and totals["duplicate"] == 12
 
     ex_clean = consume_all(clean, clean.topics.examples, totals["examples"])
-    ex_crashed = consume_all(crashed, crashed.topics.examples, totals["examples"], timeout_s=10)
     ids_clean = sorted(orjson.loads(m.value())["example_id"] for m in ex_clean)
-    ids_crashed = sorted(orjson.loads(m.value())["example_id"] for m in ex_crashed)
     assert len(ids_clean) == totals["examples"] > 1000
-    assert ids_crashed == ids_clean
-    dlq = consume_all(crashed, crashed.topics.dlq, 12, timeout_s=10)
-    assert len(dlq) == 12
+    # The outbox is at-least-once: when the kill lands after the broker took a batch's records
+    # and before the worker trimmed its outbox, the next owner of the partition produces them
+    # again (the trainer drops repeated example ids). Every record arrives; repeats are copies.
+    ex_crashed = consume_all(crashed, crashed.topics.examples, _end(crashed, crashed.topics.examples))
+    ids_crashed = [orjson.loads(m.value())["example_id"] for m in ex_crashed]
+    assert sorted(set(ids_crashed)) == ids_clean
+    dlq = consume_all(crashed, crashed.topics.dlq, _end(crashed, crashed.topics.dlq))
+    assert len({dlq_reason(m.headers())["streamrec.source"] for m in dlq}) == 12 <= len(dlq)
+
+
+def _end(settings: Settings, topic: str) -> int:
+    """Messages in ``topic`` (log-end minus log-start, over its partitions)."""
+    consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{"group.id": "test-end"}))
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        total = 0
+        for p in md.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p),
+                                                       timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()

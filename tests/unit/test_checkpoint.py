@@ -86,3 +86,20 @@ def test_pickled_code_is_not_executed(tmp_path: Path) -> None:
     (path / "manifest.json").write_bytes(orjson.dumps(doc))
     with pytest.raises(CorruptCheckpoint, match="does not load"):
         load_checkpoint(path)
+
+
+def test_manifest_records_the_kafka_identity_and_old_manifests_still_load(tmp_path: Path) -> None:
+    import dataclasses
+
+    import orjson
+
+    m = dataclasses.replace(manifest(1), kafka_cluster_id="c1",
+                            topic_ids={"training-examples": "t1"})
+    write_checkpoint(tmp_path, {"w": torch.zeros(1)}, m, keep=3)
+    loaded, _ = load_checkpoint(version_dir(tmp_path, 1), "abc")
+    assert (loaded.kafka_cluster_id, loaded.topic_ids) == ("c1", {"training-examples": "t1"})
+    # A manifest written before the identity was recorded: defaults, no error.
+    doc = orjson.loads(manifest(2).to_json())
+    del doc["kafka_cluster_id"], doc["topic_ids"]
+    old = Manifest.from_json(orjson.dumps(doc))
+    assert (old.kafka_cluster_id, old.topic_ids, old.offsets) == ("", {}, {"training-examples:0": 2})

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--events", type=int, metavar="N",
                     help="stop the source after N events; everything else keeps running")
     up.add_argument("--no-dashboard", action="store_true", help="do not serve the dashboard")
+    up.add_argument("--fresh", action="store_true",
+                    help="start from an empty data directory (= --set runtime.fresh=true)")
     up.add_argument("--workers", type=int, default=1, metavar="N",
                     help="stream-processing workers (one consumer group; default 1)")
     up.add_argument("--scorers", type=int, default=1, metavar="N",
@@ -161,6 +163,8 @@ def load_settings(args: argparse.Namespace) -> Any:
     from streaming.settings import Settings, parse_assignments
 
     overrides = parse_assignments(args.set)
+    if getattr(args, "fresh", False):
+        overrides["runtime.fresh"] = "true"
     for flag, key in (("kafka_bootstrap_servers", "kafka.bootstrap_servers"),
                       ("redis_url", "redis.url"), ("run_dir", "runtime.run_dir"),
                       ("log_level", "runtime.log_level"), ("debounce_ms", "serving.debounce_ms")):

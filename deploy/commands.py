@@ -206,6 +206,12 @@ def cmd_eval(args: argparse.Namespace, settings: Any) -> int:
         window_ms=parse_duration_ms(args.window, "--window") if args.window else None,
         half_life_ms=parse_duration_ms(args.half_life, "--half-life") if args.half_life else None,
         label_mode=args.label_mode)
+    if not settings.runtime.data_dir:
+        # Its own emptied data directory: an evaluation never shares a broker's logs or Redis
+        # with a running `streamrec up` (whose data directory is locked).
+        settings = settings.with_values({
+            "runtime.data_dir": str(settings.runtime.run_path / "eval" / "data"),
+            "runtime.fresh": "true"})
     # Ctrl-C raises KeyboardInterrupt: the run stops where it is and the services stop with it.
     result = run_eval(settings, args.stream, services=EmbeddedRuntime, seed=args.seed,
                       via=args.via, events=args.events,

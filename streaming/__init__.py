@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         DeliveryError,
         EmbeddedServiceError,
         InvalidEvent,
+        RecordRefused,
         ServiceError,
         SourceError,
         StoreError,
@@ -59,6 +60,7 @@ __all__ = [
     "FeedItem",
     "FeedReader",
     "InvalidEvent",
+    "RecordRefused",
     "ServiceError",
     "Settings",
     "SourceError",
@@ -68,7 +70,7 @@ __all__ = [
 
 _ERRORS = ("BackpressureTimeout", "BrokerError", "CheckpointError", "ConfigError",
            "CorruptCheckpoint", "DeliveryError", "EmbeddedServiceError", "InvalidEvent",
-           "ServiceError", "SourceError", "StoreError", "StreamrecError")
+           "RecordRefused", "ServiceError", "SourceError", "StoreError", "StreamrecError")
 _WHERE = {
     "Event": "streaming.contract.events",
     "EventProducer": "streaming.io.producer",

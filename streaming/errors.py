@@ -11,7 +11,8 @@ handle a failure::
     ├── ServiceError             a backing service failed
     │   ├── BrokerError          Kafka
     │   │   ├── DeliveryError        produced messages not acknowledged (.failed)
-    │   │   └── BackpressureTimeout  the producer queue stayed full
+    │   │   ├── BackpressureTimeout  the producer queue stayed full
+    │   │   └── RecordRefused        the broker refuses this record for good (.error)
     │   ├── StoreError           Redis
     │   └── EmbeddedServiceError an embedded broker or Redis did not start
     └── CheckpointError          a checkpoint cannot be written or read
@@ -64,6 +65,15 @@ class DeliveryError(BrokerError):
 
 class BackpressureTimeout(BrokerError):
     """The producer queue stayed full for longer than the allowed blocking time."""
+
+
+class RecordRefused(BrokerError):
+    """The record can never be produced as it is (larger than the broker's or the topic's
+    ``message.max.bytes``, or invalid for the topic); retrying it cannot succeed."""
+
+    def __init__(self, message: str, error: str) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class StoreError(ServiceError):

@@ -140,6 +140,11 @@ class StreamSettings:
                               "(ts_out_of_range); lower it to replay historical logs")
     batch_size: int = _f(500, "max events per processing batch")
     batch_wait_ms: int = _f(50, "max wait to fill a processing batch (ms)")
+    dlq_max_value_bytes: int = _f(65_536, "DLQ records keep at most this many bytes of a "
+                                  "rejected message (headers give its size and SHA-256); "
+                                  "keep it well below the broker's message.max.bytes")
+    parked_kept: int = _f(1_000, "outbox records the broker refuses for good are moved aside "
+                          "(P obp:<partition>); the newest N are kept per partition")
 
     def __post_init__(self) -> None:
         if self.label_mode not in ("exposure", "implicit"):
@@ -147,7 +152,8 @@ class StreamSettings:
         for name in ("attribution_window_ms", "dedup_window", "batch_size", "batch_wait_ms",
                      "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent",
                      "affinity_half_life_ms", "short_affinity_half_life_ms",
-                     "trending_half_life_ms", "user_items_kept", "user_item_half_life_ms"):
+                     "trending_half_life_ms", "user_items_kept", "user_item_half_life_ms",
+                     "dlq_max_value_bytes", "parked_kept"):
             _positive(f"stream.{name}", getattr(self, name))
         if self.hard_negatives != "proportional":
             try:

@@ -33,6 +33,7 @@ Per partition of the events topic (ingest only):
 ``P lf:<p>`` / ``P lfd:<p>``  hash / zset  recent follow-ups and their newest time
 ``P ob:<p>``            list  outbox: records to produce after the apply committed
 ``P stats:<p>``         hash  processor counters
+``P obp:<p>``           list  outbox records refused by the broker for good, moved aside
 
 Serving and operations:
 
@@ -151,6 +152,10 @@ class Keys:
         """The partition's outbox list."""
         return self.partition("ob", partition)
 
+    def parked(self, partition: int) -> str:
+        """Outbox records the broker refused for good, moved aside (newest last, bounded)."""
+        return self.partition("obp", partition)
+
     # -- serving and operations ---------------------------------------------------------------
     def feed(self, user_id: str) -> str:
         """A user's feed (``POPULAR_FEED`` for the fallback feed)."""
@@ -172,4 +177,4 @@ class Keys:
         return f"{self.prefix}health"
 
 
-_PARTITION_KEYS = frozenset({"seen", "lx", "lxd", "lf", "lfd", "ob", "stats"})
+_PARTITION_KEYS = frozenset({"seen", "lx", "lxd", "lf", "lfd", "ob", "obp", "stats"})

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 import redis
 
-from streaming.errors import StoreError
+from streaming.errors import BrokerError, StoreError
 from streaming.ingest.processor import BatchProcessor, RawMessage, build_processor
 from streaming.ingest.topics import Topics
 from streaming.ops import health
@@ -62,8 +62,13 @@ async def _process_until_stored(processor: BatchProcessor, runs: dict[int, list[
         except StoreError as exc:
             metrics.redis_errors.labels("ingest").inc()
             log.warning("Redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_backoff_s)
+        except BrokerError as exc:
+            # The batch's state is committed and its records wait in the outbox: the retry finds
+            # the watermark moved and the outbox timer produces them once Kafka answers.
+            metrics.kafka_errors.labels("ingest").inc()
+            log.warning("outbox not produced (%s); retrying in %.1f s", exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_backoff_s)
 
 
 def register_ingest(app: faust.App, settings: Settings, topics: Topics,
@@ -85,9 +90,12 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics,
         processor = resources.get()
         try:
             for partition in mine:
-                await processor.flush_outbox(partition)
+                metrics.record_delivery(await processor.flush_outbox(partition))
         except StoreError as exc:  # Redis away: the next tick tries again
             metrics.redis_errors.labels("ingest").inc()
+            log.warning("outbox not flushed: %s", exc)
+        except BrokerError as exc:  # Kafka away: the next tick tries again
+            metrics.kafka_errors.labels("ingest").inc()
             log.warning("outbox not flushed: %s", exc)
         # The same timer is the worker's heartbeat (streaming.ops.health).
         try:
@@ -117,6 +125,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Topics,
                     counts.update(result.counts)
                 # Message timestamps (producer create time), not event times: a replay of old
                 # events would otherwise read as hours of latency.
+                metrics.record_delivery(counts)
                 metrics.record_batch(counts, [now - t / 1000 for msgs in runs.values()
                                               for m in msgs if (t := m.timestamp_ms)])
         finally:

@@ -48,6 +48,7 @@ from streaming.features.state import (
     parse_recent,
     touch_user_item,
 )
+from streaming.ingest.dlq import dead_letter
 from streaming.ingest.types import BatchReads, Op, OutMessage, Plan, RawMessage
 
 __all__ = [
@@ -64,7 +65,8 @@ __all__ = [
 ]
 
 COUNTERS = ("processed", "accepted", "invalid", "duplicate", "out_of_order", "late",
-            "unmatched_followups", "examples", "examples_positive", "examples_sampled")
+            "unmatched_followups", "examples", "examples_positive", "examples_sampled",
+            "dlq_truncated")
 EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 10.0}  # category affinity, trending
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,10 @@ class ProcessorConfig:
     # Share of negatives from the user's own items; None: proportional to their number (every
     # own or pool item equally likely; see streaming.features.labels.sample_mixed_negatives).
     hard_negatives: float | None = None
+    # DLQ values beyond this are cut (the headers keep size and SHA-256): the record must fit
+    # the broker's message.max.bytes, or it would block the partition's outbox.
+    dlq_max_value_bytes: int = 65_536
+    parked_kept: int = 1_000  # refused outbox records kept aside per partition (newest)
 
 
 # (user fields, recent count, item fields, category, price, event time, user x item entry)
@@ -276,14 +282,12 @@ def bookkeeping_ops(keys: Keys, topic: str, partition: int, max_ts: int | None,
 
 
 def dlq_record(cfg: ProcessorConfig, partition: int, msg: RawMessage, code: str,
-               detail: str) -> OutMessage:
-    """The DLQ record of a rejected message: original key and bytes, the reason in headers."""
-    headers = (
-        ("streamrec.reason", code.encode()),
-        ("streamrec.detail", detail[:500].encode()),
-        ("streamrec.source", f"{cfg.source_topic}/{partition}/{msg.offset}".encode()),
-    )
-    return OutMessage(cfg.dlq_topic, msg.key, msg.value, headers)
+               detail: str) -> tuple[OutMessage, bool]:
+    """The DLQ record of a rejected message (:func:`streaming.ingest.dlq.dead_letter`: original
+    key and bytes up to ``cfg.dlq_max_value_bytes``, the reason, size and hash in headers) and
+    whether it was truncated."""
+    return dead_letter(cfg.dlq_topic, f"{cfg.source_topic}/{partition}", msg, code, detail,
+                       cfg.dlq_max_value_bytes)
 
 
 def plan_batch(
@@ -313,7 +317,9 @@ def plan_batch(
         counts["processed"] += 1
         if isinstance(ev, InvalidEvent):
             counts["invalid"] += 1
-            outbox.append(dlq_record(cfg, partition, msg, ev.code, ev.detail))
+            record, truncated = dlq_record(cfg, partition, msg, ev.code, ev.detail)
+            outbox.append(record)
+            counts["dlq_truncated"] += truncated
             continue
         if ev.event_id in seen:
             counts["duplicate"] += 1

@@ -32,9 +32,10 @@ from streaming.contract.events import Event, Limits, parse_event
 from streaming.errors import InvalidEvent, StoreError
 from streaming.features.labels import LabelConfig, pair_key, sample_mixed_negatives
 from streaming.features.state import SEP, feature_config
+from streaming.ingest.dlq import is_metadata_only, metadata_only
 from streaming.ingest.plan import ProcessorConfig, plan_batch
 from streaming.ingest.state_store import StateStore
-from streaming.ingest.types import OutboxSink, OutMessage, RawMessage
+from streaming.ingest.types import OutboxSink, OutMessage, RawMessage, Undeliverable
 from streaming.io.producer import RecordProducer
 from streaming.io.redis_client import client_kwargs
 from streaming.settings import Settings
@@ -133,27 +134,60 @@ class BatchProcessor:
             partition, reads.applied_offset, fresh[-1][0].offset, plan.ops, plan.outbox)
         if outbox_len is None:
             return None
+        counts = Counter(plan.counts)
         if outbox_len == len(plan.outbox):
             if plan.outbox:
-                await self.sink.send_all(plan.outbox)
-                await self.store.trim_outbox(partition, len(plan.outbox))
+                counts.update(await self._deliver(partition, plan.outbox))
         else:
             # Records left by a run that died between its commit and its produce come first.
-            await self._flush_outbox(partition)
-        return BatchResult(plan.counts, plan.examples, applied=True)
+            counts.update(await self._flush_outbox(partition))
+        return BatchResult(counts, plan.examples, applied=True)
 
-    async def flush_outbox(self, partition: int) -> int:
-        """Produce whatever a previous run committed but did not produce (after a crash)."""
+    async def flush_outbox(self, partition: int) -> Counter[str]:
+        """Produce whatever a previous run committed but did not produce (after a crash).
+        Returns the delivery counters (``outbox_flushed``, ``dlq_metadata_only``, ``parked``)."""
         async with self._lock(partition):
             return await self._flush_outbox(partition)
 
-    async def _flush_outbox(self, partition: int) -> int:
+    async def _flush_outbox(self, partition: int) -> Counter[str]:
         pending = await self.store.outbox(partition)
-        if pending:
-            log.info("partition %d: producing %d outbox records", partition, len(pending))
-            await self.sink.send_all(pending)
-            await self.store.trim_outbox(partition, len(pending))
-        return len(pending)
+        if not pending:
+            return Counter()
+        log.info("partition %d: producing %d outbox records", partition, len(pending))
+        counts = await self._deliver(partition, pending)
+        counts["outbox_flushed"] += len(pending)
+        return counts
+
+    async def _deliver(self, partition: int, records: Sequence[OutMessage]) -> Counter[str]:
+        """Produce ``records`` (the head of the partition's outbox) and trim them from it.
+
+        A DLQ record the broker refuses for good is replaced by its metadata-only form; a record
+        refused even then (or an example) is parked with the broker's error: never retried, so
+        one record can never block the partition. Transient failures raise
+        :class:`~streaming.errors.DeliveryError` and leave the outbox as it was (retried)."""
+        counts: Counter[str] = Counter()
+        parked: list[tuple[OutMessage, str]] = []
+        retry: list[tuple[OutMessage, str]] = []
+        for f in await self.sink.send_all(records) or ():
+            record = records[f.index]
+            if record.topic == self.cfg.dlq_topic and not is_metadata_only(record):
+                retry.append((record, f.error))
+            else:
+                parked.append((record, f.error))
+        if retry:
+            replacements = [metadata_only(record, error) for record, error in retry]
+            refused = await self.sink.send_all(replacements) or ()
+            parked.extend(retry[f.index] for f in refused)
+            counts["dlq_metadata_only"] += len(replacements) - len(refused)
+            log.warning("partition %d: %d DLQ record(s) refused by the broker (%s); sent "
+                        "without key and value instead", partition, len(retry), retry[0][1])
+        if parked:
+            log.error("partition %d: %d record(s) refused by the broker for good (%s); moved "
+                      "aside to %s", partition, len(parked), parked[0][1],
+                      self.store.keys.parked(partition))
+            counts["parked"] += len(parked)
+        await self.store.park_and_trim(partition, parked, len(records), self.cfg.parked_kept)
+        return counts
 
 
 def _once_in_offset_order(partition: int, messages: Sequence[RawMessage]) -> Sequence[RawMessage]:
@@ -185,6 +219,8 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         dedup_window=s.dedup_window,
         negative_pool=s.negative_pool,
         hard_negatives=None if s.hard_negatives == "proportional" else float(s.hard_negatives),
+        dlq_max_value_bytes=s.dlq_max_value_bytes,
+        parked_kept=s.parked_kept,
     )
 
 
@@ -216,13 +252,14 @@ class ProducerSink:
     def __init__(self, producer: Any) -> None:
         self._producer = producer
 
-    async def send_all(self, messages: Sequence[OutMessage]) -> None:
-        """Queue ``messages`` and wait (off the loop, up to 60 s) until all are acknowledged;
-        raises :class:`~streaming.errors.DeliveryError` otherwise."""
-        for m in messages:
-            self._producer.send_raw(m.key, m.value, topic=m.topic,
-                                    headers=dict(m.headers) if m.headers else None)
-        await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 60.0)
+    async def send_all(self, messages: Sequence[OutMessage]) -> list[Undeliverable]:
+        """Produce ``messages`` and wait (off the loop, up to 60 s) until each is acknowledged
+        or refused; returns the refused ones. Raises :class:`~streaming.errors.DeliveryError`
+        for any other failure."""
+        records = [(m.topic, m.key, m.value, m.headers) for m in messages]
+        refused = await asyncio.get_running_loop().run_in_executor(
+            None, self._producer.deliver, records, 60.0)
+        return [Undeliverable(i, error) for i, error in sorted(refused.items())]
 
 
 def dlq_reason(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:

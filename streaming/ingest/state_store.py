@@ -17,6 +17,7 @@ in one slot via a ``{tag}`` in the key prefix).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
@@ -167,6 +168,28 @@ class StateStore:
         except redis.RedisError as exc:
             raise StoreError(f"Redis outbox read failed: {exc}") from None
         return [OutMessage.decode(r) for r in raws]
+
+    async def park_and_trim(self, partition: int, parked: Sequence[tuple[OutMessage, str]],
+                            n: int, keep: int) -> None:
+        """In one transaction: move ``parked`` (record, the broker's error) to the partition's
+        parked list (``P obp:<p>``, the newest ``keep`` kept), count them in its stats
+        (``parked``), and drop the oldest ``n`` records of its outbox. Raises :class:`StoreError`.
+
+        Parked entries are the record's framing (:meth:`OutMessage.encode`) after a JSON line
+        ``{"error": ..., "ts_ms": ...}``."""
+        now_ms = int(time.time() * 1000)
+        try:
+            async with self.r.pipeline(transaction=True) as pipe:
+                for record, error in parked:
+                    pipe.rpush(self.keys.parked(partition), orjson.dumps(
+                        {"error": error, "ts_ms": now_ms}) + b"\n" + record.encode())
+                if parked:
+                    pipe.ltrim(self.keys.parked(partition), -keep, -1)
+                    pipe.hincrby(self.keys.stats(partition), "parked", len(parked))
+                pipe.ltrim(self.keys.outbox(partition), n, -1)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis outbox park failed: {exc}") from None
 
     async def trim_outbox(self, partition: int, n: int) -> None:
         """Drop the oldest ``n`` (produced) records of the partition's outbox. Raises :class:`StoreError`."""

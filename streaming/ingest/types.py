@@ -14,7 +14,7 @@ import orjson
 from streaming.features.labels import Exposure
 from streaming.features.state import UserItem
 
-__all__ = ["BatchReads", "Op", "OutMessage", "OutboxSink", "Plan", "RawMessage"]
+__all__ = ["BatchReads", "Op", "OutMessage", "OutboxSink", "Plan", "RawMessage", "Undeliverable"]
 
 Op = list[Any]  # ``[name, key, args...]``, interpreted by ``lua/apply.lua``
 
@@ -87,9 +87,20 @@ class Plan:
     examples: int
 
 
-class OutboxSink(Protocol):
-    """Produces outbox records and returns once all are acknowledged (or raises)."""
+@dataclass(frozen=True, slots=True)
+class Undeliverable:
+    """A record the broker refused for good (e.g. larger than its ``message.max.bytes``):
+    ``index`` into the records sent, the broker's ``error``. Retrying it cannot succeed."""
 
-    async def send_all(self, messages: Sequence[OutMessage]) -> None:
-        """Produce ``messages`` and wait for every acknowledgement."""
+    index: int
+    error: str
+
+
+class OutboxSink(Protocol):
+    """Produces outbox records and returns once each is acknowledged or refused for good."""
+
+    async def send_all(self, messages: Sequence[OutMessage]) -> Sequence[Undeliverable] | None:
+        """Produce ``messages`` and wait for every acknowledgement. Returns the records refused
+        for good (None or empty: all delivered); raises
+        :class:`~streaming.errors.DeliveryError` for failures a retry may fix."""
         ...

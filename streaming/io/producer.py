@@ -13,9 +13,11 @@ raises :class:`~streaming.errors.DeliveryError` if any failed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -23,26 +25,40 @@ from typing import Any
 import confluent_kafka
 
 from streaming.contract.events import Event
-from streaming.errors import BackpressureTimeout, BrokerError, DeliveryError
+from streaming.errors import BackpressureTimeout, BrokerError, DeliveryError, RecordRefused
 from streaming.io.kafka import client_config
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Errors that no retry can fix: the record itself is refused (too large for the broker or the
+# topic, or invalid for it). Anything else (timeouts, leader changes) may succeed later.
+PERMANENT_ERRORS = frozenset({
+    confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+    confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
+    confluent_kafka.KafkaError.INVALID_RECORD,
+    confluent_kafka.KafkaError.INVALID_MSG_SIZE,
+    confluent_kafka.KafkaError.INVALID_MSG,
+})
+
+Record = tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]  # topic, key, value, headers
+
 
 @dataclass(slots=True)
 class DeliveryStats:
-    """Counts of a producer's messages: queued, acknowledged, failed (with the last errors)."""
+    """Counts of a producer's messages: queued, acknowledged, failed (with the last errors), and
+    refused for good and handed back to the caller (:meth:`RecordProducer.deliver`)."""
 
     sent: int = 0
     delivered: int = 0
     failed: int = 0
+    refused: int = 0
     last_errors: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
     @property
     def in_flight(self) -> int:
         """Queued and not yet acknowledged or failed."""
-        return self.sent - self.delivered - self.failed
+        return self.sent - self.delivered - self.failed - self.refused
 
 
 class RecordProducer:
@@ -97,10 +113,15 @@ class RecordProducer:
         topic: str | None = None,
         headers: dict[str, bytes] | None = None,
         timestamp_ms: int | None = None,
+        on_delivery: Any = None,
     ) -> None:
-        """Queue one message; blocks (serving delivery reports) while the queue is full."""
+        """Queue one message; blocks (serving delivery reports) while the queue is full.
+        Raises :class:`~streaming.errors.RecordRefused` for a record the client refuses at once
+        (above ``message.max.bytes``), :class:`~streaming.errors.BrokerError` otherwise.
+        ``on_delivery(err, msg)``, if given, replaces the producer's own delivery accounting
+        (:meth:`deliver` uses it and calls that accounting itself)."""
         deadline: float | None = None
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {"on_delivery": on_delivery or self._on_delivery}
         if headers:
             kwargs["headers"] = list(headers.items())
         if timestamp_ms is not None:
@@ -119,9 +140,46 @@ class RecordProducer:
                     ) from None
                 self._producer.poll(0.05)
             except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                if err.code() in PERMANENT_ERRORS:
+                    raise RecordRefused(f"produce to {topic or self.topic!r} refused "
+                                        f"({len(value)} bytes): {err.str()}", err.str()) from None
                 raise BrokerError(f"produce to {topic or self.topic!r} failed: {exc}") from None
         self.stats.sent += 1
         self._producer.poll(0)
+
+    def deliver(self, records: Sequence[Record], timeout_s: float = 60.0) -> dict[int, str]:
+        """Produce ``records`` and wait until each is acknowledged or refused.
+
+        Returns ``{index: error}`` for the records refused for good (:data:`PERMANENT_ERRORS`,
+        whether librdkafka refused them at once or the broker did). Raises
+        :class:`~streaming.errors.DeliveryError` if any other failure happened or not all were
+        acknowledged within ``timeout_s``: a retry of the same records may then succeed."""
+        refused: dict[int, str] = {}
+        transient: list[str] = []
+
+        def report(index: int, err: confluent_kafka.KafkaError | None, msg: Any) -> None:
+            if err is not None and err.code() in PERMANENT_ERRORS:
+                self.stats.refused += 1  # handed back to the caller, not a failure of ours
+                refused[index] = err.str()
+                return
+            self._on_delivery(err, msg)
+            if err is not None:
+                transient.append(err.str())
+
+        for index, (topic, key, value, headers) in enumerate(records):
+            try:
+                self.send_raw(key, value, topic=topic, headers=dict(headers) if headers else None,
+                              on_delivery=functools.partial(report, index))
+            except RecordRefused as exc:
+                refused[index] = exc.error
+        remaining = self._producer.flush(timeout_s)
+        if remaining or transient:
+            raise DeliveryError(
+                f"{remaining} record(s) unacknowledged after {timeout_s:.0f} s, "
+                f"{len(transient)} failed" + (f"; last error: {transient[-1]}" if transient else ""),
+                failed=remaining + len(transient))
+        return refused
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Serve delivery reports."""

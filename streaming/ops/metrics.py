@@ -14,6 +14,7 @@ Grafana dashboard in ``deploy/`` is checked against it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -56,10 +57,25 @@ class IngestMetrics:
                                      "Records sent to the dead-letter topic", registry=r)
         self.examples = Counter("streamrec_examples_total", "Training examples emitted",
                                 registry=r)
+        self.dlq_reduced = Counter("streamrec_dlq_reduced_total",
+                                   "DLQ records cut to fit the broker: truncated (value cut to "
+                                   "stream.dlq_max_value_bytes) or metadata_only (refused, "
+                                   "sent without key and value)", ["how"], registry=r)
+        self.parked = Counter("streamrec_outbox_parked_total",
+                              "Outbox records the broker refused for good, moved aside "
+                              "(P obp:<partition>) instead of blocking the partition", registry=r)
         self.stage = _stage_histogram(r)
         self.redis_errors, self.kafka_errors = _errors(r)
         for outcome in ("processed", "accepted", "invalid", "duplicate"):
             self.events.labels(outcome)
+        for how in ("truncated", "metadata_only"):
+            self.dlq_reduced.labels(how)
+
+    def record_delivery(self, counts: Mapping[str, int]) -> None:
+        """Count what producing the outbox took: reduced DLQ records and parked records."""
+        self.dlq_reduced.labels("truncated").inc(counts.get("dlq_truncated", 0))
+        self.dlq_reduced.labels("metadata_only").inc(counts.get("dlq_metadata_only", 0))
+        self.parked.inc(counts.get("parked", 0))
 
     def record_batch(self, counts: dict[str, int], event_ages_s: list[float]) -> None:
         """Count one batch (``counts``: the processor's counters) and observe each message's age

@@ -4,7 +4,12 @@ Layout under the checkpoint directory::
 
     v00000007/
         model.pt        # state_dict of the unsharded StreamRecModel (plain tensors)
+        optimizer.pt    # the trainer's optimizer state, unsharded (plain tensors; resume only)
         manifest.json   # Manifest below, with the sha256 of every other file
+
+Scorers read ``model.pt`` only (:func:`load_checkpoint`); ``optimizer.pt`` holds the embedding
+tables' RowWiseAdagrad accumulators and dense Adagrad's state, which a resumed trainer needs to
+continue exactly where it stopped (:func:`latest_resumable`).
 
 A version is written to ``.tmp-v00000007-<pid>/``, every file and the directory are fsync'ed,
 and the directory is renamed into place: a reader sees a complete version or none. Loading
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -31,7 +37,10 @@ import torch
 from streaming.errors import CheckpointError, CorruptCheckpoint
 
 FORMAT = 1
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
 _VERSION_DIR = re.compile(r"^v(\d{8})$")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +115,11 @@ def write_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     manifest: Manifest,
     keep: int,
+    optimizer_state: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write version ``manifest.version`` atomically; prune to the newest ``keep`` versions."""
+    """Write version ``manifest.version`` atomically (``model.pt``, ``optimizer.pt`` when
+    ``optimizer_state`` is given, ``manifest.json`` with both sha256); prune to the newest
+    ``keep`` versions."""
     root.mkdir(parents=True, exist_ok=True)
     final = version_dir(root, manifest.version)
     if final.exists():
@@ -116,11 +128,15 @@ def write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        model_path = tmp / "model.pt"
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, model_path)
-        done = Manifest(**{**asdict(manifest), "files": {"model.pt": _sha256(model_path)}})
+        tensors = {MODEL_FILE: state_dict}
+        if optimizer_state is not None:
+            tensors[OPTIMIZER_FILE] = optimizer_state
+        for name, content in tensors.items():
+            torch.save({k: v.detach().cpu().contiguous() for k, v in content.items()}, tmp / name)
+        done = Manifest(**{**asdict(manifest),
+                           "files": {name: _sha256(tmp / name) for name in tensors}})
         (tmp / "manifest.json").write_bytes(done.to_json())
-        for f in (model_path, tmp / "manifest.json", tmp):
+        for f in (*(tmp / name for name in tensors), tmp / "manifest.json", tmp):
             _fsync(f)
         tmp.rename(final)
         _fsync(root)
@@ -140,39 +156,74 @@ def read_manifest(path: Path) -> Manifest:
         raise CorruptCheckpoint(f"{path}: manifest.json missing") from None
 
 
+def _verified_tensors(path: Path, manifest: Manifest, name: str) -> dict[str, Any]:
+    """Load ``name`` of the version directory ``path`` after checking its sha256 against the
+    manifest; raises :class:`CorruptCheckpoint`."""
+    if name not in manifest.files:
+        raise CorruptCheckpoint(f"{path}: manifest lists no {name}")
+    file = path / name
+    if not file.is_file():
+        raise CorruptCheckpoint(f"{path}: {name} missing")
+    actual = _sha256(file)
+    digest = manifest.files[name]
+    if actual != digest:
+        raise CorruptCheckpoint(f"{path}: {name} sha256 {actual[:12]}... != manifest {digest[:12]}...")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad archives
+        raise CorruptCheckpoint(f"{path}: {name} does not load: {exc}") from None
+
+
 def load_checkpoint(path: Path, spec_digest: str | None = None) -> tuple[Manifest, dict[str, Any]]:
-    """Verify and load one version directory. Raises :class:`CorruptCheckpoint`."""
+    """Verify and load one version directory's manifest and model weights (what a scorer needs;
+    ``optimizer.pt`` is neither read nor hashed). Raises :class:`CorruptCheckpoint`."""
     manifest = read_manifest(path)
     if manifest.format != FORMAT:
         raise CorruptCheckpoint(f"{path}: format {manifest.format}, this build reads {FORMAT}")
     if spec_digest is not None and manifest.spec_digest != spec_digest:
         raise CorruptCheckpoint(
             f"{path}: feature spec {manifest.spec_digest} != this model's {spec_digest}")
-    if "model.pt" not in manifest.files:
-        raise CorruptCheckpoint(f"{path}: manifest lists no model.pt")
-    for name, digest in manifest.files.items():
-        file = path / name
-        if not file.is_file():
-            raise CorruptCheckpoint(f"{path}: {name} missing")
-        actual = _sha256(file)
-        if actual != digest:
-            raise CorruptCheckpoint(f"{path}: {name} sha256 {actual[:12]}... != manifest {digest[:12]}...")
-    try:
-        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad archives
-        raise CorruptCheckpoint(f"{path}: model.pt does not load: {exc}") from None
-    return manifest, state
+    return manifest, _verified_tensors(path, manifest, MODEL_FILE)
+
+
+def load_optimizer_state(path: Path, manifest: Manifest) -> dict[str, Any] | None:
+    """The verified optimizer state of a version directory, or None if the checkpoint has none
+    (written before optimizer state was saved). Raises :class:`CorruptCheckpoint`."""
+    if OPTIMIZER_FILE not in manifest.files:
+        return None
+    return _verified_tensors(path, manifest, OPTIMIZER_FILE)
 
 
 def latest_valid(root: Path, spec_digest: str | None = None) -> tuple[Manifest, dict[str, Any]] | None:
     """The newest version that verifies; corrupt newer ones are skipped (and reported)."""
-    import logging
-
     for version in reversed(list_versions(root)):
         try:
             return load_checkpoint(version_dir(root, version), spec_digest)
         except CorruptCheckpoint as exc:
-            logging.getLogger(__name__).error("skipping checkpoint: %s", exc)
+            log.error("skipping checkpoint: %s", exc)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumable:
+    """What a restarted trainer loads: the manifest, the model weights and the optimizer state
+    (None for a checkpoint written before optimizer state was saved)."""
+
+    manifest: Manifest
+    model: dict[str, Any]
+    optimizer: dict[str, Any] | None
+
+
+def latest_resumable(root: Path, spec_digest: str | None = None) -> Resumable | None:
+    """The newest version whose model *and* optimizer state verify (a version with a corrupt
+    ``optimizer.pt`` is skipped like a corrupt model: resuming it would not be exact)."""
+    for version in reversed(list_versions(root)):
+        path = version_dir(root, version)
+        try:
+            manifest, model = load_checkpoint(path, spec_digest)
+            return Resumable(manifest, model, load_optimizer_state(path, manifest))
+        except CorruptCheckpoint as exc:
+            log.error("skipping checkpoint: %s", exc)
     return None
 
 

@@ -193,6 +193,7 @@ class TrainerSettings:
     publish_interval_s: float = _f(30.0, "publish a checkpoint at least this often (s)")
     publish_every_steps: int = _f(0, "also publish every N steps (0 = time only)")
     keep_checkpoints: int = _f(5, "number of checkpoint versions kept on disk")
+    seed: int = _f(0, "seed of the model's initial weights (same seed and examples, same model)")
 
     def __post_init__(self) -> None:
         _positive("trainer.batch_size", self.batch_size)

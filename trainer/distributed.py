@@ -1,4 +1,5 @@
-"""torch.distributed plumbing: process group, DMP wrapping, full-state gather and load.
+"""torch.distributed plumbing: process group, DMP wrapping, full-state gather and load (model
+weights and optimizer state).
 
 Runs as one process (a 1-rank gloo group on loopback) or as N ranks under ``torchrun``
 (``gloo`` on CPU, ``nccl`` on GPU). Embedding tables are sharded table-wise with TorchRec's
@@ -30,6 +31,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from models.dlrm import RankingTrain, StreamRecModel
 from models.spec import FeatureSpec
+from streaming.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,16 @@ def gather_full_state(dmp: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]
     return out if info.rank == 0 else None
 
 
+def _copy_into(value: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy the full tensor ``src`` into ``value``: its local shards if sharded, else all of it."""
+    if isinstance(value, ShardedTensor):
+        for shard in value.local_shards():
+            offs, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            shard.tensor.copy_(src[tuple(slice(o, o + s) for o, s in zip(offs, sizes, strict=True))])
+    else:
+        value.copy_(src)
+
+
 def load_full_state(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy an unsharded StreamRecModel state into this rank's shards and replicas."""
     with torch.no_grad():
@@ -140,11 +152,83 @@ def load_full_state(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None:
             name = _export_key(key)
             if name is None or name not in state:
                 continue
-            src = state[name]
-            if isinstance(value, ShardedTensor):
-                for shard in value.local_shards():
-                    offs, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    region = src[tuple(slice(o, o + s) for o, s in zip(offs, sizes, strict=True))]
-                    shard.tensor.copy_(region)
-            else:
-                value.copy_(src)
+            _copy_into(value, state[name])
+
+
+def _optimizer_tensors(optimizer: Any) -> dict[str, torch.Tensor]:
+    """The optimizer's state tensors (live, not copies) by flat key ``param::state``, sorted.
+
+    ``optimizer`` is the :class:`~torchrec.optim.keyed.CombinedOptimizer` of
+    :func:`build_sharded`: the fused RowWiseAdagrad's per-row ``momentum1`` (a ShardedTensor
+    per table, ``rows``) and dense Adagrad's ``sum`` (parameter-shaped) and ``step`` (scalar).
+    Its :meth:`state_dict` returns the tensors the kernels update, so copying into them is what
+    ``load_state_dict`` does. Keys do not depend on the world size."""
+    out: dict[str, torch.Tensor] = {}
+    for param, entries in optimizer.state_dict()["state"].items():
+        for name, value in entries.items():
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"optimizer state {param}/{name}: {type(value).__name__}, "
+                                      "expected a tensor")
+            out[f"{_strip_wrappers(param)}::{name}"] = value
+    return dict(sorted(out.items()))
+
+
+def _strip_wrappers(key: str) -> str:
+    """A parameter key without DMP / DDP wrapper prefixes."""
+    for prefix in ("_dmp_wrapped_module.", "module."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def gather_optimizer_state(optimizer: Any, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """Collective: rank 0 gets the full optimizer state, ``param::state`` -> CPU tensor.
+
+    Each rank's optimizer holds the accumulators of the tables (shards) it owns only, so the
+    sharded entries cannot go through ``ShardedTensor.gather`` (a collective per tensor every
+    rank would have to call): every rank sends its local shards (offsets and values) to rank 0
+    in one ``gather_object``, and rank 0 assembles full tensors. Replicated entries (dense
+    Adagrad, identical on every rank since DDP all-reduces gradients) are rank 0's copies.
+    :func:`load_optimizer_state` puts the result back, on any world size."""
+    mine: list[tuple[str, tuple[int, ...], torch.dtype, list[tuple[list[int], torch.Tensor]]]] = []
+    replicated: dict[str, torch.Tensor] = {}
+    for key, value in _optimizer_tensors(optimizer).items():
+        if isinstance(value, ShardedTensor):
+            mine.append((key, tuple(value.size()), value.dtype,
+                         [(list(s.metadata.shard_offsets), s.tensor.detach().cpu().clone())
+                          for s in value.local_shards()]))
+        elif info.rank == 0:
+            replicated[key] = value.detach().cpu().clone()
+    parts: list[Any] | None = [None] * info.world if info.rank == 0 else None
+    dist.gather_object(mine, parts, dst=0)
+    if parts is None:
+        return None
+    out = dict(replicated)
+    for rank_part in parts:
+        for key, size, dtype, shards in rank_part:
+            full = out.setdefault(key, torch.zeros(size, dtype=dtype))
+            for offsets, tensor in shards:
+                full[tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape, strict=True))] \
+                    = tensor
+    return dict(sorted(out.items()))
+
+
+def load_optimizer_state(optimizer: Any, state: dict[str, torch.Tensor]) -> None:
+    """Collective: copy a full optimizer state (from :func:`gather_optimizer_state`) into this
+    rank's shards and replicas. Raises :class:`CheckpointError` (on every rank) when it does
+    not describe this optimizer: entries missing or left over over all ranks, other shapes."""
+    live = _optimizer_tensors(optimizer)
+    held: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(held, sorted(live))
+    known = set().union(*held)
+    if known != set(state):
+        missing, extra = sorted(known - set(state)), sorted(set(state) - known)
+        raise CheckpointError(f"optimizer state does not match this model: missing {missing[:3]}"
+                              f" ({len(missing)}), unexpected {extra[:3]} ({len(extra)})")
+    with torch.no_grad():
+        for key, value in live.items():
+            src = state[key]
+            if tuple(src.shape) != tuple(value.size()):
+                raise CheckpointError(f"optimizer state {key}: shape {tuple(src.shape)}, this "
+                                      f"model has {tuple(value.size())}")
+            _copy_into(value, src.to(value.dtype))

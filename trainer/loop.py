@@ -7,7 +7,8 @@ publish or stop, so collectives always match. Examples stay buffered until train
 offsets in a checkpoint are those of the last example *trained* per partition, plus one.
 
 Crash safety: offsets are committed to Kafka only after the checkpoint that contains them is
-durable; a restart loads the newest valid checkpoint and seeks every partition to its offsets,
+durable; a restart loads the newest valid checkpoint (weights and optimizer state, so training
+continues exactly as without the crash) and seeks every partition to its offsets,
 provided they belong to the same Kafka cluster and examples-topic instance (the manifest records
 both; see :func:`trainer.source.verified_offsets`).
 """
@@ -29,7 +30,13 @@ import torch
 import torch.distributed as dist
 
 from models.batch import BatchBuilder, ExampleBatch
-from models.checkpoint import Manifest, latest_valid, now_ms, remove_stale_tmp, write_checkpoint
+from models.checkpoint import (
+    Manifest,
+    latest_resumable,
+    now_ms,
+    remove_stale_tmp,
+    write_checkpoint,
+)
 from models.spec import FeatureSpec, spec_for
 from streaming.contract.updates import ModelUpdate
 from streaming.errors import BrokerError
@@ -92,6 +99,7 @@ class ContinuousTrainer:
         self.info = info or D.init()
         self.builder = BatchBuilder(spec)
         self.root = Path(settings.trainer.checkpoint_dir)
+        torch.manual_seed(settings.trainer.seed)  # reproducible initial weights on every rank
         self.dmp, self.optimizer = D.build_sharded(spec, self.info)
         self.state = TrainerState()
         self.metrics = Prequential()
@@ -126,11 +134,16 @@ class ContinuousTrainer:
         if self.info.rank == 0:
             remove_stale_tmp(self.root)
         dist.barrier()
-        found = latest_valid(self.root, self.spec.digest())
+        found = latest_resumable(self.root, self.spec.digest())
         if found is None:
             return {}
-        manifest, state = found
-        D.load_full_state(self.dmp, state)
+        manifest = found.manifest
+        D.load_full_state(self.dmp, found.model)
+        if found.optimizer is not None:
+            D.load_optimizer_state(self.optimizer, found.optimizer)
+        else:
+            log.warning("rank %d: checkpoint v%d has no optimizer state (an older format); the "
+                        "optimizer restarts from zero", self.info.rank, manifest.version)
         self.state.version = manifest.version
         self.state.step = manifest.step
         self.state.examples_base = manifest.examples_seen
@@ -253,6 +266,7 @@ class ContinuousTrainer:
         t0 = time.perf_counter()
         self.state.offsets = self.next_offsets()
         full = D.gather_full_state(self.dmp, self.info)
+        optimizer_state = D.gather_optimizer_state(self.optimizer, self.info)
         gathered: list[Any] = [None] * self.info.world
         probs, labels = self.metrics.arrays()
         dist.all_gather_object(gathered, (self.state.offsets, self.state.examples_seen,
@@ -282,7 +296,7 @@ class ContinuousTrainer:
                 **self._identity_fields(),
             )
             path = write_checkpoint(self.root, full or {}, manifest,
-                                    self.settings.trainer.keep_checkpoints)
+                                    self.settings.trainer.keep_checkpoints, optimizer_state)
             assert self._producer is not None
             update = ModelUpdate(version=manifest.version, path=str(path.resolve()),
                                  manifest=orjson.loads(manifest.to_json()))

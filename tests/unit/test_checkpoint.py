@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from models.checkpoint import (
+    OPTIMIZER_FILE,
     Manifest,
+    latest_resumable,
     latest_valid,
     list_versions,
     load_checkpoint,
+    load_optimizer_state,
     version_dir,
     write_checkpoint,
 )
@@ -103,3 +106,31 @@ def test_manifest_records_the_kafka_identity_and_old_manifests_still_load(tmp_pa
     del doc["kafka_cluster_id"], doc["topic_ids"]
     old = Manifest.from_json(orjson.dumps(doc))
     assert (old.kafka_cluster_id, old.topic_ids, old.offsets) == ("", {}, {"training-examples:0": 2})
+
+
+def test_optimizer_state_is_verified_for_resume_and_not_read_by_scorers(tmp_path: Path) -> None:
+    opt = {"t.weight::t.momentum1": torch.arange(5.0)}
+    write_checkpoint(tmp_path, {"w": torch.zeros(1)}, manifest(1), keep=3, optimizer_state=opt)
+    newest = write_checkpoint(tmp_path, {"w": torch.ones(1)}, manifest(2), keep=3,
+                              optimizer_state=opt)
+    m, _ = load_checkpoint(newest, "abc")
+    assert set(m.files) == {"model.pt", OPTIMIZER_FILE}
+    loaded = load_optimizer_state(newest, m)
+    assert loaded is not None and torch.equal(loaded["t.weight::t.momentum1"], opt["t.weight::t.momentum1"])
+    found = latest_resumable(tmp_path, "abc")
+    assert found is not None and found.manifest.version == 2 and found.optimizer is not None
+
+    (newest / OPTIMIZER_FILE).write_bytes(b"garbage")
+    # A scorer needs the weights only: a damaged optimizer file does not stop it.
+    assert load_checkpoint(newest, "abc")[0].version == 2
+    with pytest.raises(CorruptCheckpoint, match=r"optimizer\.pt sha256"):
+        load_optimizer_state(newest, m)
+    # A resume must be exact: the trainer falls back to the newest complete version.
+    found = latest_resumable(tmp_path, "abc")
+    assert found is not None and found.manifest.version == 1
+
+
+def test_a_checkpoint_without_optimizer_state_still_resumes(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, {"w": torch.zeros(1)}, manifest(1), keep=3)
+    found = latest_resumable(tmp_path, "abc")
+    assert found is not None and found.optimizer is None and "w" in found.model

@@ -10,7 +10,9 @@ invalid records and duplicates) is sent at a steady rate. While it flows:
 3. the broker gets SIGTERM (a controlled shutdown) and is started again 2 s later;
 4. the scorer gets SIGKILL and is restarted 2 s later;
 5. Redis is restarted (SIGTERM, which writes the AOF, then started again on the same port);
-6. the broker gets SIGKILL and is started again 2 s later (log recovery).
+6. with ``runtime.redis_appendfsync=always`` (the default), Redis gets SIGKILL and is started
+   again: only what its append-only file held survives, which must be every acknowledged write;
+7. the broker gets SIGKILL and is started again 2 s later (log recovery).
 
 The broker is restarted from a helper thread while the stream keeps flowing into the producer's
 buffer; nothing of ours is restarted for it: producers and consumers must reconnect by
@@ -266,6 +268,9 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int,
 
     threading.Thread(target=sampler, daemon=True).start()
     plan = [(0.15, "worker"), (0.35, "trainer"), (0.60, "scorer"), (0.75, "redis")]
+    if settings.runtime.redis_appendfsync == "always":
+        # kill -9 loses nothing only when every acknowledged write is fsync'ed first.
+        plan.append((0.82, "redis-9"))
     if broker.proc is not None:
         plan += [(0.45, "kafka"), (0.88, "kafka-9")]
     faults = {int(len(records) * f): name for f, name in plan}
@@ -300,10 +305,11 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int,
             continue
         if what:
             action = {"kafka": "stop kafka (SIGTERM)", "kafka-9": "kill -9 kafka",
-                      "redis": "restart redis (SIGTERM)"}.get(what, f"kill -9 {what}")
+                      "redis": "restart redis (SIGTERM)",
+                      "redis-9": "kill -9 redis"}.get(what, f"kill -9 {what}")
             log.append(f"{time.monotonic() - started:6.1f}s  {action} at record {k}")
-            if what == "redis":
-                restart_redis(runtime)
+            if what.startswith("redis"):
+                restart_redis(runtime, kill=what == "redis-9")
                 redis_restarts += 1
             elif what.startswith("kafka"):
                 broker.restart(kill=what == "kafka-9", pause_s=2.0, log=log, started=started)
@@ -400,6 +406,7 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int,
         "restarts": {**{n: c.restarts for n, c in comps.items()}, "redis": redis_restarts,
                      "kafka": kafka_restarts},
         "broker": runtime.broker.describe() if runtime.broker else "external",
+        "redis_appendfsync": settings.runtime.redis_appendfsync,
         "broker_outages": broker.outages,
         "lag_watermark_anomalies": anomalies,
         "unexpected_exits": {n: c.unexpected_exits for n, c in comps.items()},
@@ -440,9 +447,13 @@ def _scorer_stat(client: redis.Redis, prefix: str, name: str) -> int:
         return 0
 
 
-def restart_redis(runtime: EmbeddedRuntime) -> None:
-    """SIGTERM the embedded redis-server (it writes its AOF) and start it again, same port."""
+def restart_redis(runtime: EmbeddedRuntime, kill: bool = False) -> None:
+    """SIGTERM the embedded redis-server (it writes its AOF), or ``kill`` it (SIGKILL: only
+    what its append-only file already holds survives), and start it again on the same port."""
     proc = next(p for p in runtime.processes if p.name == "redis")
+    if kill and proc.proc is not None:
+        proc.proc.kill()
+        proc.proc.wait()
     proc.stop(20)
     proc.start()
     client = connect(runtime.settings.redis)

@@ -7,6 +7,9 @@ and event-to-feature-visible latency at a fixed rate. All measured in the same r
   first processed batch to the last event, read from its Redis counters;
 - feature_visible_p99_ms: events produced at --rate/s while the worker runs; time from produce
   to the event id appearing in the partition's applied dedup set (same Lua apply as features).
+- fsync: with the embedded Redis, the worker's throughput again on fresh topics with the other
+  ``appendfsync`` policy (``CONFIG SET``), so ``runtime.redis_appendfsync`` has a measured cost:
+  ``fsync.ratio_always_vs_everysec``.
 """
 
 from __future__ import annotations
@@ -138,6 +141,26 @@ def visible_latency(settings: Settings, rate: float, seconds: float) -> list[flo
     return latencies
 
 
+def fsync_cost(running: Settings, n: int, measured: float, log_dir: Path) -> dict[str, object]:
+    """The worker's events/s under the embedded Redis' other ``appendfsync`` policy (fresh
+    topics, the same preload), next to ``measured`` under the configured one."""
+    configured = running.runtime.redis_appendfsync
+    other = "everysec" if configured == "always" else "always"
+    client = connect(running.redis)
+    client.config_set("appendfsync", other)
+    try:
+        settings = fresh_topics(running)
+        preload(settings, n)
+        rate, worker = full_agent(settings, n, log_dir / f"ingest_worker_{other}.log")
+        stop(worker)  # type: ignore[arg-type]
+    finally:
+        client.config_set("appendfsync", configured)
+        client.close()
+    per_s = {configured: round(measured, 1), other: round(rate, 1)}
+    return {"events_per_s": per_s,
+            "ratio_always_vs_everysec": round(per_s["always"] / per_s["everysec"], 3)}
+
+
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
     ap = argparse.ArgumentParser(prog="streamrec bench ingest")
     ap.add_argument("--events", type=int, default=30_000)
@@ -157,6 +180,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
             lat = visible_latency(settings, args.rate, args.seconds)
         finally:
             stop(worker)  # type: ignore[arg-type]
+        fsync = None if base.redis.url else fsync_cost(running, args.events, full, log_dir)
     report("ingest", {
         "events": args.events,
         "events_per_s": round(full, 1),
@@ -167,6 +191,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         "feature_visible_p99_ms": round(percentile(lat, 99), 1),
         "latency_rate_per_s": args.rate,
         "latency_samples": len(lat),
+        "fsync": fsync,
         "targets": {"events_per_s": 5000, "ratio_vs_bare": 0.6, "feature_visible_p99_ms": 500},
     })
 

@@ -373,9 +373,10 @@ class EmbeddedRuntime:
             "protected-mode yes",
             'save ""',
             # AOF so that a Redis restart (chaos tests) and the next run keep feature state and
-            # feeds; the ingest watermarks in it match the durable broker's offsets.
+            # feeds; the ingest watermarks in it match the durable broker's offsets. With
+            # "always" the watermark a worker's commit relies on survives a kill -9 too.
             "appendonly yes",
-            "appendfsync everysec",
+            f"appendfsync {self.settings.runtime.redis_appendfsync}",
         ]
         if self.settings.redis.password:
             conf.append(f"requirepass {self.settings.redis.password}")

@@ -256,6 +256,9 @@ class RuntimeSettings:
                        "(empty: <run_dir>/data)")
     fresh: bool = _f(False, "start the embedded services from an empty data directory")
     kafka_heap_mb: int = _f(512, "heap of the embedded Kafka JVM (MB)")
+    redis_appendfsync: str = _f("always", "fsync policy of the embedded Redis' append-only "
+                                "file: always (a kill -9 or power loss loses no acknowledged "
+                                "write) or everysec (up to 1 s of feature state lost; faster)")
     bind_host: str = _f("127.0.0.1", "address embedded services and HTTP endpoints bind to")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
     metrics_port: int = _f(0, "port of this component's Prometheus /metrics (0 = not served)")
@@ -265,6 +268,9 @@ class RuntimeSettings:
         if self.broker not in ("kafka", "tansu"):
             raise ConfigError(f"runtime.broker={self.broker!r}: kafka or tansu")
         _positive("runtime.kafka_heap_mb", self.kafka_heap_mb)
+        if self.redis_appendfsync not in ("always", "everysec"):
+            raise ConfigError(f"runtime.redis_appendfsync={self.redis_appendfsync!r}: "
+                              "always or everysec")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"runtime.log_level={self.log_level!r} is not a log level")
 

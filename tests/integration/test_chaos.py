@@ -28,7 +28,10 @@ def test_kills_and_redis_and_broker_restarts_lose_nothing_and_apply_nothing_twic
          "250", "--no-save"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]
     r = orjson.loads(result.stdout.strip().splitlines()[-1])
-    assert r["restarts"] == {"worker": 1, "trainer": 1, "scorer": 1, "redis": 1, "kafka": 2}
+    assert r["restarts"] == {"worker": 1, "trainer": 1, "scorer": 1, "redis": 2, "kafka": 2}, r
+    # The second Redis restart is a kill -9 under the default appendfsync=always.
+    assert r["redis_appendfsync"] == "always"
+    assert any("kill -9 redis" in line for line in r["timeline"]), r["timeline"]
     assert r["broker"].startswith("Apache Kafka 4.")
     assert [o["how"] for o in r["broker_outages"]] == ["SIGTERM", "kill -9"]
     assert r["events_lost"] == 0 and r["double_applied"] == 0, r["state_differences"]

@@ -34,6 +34,7 @@ from streaming.ops.metrics import STAGES
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
+_RESTARTS = "streamrec_component_restarts"
 
 
 class Sampler:
@@ -73,6 +74,9 @@ class Sampler:
             log.warning("%s", exc)
         cur, up = self._scrape()
         point["up"] = up
+        # The supervisor's counters (streamrec up): restarts per component so far.
+        point["restarts"] = {k[len(_RESTARTS) + 1:-1]: int(v) for k, v in cur.counters.items()
+                             if k.startswith(_RESTARTS + "{")}
         g = cur.gauges
         point["model_version"] = max((v for k, v in g.items()
                                       if k.startswith("streamrec_model_version")), default=None)

@@ -2,7 +2,8 @@
 
 Starts (or connects to) Kafka and Redis, creates the topics, runs an event source (synthetic
 generator or file replay) and watches events arrive, until stopped or ``duration_s`` elapses.
-Prints a status line every few seconds and, at the end, one JSON summary line.
+Prints a status line every few seconds and, at the end, one JSON summary line. Components that
+exit are restarted with backoff (:mod:`deploy.supervisor`); the summary counts the restarts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from deploy.embedded import EmbeddedRuntime, remove_endpoints, write_endpoints
 from deploy.up_parts import (
     ArrivalMonitor,
     EventSource,
+    Supervision,
     UpOptions,
     end_offsets,
     ingest_caught_up,
@@ -35,6 +37,8 @@ from streaming.settings import Settings
 
 __all__ = ["UpOptions", "run_up"]
 
+_POLL_S = 0.5  # how often the run checks its services and components
+
 
 
 def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
@@ -43,10 +47,12 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
     runtime = EmbeddedRuntime(settings)
     settings = runtime.start()
     dashboard: Dashboard | None = None
+    watch: Supervision | None = None
     try:
         report = KafkaAdmin(settings).ensure_topics(topic_specs(settings))
         say_services(settings, runtime, report, say)
-        metrics_urls = start_components(settings, runtime, opts)
+        metrics_urls, components = start_components(settings, runtime, opts)
+        watch = Supervision.start(settings, runtime, components, metrics_urls, say)
         if opts.dashboard:
             dashboard = start_dashboard(settings, metrics_urls, say)
         # Other subcommands (emit, feed, lag, dashboard) find this run through this file.
@@ -54,7 +60,7 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
                         dashboard=dashboard.url if dashboard else None)
         redis_client = connect(settings.redis)
         wait_consuming(redis_client, settings, runtime, ("ingest", "scorer", "trainer"),
-                       opts.ready_timeout_s, stop, say)
+                       opts.ready_timeout_s, stop, say, watch.check)
         started = time.monotonic()  # the run's duration counts from the first event
         # Counters in Redis outlive a run (its state is durable): the summary counts this run's.
         baseline = pipeline_stats(redis_client, settings)
@@ -68,13 +74,15 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
         last_print, last_arrived = time.monotonic(), 0
         while not stop.is_set():
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            stop.wait(opts.status_every_s if remaining is None else min(opts.status_every_s, remaining))
-            runtime.check_alive()
+            # Short waits: the supervisor restarts an exited component within half a second.
+            stop.wait(_POLL_S if remaining is None else min(_POLL_S, remaining))
+            watch.check()
             now, arrived = time.monotonic(), monitor.count
-            say(status_line(now - started, source.producer.stats.sent, arrived,
-                            (arrived - last_arrived) / (now - last_print),
-                            pipeline_stats(redis_client, settings, baseline)))
-            last_print, last_arrived = now, arrived
+            if now - last_print >= opts.status_every_s:
+                say(status_line(now - started, source.producer.stats.sent, arrived,
+                                (arrived - last_arrived) / (now - last_print),
+                                pipeline_stats(redis_client, settings, baseline)))
+                last_print, last_arrived = now, arrived
             # A replay ends the run when the file is done; --events stops the source only.
             source_done = not source.alive() and opts.max_events is None
             if (deadline is not None and now >= deadline) or source_done:
@@ -87,7 +95,7 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
         ends = end_offsets(settings, settings.topics.events)
         while time.monotonic() < drain_deadline and (
                 monitor.count < delivered or not ingest_caught_up(redis_client, settings, ends)):
-            runtime.check_alive()
+            watch.check()
             time.sleep(0.1)
         monitor.stop()
         fresh = sorted(float(x) for x in redis_client.lrange(
@@ -95,10 +103,12 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
         st = pipeline_stats(redis_client, settings)
         redis_client.close()
         return summary(settings, st, emitted, delivered, monitor.count, fresh,
-                       time.monotonic() - started, baseline)
+                       time.monotonic() - started, baseline, watch.supervisor.restarts)
     finally:
         if dashboard is not None:
             dashboard.close()
+        if watch is not None:
+            watch.close()
         remove_endpoints(settings)
         runtime.stop()
 

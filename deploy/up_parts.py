@@ -15,6 +15,7 @@ import confluent_kafka
 
 from deploy.dashboard import Dashboard
 from deploy.embedded import EmbeddedRuntime
+from deploy.supervisor import RestartPolicy, Supervisor
 from models.checkpoint import list_versions, read_manifest, version_dir
 from streaming.contract.names import GROUP_UP_MONITOR, Keys
 from streaming.errors import BrokerError, StreamrecError
@@ -23,7 +24,8 @@ from streaming.io.kafka import TopicReport, client_config
 from streaming.io.producer import EventProducer
 from streaming.ops import health
 from streaming.ops.lag_monitor import LagCollector
-from streaming.ops.process import component_process, free_port
+from streaming.ops.metrics import MetricsServer, SupervisorMetrics, serve
+from streaming.ops.process import ManagedProcess, component_process, free_port
 from streaming.settings import Settings
 from streaming.sources.emit import EmitReport, emit_records
 from streaming.sources.files import read_records
@@ -169,14 +171,15 @@ def ingest_caught_up(redis_client: Any, settings: Settings, ends: dict[int, int]
 
 def wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
                     components: tuple[str, ...], timeout_s: float, stop: threading.Event,
-                    say: Callable[[str], None]) -> None:
+                    say: Callable[[str], None], check: Callable[[], None]) -> None:
     """Block until every component beats with partitions assigned (streaming.ops.health), so that
-    the first events are not measured against process start-up and group joins."""
+    the first events are not measured against process start-up and group joins. ``check`` runs
+    every 0.25 s meanwhile (the supervisor's poll)."""
     say(f"waiting for {', '.join(components)} to join their consumer groups ...")
     deadline = time.monotonic() + timeout_s
     missing = set(components)
     while missing and not stop.is_set():
-        runtime.check_alive()
+        check()
         beats = health.parse(client.hgetall(health.key(settings.redis.key_prefix)))
         missing = set(components) - health.consuming(beats, int(time.time() * 1000))
         if missing and time.monotonic() > deadline:
@@ -202,14 +205,16 @@ def start_dashboard(settings: Settings, metrics_urls: dict[str, str],
 
 
 def start_components(settings: Settings, runtime: EmbeddedRuntime, opts: UpOptions
-                     ) -> dict[str, str]:
+                     ) -> tuple[dict[str, str], list[ManagedProcess]]:
     """Start the workers, the trainer and the scorers as child processes (stopped with the
-    runtime, before the broker), each with its own metrics port; returns name -> metrics URL."""
+    runtime, before the broker), each with its own metrics port; returns name -> metrics URL
+    and the processes."""
     components = [(f"worker-{n}", ["worker"]) for n in range(opts.workers)]
     components += [("trainer", ["train"])]
     components += [(f"scorer-{n}", ["score"]) for n in range(opts.scorers)]
     host = settings.runtime.bind_host
     metrics_urls: dict[str, str] = {}
+    procs: list[ManagedProcess] = []
     for name, args in components:
         port = free_port(host)
         metrics_urls[name] = f"http://{host}:{port}/metrics"
@@ -217,7 +222,41 @@ def start_components(settings: Settings, runtime: EmbeddedRuntime, opts: UpOptio
                                  runtime.run_dir, name, *args)
         proc.start()
         runtime.processes.append(proc)
-    return metrics_urls
+        procs.append(proc)
+    return metrics_urls, procs
+
+
+@dataclass
+class Supervision:
+    """The run's :class:`~deploy.supervisor.Supervisor` and its ``/metrics`` endpoint (listed in
+    the metrics URLs as ``supervisor``, so the dashboard charts restarts)."""
+
+    supervisor: Supervisor
+    server: MetricsServer
+    runtime: EmbeddedRuntime
+    components: list[ManagedProcess]
+
+    @classmethod
+    def start(cls, settings: Settings, runtime: EmbeddedRuntime, components: list[ManagedProcess],
+              metrics_urls: dict[str, str], say: Callable[[str], None]) -> Supervision:
+        """Supervise ``components``; adds the supervisor's URL to ``metrics_urls``."""
+        metrics = SupervisorMetrics()
+        server = serve(metrics.registry, 0, settings.runtime.bind_host)
+        metrics_urls["supervisor"] = f"http://{settings.runtime.bind_host}:{server.port}/metrics"
+        policy = RestartPolicy.from_settings(settings.runtime)
+        return cls(Supervisor(components, policy, metrics, say), server, runtime, components)
+
+    def check(self) -> None:
+        """Raise if an embedded service died; restart components that exited (see
+        :meth:`Supervisor.poll`, which raises for a crash loop)."""
+        for proc in self.runtime.processes:
+            if proc not in self.components:
+                proc.check_alive()
+        self.supervisor.poll()
+
+    def close(self) -> None:
+        """Stop serving the supervisor's metrics."""
+        self.server.close()
 
 
 @dataclass
@@ -283,9 +322,11 @@ def status_line(elapsed_s: float, sent: int, arrived: int, rate: float, st: dict
 
 def summary(settings: Settings, st: dict[str, int], emitted: EmitReport, delivered: int,
             arrived: int, fresh_ms: list[float], duration_s: float,
-            baseline: dict[str, int] | None = None) -> dict[str, Any]:
+            baseline: dict[str, int] | None = None,
+            restarts: dict[str, int] | None = None) -> dict[str, Any]:
     """The final JSON summary of a run; ``st``'s counters count from ``baseline`` (the stats
-    when the run's source started: Redis keeps them across runs)."""
+    when the run's source started: Redis keeps them across runs); ``restarts`` per component
+    (the supervisor's)."""
     if baseline:
         st = {k: v if k in _LEVELS else v - baseline.get(k, 0) for k, v in st.items()}
     root = Path(settings.trainer.checkpoint_dir)
@@ -308,5 +349,6 @@ def summary(settings: Settings, st: dict[str, int], emitted: EmitReport, deliver
         "freshness_ms": {"p50": _pct(fresh_ms, 50), "p99": _pct(fresh_ms, 99), "n": len(fresh_ms)},
         "lag_max": max(lag.values(), default=0),
         "lag": lag,
+        "restarts": restarts or {},
         "duration_s": round(duration_s, 2),
     }

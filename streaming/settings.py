@@ -259,6 +259,12 @@ class RuntimeSettings:
     redis_appendfsync: str = _f("always", "fsync policy of the embedded Redis' append-only "
                                 "file: always (a kill -9 or power loss loses no acknowledged "
                                 "write) or everysec (up to 1 s of feature state lost; faster)")
+    restart_backoff_s: float = _f(1.0, "streamrec up restarts a component that exits after "
+                                  "this delay (s), doubled per recent restart")
+    restart_backoff_max_s: float = _f(30.0, "longest delay before a restart (s)")
+    restart_max: int = _f(5, "a component that exits more often than this within "
+                          "runtime.restart_window_s is in a crash loop: up gives up and stops")
+    restart_window_s: float = _f(300.0, "window (s) of runtime.restart_max")
     bind_host: str = _f("127.0.0.1", "address embedded services and HTTP endpoints bind to")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING or ERROR")
     metrics_port: int = _f(0, "port of this component's Prometheus /metrics (0 = not served)")
@@ -268,6 +274,9 @@ class RuntimeSettings:
         if self.broker not in ("kafka", "tansu"):
             raise ConfigError(f"runtime.broker={self.broker!r}: kafka or tansu")
         _positive("runtime.kafka_heap_mb", self.kafka_heap_mb)
+        for name in ("restart_backoff_s", "restart_backoff_max_s", "restart_max",
+                     "restart_window_s"):
+            _positive(f"runtime.{name}", getattr(self, name))
         if self.redis_appendfsync not in ("always", "everysec"):
             raise ConfigError(f"runtime.redis_appendfsync={self.redis_appendfsync!r}: "
                               "always or everysec")

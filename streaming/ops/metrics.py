@@ -159,11 +159,25 @@ class LagMetrics:
                              labels, registry=r)
 
 
+class SupervisorMetrics:
+    """``streamrec up``'s supervisor: restarts per component, and whether each is running."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.restarts = Counter("streamrec_component_restarts_total",
+                                "Times the supervisor restarted a component that exited",
+                                ["component"], registry=r)
+        self.running = Gauge("streamrec_component_running",
+                             "1 while the component's process runs, 0 while it waits for a "
+                             "restart", ["component"], registry=r)
+
+
 def metric_names() -> set[str]:
     """Every exported metric family name (as Prometheus sees it, with histogram and counter
     suffixes)."""
     names: set[str] = set()
-    for metrics in (IngestMetrics(), TrainerMetrics(), ScorerMetrics(), LagMetrics()):
+    for metrics in (IngestMetrics(), TrainerMetrics(), ScorerMetrics(), LagMetrics(),
+                    SupervisorMetrics()):
         for family in metrics.registry.collect():
             names.add(family.name)
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}

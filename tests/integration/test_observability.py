@@ -84,7 +84,7 @@ def test_lag_monitor_and_dashboard_on_a_live_run(tmp_path: Path) -> None:
     try:
         info = json.loads((tmp_path / "current.json").read_text())
         assert info["dashboard"] == f"{base}/" and set(info["metrics"]) == {
-            "worker-0", "trainer", "scorer-0"}
+            "worker-0", "trainer", "scorer-0", "supervisor"}
 
         def charts_hold_data() -> bool:
             pts = get_json(f"{base}/api/series")["points"]
@@ -98,7 +98,8 @@ def test_lag_monitor_and_dashboard_on_a_live_run(tmp_path: Path) -> None:
                 and any((p.get("latency_s", {}).get("event_to_feed") or {}).get("p50")
                         for p in pts)
                 and latency is not None and last.get("auc") is not None
-                and last.get("model_version"))
+                and last.get("model_version")
+                and last.get("restarts") == {"worker-0": 0, "trainer": 0, "scorer-0": 0})
 
         wait_for("every chart to hold data", charts_hold_data, 150)
 

@@ -57,6 +57,11 @@ class LoadedModel:
     path: str
 
 
+# Bounds of the scorer's read caches (entries); at the bound they are cut to half, newest kept.
+_MAX_LISTS = 20_000
+_MAX_ITEMS = 50_000
+
+
 class ModelHolder:
     """Holds the model the scorer serves; :meth:`load` swaps in newer versions. ``loads`` and
     ``failures`` count the attempts, ``last_error`` is the latest failure's message."""
@@ -176,10 +181,16 @@ class FeedRanker:
         return stale
 
     def _evict(self, now: float) -> None:
-        if len(self._lists) > 20_000:
-            self._lists = {k: v for k, v in self._lists.items() if now - v[0] <= self.cache_s}
-        if len(self._items) > 50_000:
-            self._items = {k: v for k, v in self._items.items() if now - v.read_at <= self.cache_s}
+        # Expired entries go first; if the fresh ones alone exceed the bound (a burst of new
+        # items within cache_s), the oldest reads go too: memory stays bounded either way.
+        if len(self._lists) > _MAX_LISTS:
+            fresh = sorted(((v[0], k) for k, v in self._lists.items() if now - v[0] <= self.cache_s),
+                           reverse=True)[:_MAX_LISTS // 2]
+            self._lists = {k: self._lists[k] for _, k in fresh}
+        if len(self._items) > _MAX_ITEMS:
+            kept = sorted(((v.read_at, k) for k, v in self._items.items()
+                           if now - v.read_at <= self.cache_s), reverse=True)[:_MAX_ITEMS // 2]
+            self._items = {k: self._items[k] for _, k in kept}
 
     def read_users(self, user_ids: Sequence[str], now_ms: int) -> list[UserReads]:
         """Users' state and candidate lists in two pipelined round trips for all of them."""

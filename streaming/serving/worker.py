@@ -102,7 +102,10 @@ class ScorerWorker:
     def _rescore_active(self) -> None:
         horizon = time.time() - self.cfg.active_window_s
         with self._lock:
-            users = sorted(((t, u) for u, t in self.active.items() if t >= horizon), reverse=True)
+            # Forget users inactive for longer than the window: without this the map grows
+            # with every user ever seen (memory bounded by the active users, not all users).
+            self.active = {u: t for u, t in self.active.items() if t >= horizon}
+            users = sorted(((t, u) for u, t in self.active.items()), reverse=True)
             now = time.monotonic()
             for _, u in users:
                 self.pending.setdefault(u, (0, now))

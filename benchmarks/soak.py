@@ -4,8 +4,9 @@ consumer group's lag.
 
 Reported per component: RSS at the end of the first minute (after warm-up), at the end, and the
 maximum; per group: the mean lag of the first and of the last third of the run, and the maximum.
-Memory is bounded when RSS stops growing after warm-up; lag does not grow when the last third's
-mean is not above the first's.
+Memory is bounded when RSS stops growing after warm-up (``flat``: the maximum after minute 2 is
+within +10% of the RSS at minute 2); lag does not grow when the last third's mean is not above
+the first's.
 """
 
 from __future__ import annotations
@@ -94,10 +95,17 @@ def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
     third = duration_s / 3
     first, last = window(0, third), window(2 * third, duration_s + 10)
     warm = window(55, 70) or samples[:1]
+    after2 = window(115, 130) or warm
     rss = {c.name: {"after_1min_mb": warm[0]["rss"][c.name] if warm else None,
+                    "after_2min_mb": after2[0]["rss"][c.name] if after2 else None,
                     "end_mb": samples[-1]["rss"][c.name] if samples else None,
                     "max_mb": max((r["rss"][c.name] for r in samples), default=None)}
            for c in comps}
+    for v in rss.values():
+        # Bounded memory (issue target): after minute 2, RSS never exceeds +10%.
+        if v["after_2min_mb"] and v["max_mb"]:
+            v["max_vs_after_2min"] = round(v["max_mb"] / v["after_2min_mb"], 3)
+            v["flat"] = v["max_vs_after_2min"] <= 1.10
     groups = sorted({g for r in samples for g in r.get("lag", {})})
 
     def mean_lag(rows: list[dict[str, Any]], g: str) -> float | None:

@@ -16,7 +16,8 @@ import pytest
 
 from models.checkpoint import Manifest, list_versions, read_manifest, version_dir
 from streaming.ingest.state_store import read_stats
-from streaming.io.kafka import client_config
+from streaming.io.kafka import KafkaAdmin, client_config
+from streaming.io.producer import RecordProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
 from streaming.settings import Settings
@@ -188,16 +189,28 @@ def _event_offsets(settings: Settings) -> list[int]:
         consumer.close()
 
 
-def test_up_restarts_components_killed_with_sigkill_and_counts_the_restarts(
+BURST = 20  # poison messages in the run below
+
+
+def test_up_survives_poison_and_restarts_components_killed_with_sigkill(
         tmp_path: Path) -> None:
-    """kill -9 of the worker, the trainer and the scorer during a run: each comes back (the
-    supervisor's backoff), no event is lost, and the summary counts one restart each."""
+    """A burst of messages at the broker's size limit, then kill -9 of the worker, the trainer
+    and the scorer during a run: each comes back (the supervisor's backoff), no event is lost,
+    every poison message is dead-lettered, and the summary counts one restart each."""
     proc, lines, settings = start_up(
         tmp_path, "--rate", "150", "--no-dashboard", "--set", "runtime.restart_backoff_s=0.5",
         "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300")
     assert settings is not None
     out = ""
     try:
+        # First a burst of poison: messages just under the broker's limit (not JSON, so each is
+        # dead-lettered, cut to 64 KiB). No component may stop for them.
+        limit = int(KafkaAdmin(settings).topic_config(settings.topics.events)["max.message.bytes"])
+        with RecordProducer(settings, extra_config={"message.max.bytes": 2 * limit,
+                                                    "compression.type": "none"}) as producer:
+            refused = producer.deliver([(settings.topics.events, b"u-poison",
+                                         os.urandom(limit - 200), ()) for _ in range(BURST)])
+        assert refused == {}
         for command in ("deploy.cli worker", "deploy.cli train", "deploy.cli score"):
             (pid,) = [p for p in _descendants(proc.pid) if p in _pids_matching(command)]
             os.kill(pid, signal.SIGKILL)
@@ -219,6 +232,8 @@ def test_up_restarts_components_killed_with_sigkill_and_counts_the_restarts(
         assert f"{name} exited (code -9); restarting it" in text, text[-3000:]
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["restarts"] == {"worker-0": 1, "trainer": 1, "scorer-0": 1}
-    # Nothing lost across the worker's restart: every delivered event was processed.
-    assert summary["arrived"] == summary["delivered"] == summary["emitted"] > 0
-    assert summary["processed"] == summary["emitted"]
+    # Nothing lost across the worker's restart: every delivered event was processed, and every
+    # poison message was dead-lettered.
+    assert summary["delivered"] == summary["emitted"] > 0
+    assert summary["arrived"] == summary["processed"] == summary["emitted"] + BURST
+    assert summary["dead_lettered"] == BURST

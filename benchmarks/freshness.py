@@ -1,5 +1,10 @@
 """bench freshness: `streamrec up` on the embedded stack at a fixed event rate; event time ->
-feed written latency (p50/p99) as the scorer records it, plus what the run's summary reports."""
+feed written latency (p50/p99) as the scorer records it, plus what the run's summary reports.
+
+The measurement starts when the scorer serves the trainer's first model (``wait_for_model``):
+the duration, the counters and the latencies are those of feeds ranked by a live model, and
+``feeds_by_model`` says how many of them a model ranked. ``events_per_s`` is what the worker
+processed in that window (what was really sustained, not what the source tried)."""
 
 from __future__ import annotations
 
@@ -22,14 +27,16 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     with tempfile.TemporaryDirectory() as ckpt:
         summary = run_up(base.with_values({"trainer.checkpoint_dir": ckpt}),
                          UpOptions(duration_s=args.duration, rate=args.rate,
-                                                   scorers=args.scorers), threading.Event(),
+                                   scorers=args.scorers, wait_for_model=True), threading.Event(),
                          say=lambda _: None)
     elapsed = summary["duration_s"]
     report("freshness", {
-        "events_per_s": round(summary["emitted"] / elapsed, 1),
+        "events_per_s": round(summary["processed"] / elapsed, 1),
+        "source_rate_per_s": args.rate,
         "event_to_feed_p50_ms": summary["freshness_ms"]["p50"],
         "event_to_feed_p99_ms": summary["freshness_ms"]["p99"],
         "feeds_written": summary["feeds_written"],
+        "feeds_by_model": summary["feeds_by_model"],
         "model_version": summary["model_version"],
         "scorers": args.scorers,
         "lag": summary["lag"],

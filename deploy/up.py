@@ -29,6 +29,7 @@ from deploy.up_parts import (
     status_line,
     summary,
     wait_consuming,
+    wait_for_model,
 )
 from streaming.contract.names import Keys
 from streaming.io.kafka import KafkaAdmin, topic_specs
@@ -69,6 +70,10 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
         source = EventSource(settings, opts)
         source.start()
         _say_ready(settings, opts, runtime, say)
+        if opts.wait_for_model:  # measure feeds ranked by a model, not the cold start
+            wait_for_model(redis_client, settings, opts.ready_timeout_s, stop, watch.check, say)
+            started, baseline = time.monotonic(), pipeline_stats(redis_client, settings)
+            redis_client.delete(Keys(settings.redis.key_prefix).scorer_freshness)
 
         deadline = None if opts.duration_s is None else started + opts.duration_s
         last_print, last_arrived = time.monotonic(), 0

@@ -47,6 +47,8 @@ class UpOptions:
     scorers: int = 1  # scorer processes
     max_events: int | None = None  # the source stops after this many (the loop keeps running)
     dashboard: bool = True  # serve the dashboard (runtime.dashboard_port) from this process
+    # Count the run (duration, counters, freshness) from the first model a scorer serves.
+    wait_for_model: bool = False
 
 
 class ArrivalMonitor:
@@ -186,6 +188,27 @@ def wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
             raise StreamrecError(f"{', '.join(sorted(missing))} not consuming after "
                                  f"{timeout_s:g} s; see the logs in {runtime.run_dir}")
         stop.wait(0.25)
+
+
+def wait_for_model(client: Any, settings: Settings, timeout_s: float, stop: threading.Event,
+                   check: Callable[[], None], say: Callable[[str], None]) -> int | None:
+    """Block until a scorer serves a model (the trainer's first publish, then its hot-load);
+    returns its version (None when stopped). Raises :class:`StreamrecError` after
+    ``timeout_s`` plus one publish interval."""
+    say("waiting for the first model to be served ...")
+    deadline = time.monotonic() + timeout_s + settings.trainer.publish_interval_s
+    key = Keys(settings.redis.key_prefix).scorer_stats
+    while not stop.is_set():
+        check()
+        version = client.hget(key, "model_version")
+        if version is not None:
+            say(f"model v{int(version)} served; measuring from now")
+            return int(version)
+        if time.monotonic() > deadline:
+            raise StreamrecError("no model served after "
+                                 f"{timeout_s + settings.trainer.publish_interval_s:g} s")
+        stop.wait(0.25)
+    return None
 
 
 def start_dashboard(settings: Settings, metrics_urls: dict[str, str],
@@ -346,6 +369,7 @@ def summary(settings: Settings, st: dict[str, int], emitted: EmitReport, deliver
         "checkpoints": len(checkpoints),
         "model_version": st.get("scorer_model_version"),
         "feeds_written": st.get("scorer_feeds_written", 0),
+        "feeds_by_model": st.get("scorer_feeds_by_model", 0),
         "freshness_ms": {"p50": _pct(fresh_ms, 50), "p99": _pct(fresh_ms, 99), "n": len(fresh_ms)},
         "lag_max": max(lag.values(), default=0),
         "lag": lag,

@@ -11,7 +11,7 @@ Triggers:
 - the fallback feed (items trending now) is refreshed every ``popular_every_s``.
 
 Timings and limits are the ``serving`` settings. Counters go to ``P scorer:stats``
-(``feeds_written``, ``model_loads``, ``model_load_failures``,
+(``feeds_written``, ``feeds_by_model``, ``model_loads``, ``model_load_failures``,
 ``model_version``). Event-to-feed latencies (ms) go to ``P scorer:fresh`` (the last 20,000).
 """
 
@@ -148,6 +148,9 @@ class ScorerWorker:
                 self.feeds.write_many(done)
                 with self.client.pipeline(transaction=False) as pipe:
                     pipe.hincrby(self.keys.scorer_stats, "feeds_written", len(done))
+                    # Feeds a model ranked (the rest had none loaded yet: candidate order).
+                    pipe.hincrby(self.keys.scorer_stats, "feeds_by_model",
+                                 sum(f.model_version is not None for f in done))
                     if fresh_ms:
                         pipe.lpush(self.keys.scorer_freshness, *fresh_ms)
                         pipe.ltrim(self.keys.scorer_freshness, 0, 19_999)

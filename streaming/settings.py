@@ -259,6 +259,11 @@ class RuntimeSettings:
     redis_appendfsync: str = _f("always", "fsync policy of the embedded Redis' append-only "
                                 "file: always (a kill -9 or power loss loses no acknowledged "
                                 "write) or everysec (up to 1 s of feature state lost; faster)")
+    trainer_nice: int = _f(10, "niceness added to the trainer processes streamrec up starts "
+                           "(0-19): on a small machine ingest and scoring get the CPU first "
+                           "and the trainer catches up in the gaps")
+    trainer_threads: int = _f(1, "torch/OpenMP threads per trainer rank streamrec up starts "
+                              "(0 = torch's default, one per core)")
     restart_backoff_s: float = _f(1.0, "streamrec up restarts a component that exits after "
                                   "this delay (s), doubled per recent restart")
     restart_backoff_max_s: float = _f(30.0, "longest delay before a restart (s)")
@@ -274,6 +279,9 @@ class RuntimeSettings:
         if self.broker not in ("kafka", "tansu"):
             raise ConfigError(f"runtime.broker={self.broker!r}: kafka or tansu")
         _positive("runtime.kafka_heap_mb", self.kafka_heap_mb)
+        if not 0 <= self.trainer_nice <= 19 or self.trainer_threads < 0:
+            raise ConfigError("runtime.trainer_nice must be in 0..19 and "
+                              "runtime.trainer_threads >= 0")
         for name in ("restart_backoff_s", "restart_backoff_max_s", "restart_max",
                      "restart_window_s"):
             _positive(f"runtime.{name}", getattr(self, name))

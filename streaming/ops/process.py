@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -67,12 +68,14 @@ class ManagedProcess:
     """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
 
     def __init__(
-        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+        nice: int = 0,
     ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.env = env
+        self.nice = nice  # added to the child's niceness (lower CPU priority)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -91,7 +94,7 @@ class ManagedProcess:
                 # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
                 # stops children in order instead of all of them dying at once.
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=functools.partial(_child_setup, self.nice),
             )
         except OSError as exc:
             self._log.close()
@@ -132,11 +135,26 @@ class ManagedProcess:
         return self.proc.returncode
 
 
+def _child_setup(nice: int) -> None:
+    """In the forked child: die with the parent, then lower the priority by ``nice``."""
+    die_with_parent()
+    if nice:
+        os.nice(nice)
+
+
 def component_process(settings: Settings, run_dir: Path, name: str, *args: str) -> ManagedProcess:
     """A ``streamrec`` subcommand (``worker``, ``score``, ``train``, ...) as a child process that
-    sees exactly ``settings``, logging to ``run_dir/<name>.log``. Not started yet."""
+    sees exactly ``settings``, logging to ``run_dir/<name>.log``. Not started yet. The trainer
+    gets ``runtime.trainer_nice`` and ``runtime.trainer_threads`` (the resource plan of a small
+    machine: ingest and scoring first)."""
     env = settings.child_env(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    nice = 0
+    if args and args[0] == "train":
+        nice = settings.runtime.trainer_nice
+        if settings.runtime.trainer_threads:
+            threads = str(settings.runtime.trainer_threads)
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     # ``-m deploy.cli`` is the ``streamrec`` console script, without depending on PATH.
     return ManagedProcess(name, [sys.executable, "-m", "deploy.cli", *args],
-                          run_dir / f"{name}.log", env=env)
+                          run_dir / f"{name}.log", env=env, nice=nice)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,8 @@ import pytest
 from deploy.supervisor import RestartPolicy, Supervisor
 from streaming.errors import EmbeddedServiceError
 from streaming.ops.metrics import SupervisorMetrics
+from streaming.ops.process import component_process
+from streaming.settings import Settings
 
 
 class FakeProc:
@@ -99,3 +103,23 @@ def test_restarts_outside_the_window_do_not_count_towards_a_crash_loop() -> None
         sup.poll()
     assert sup.restarts == {"worker-0": 5} and worker.alive()
     assert all(" in 1.0 s" in line for line in said)  # the backoff resets too
+
+
+def test_up_starts_the_trainer_niced_with_few_threads_and_the_rest_as_is(tmp_path: Path) -> None:
+    """The resource plan of a small machine: ingest and scoring first (runtime.trainer_*)."""
+    settings = Settings.load(env={}).with_values({"runtime.trainer_nice": "7",
+                                                  "runtime.trainer_threads": "1"})
+    trainer = component_process(settings, tmp_path, "trainer", "train")
+    worker = component_process(settings, tmp_path, "worker-0", "worker")
+    assert trainer.nice == 7 and worker.nice == 0
+    assert trainer.env is not None and trainer.env["OMP_NUM_THREADS"] == "1"
+    assert worker.env is not None and "OMP_NUM_THREADS" not in worker.env
+    # The niceness reaches the child (a stand-in command with the trainer's process settings).
+    trainer.argv = [sys.executable, "-c", "import os; print(os.nice(0))"]
+    trainer.start()
+    assert trainer.proc is not None
+    trainer.proc.wait(30)
+    trainer.stop()
+    base = int(subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"],
+                              capture_output=True, text=True).stdout)
+    assert int(trainer.log_path.read_text().split()[-1]) == min(19, base + 7)

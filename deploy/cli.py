@@ -152,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-plots", action="store_true", help="skip the PNG")
     _global_options(ev)
 
+    model = sub.add_parser("model", help="checkpoints and their verdicts; promote or roll back "
+                           "the served model")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    listing = model_sub.add_parser("list", help="versions, metrics, verdicts, which is served")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    _global_options(listing)
+    promote = model_sub.add_parser("promote", help="serve VERSION (overrides a held-back verdict)")
+    promote.add_argument("version", type=int, metavar="VERSION")
+    _global_options(promote)
+    rollback = model_sub.add_parser("rollback", help="serve the previously served version again")
+    _global_options(rollback)
+
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--markdown", action="store_true", help="as a Markdown table with env vars")
     _global_options(config)

@@ -308,8 +308,60 @@ def cmd_dashboard(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def _print_models(rows: list[dict[str, Any]]) -> None:
+    print(f"{'VERSION':>7}  {'STATUS':<15} {'CREATED':<19} {'STEP':>7} {'EXAMPLES':>9} "
+          f"{'PREQ-AUC':>8} {'N':>5} {'LL':>7} {'LL-SERVED':>9} {'AUC':>6} {'AUC-SERVED':>10}  "
+          "REASON")
+
+    def num(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    for r in rows:
+        if "error" in r:
+            print(f"{r['version']:>7}  unreadable: {r['error']}")
+            continue
+        v = r.get("verdict") or {}
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at_ms"] / 1000)) \
+            if r.get("created_at_ms") else "(not on disk)"
+        print(f"{r['version']:>7}  {r['status']:<15} {created:<19} {num(r.get('step'), 'd'):>7} "
+              f"{num(r.get('examples_seen'), 'd'):>9} {num(r.get('prequential_auc'), '.4f'):>8} "
+              f"{num(v.get('n'), 'd'):>5} {num(v.get('candidate_logloss'), '.4f'):>7} "
+              f"{num(v.get('served_logloss'), '.4f'):>9} {num(v.get('candidate_auc'), '.4f'):>6} "
+              f"{num(v.get('served_auc'), '.4f'):>10}  {v.get('reason', '')}")
+
+
+def cmd_model(args: argparse.Namespace, settings: Any) -> int:
+    """``streamrec model list | promote VERSION | rollback``: what is served and why; operator
+    announcements on ``model-updates`` (scorers follow them within a second)."""
+    from deploy.embedded import with_running_endpoints
+    from trainer import announcements
+
+    settings = with_running_endpoints(settings)
+    if args.model_command == "list":
+        rows = announcements.model_table(settings)
+        if args.json:
+            print(orjson.dumps(rows).decode())
+        elif not rows:
+            print(f"no checkpoints in {settings.trainer.checkpoint_dir} and nothing announced")
+        else:
+            _print_models(rows)
+        return 0
+    if args.model_command == "promote":
+        update, before = announcements.promote(settings, args.version)
+    else:
+        update, before = announcements.rollback(settings)
+    was = before.serving if before is not None else None
+    if update is None:
+        print(f"v{args.version} is already served")
+        return 0
+    print(f"{update.action}: scorers now serve v{update.version} (was "
+          f"{f'v{was.version}' if was else 'nothing'}); announced on "
+          f"{settings.topics.model_updates}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "up": cmd_up, "emit": cmd_emit, "feed": cmd_feed, "worker": cmd_worker, "bench": cmd_bench,
     "train": cmd_train, "score": cmd_score, "topics": cmd_topics, "lag": cmd_lag,
-    "dashboard": cmd_dashboard, "config": cmd_config, "eval": cmd_eval,
+    "dashboard": cmd_dashboard, "config": cmd_config, "eval": cmd_eval, "model": cmd_model,
 }

@@ -5,6 +5,7 @@ Layout under the checkpoint directory::
     v00000007/
         model.pt        # state_dict of the unsharded StreamRecModel (plain tensors)
         optimizer.pt    # the trainer's optimizer state, unsharded (plain tensors; resume only)
+        holdout.json    # the examples the promotion check judges with (trainer rank 0 only)
         manifest.json   # Manifest below, with the sha256 of every other file
 
 Scorers read ``model.pt`` only (:func:`load_checkpoint`); ``optimizer.pt`` holds the embedding
@@ -26,7 +27,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from streaming.errors import CheckpointError, CorruptCheckpoint
 FORMAT = 1
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
+HOLDOUT_FILE = "holdout.json"
 _VERSION_DIR = re.compile(r"^v(\d{8})$")
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ class Manifest:
     name -> topic id) say which Kafka cluster and which topic instances ``offsets`` belong to
     (empty in manifests written before they were recorded): a topic created again under the
     same name, or a new cluster, starts at offset 0 again, and saved offsets mean nothing there.
+    ``examples_seen`` counts the examples consumed (their offsets are behind ``offsets``), of
+    which ``examples_held_out`` were held out (never trained on) to judge checkpoints;
+    ``promotion`` is the verdict on this checkpoint (see :mod:`trainer.promotion`; empty in
+    manifests written before promotion existed).
     """
 
     version: int
@@ -67,6 +73,8 @@ class Manifest:
     format: int = FORMAT
     kafka_cluster_id: str = ""  # the cluster the offsets were read from ("" = not recorded)
     topic_ids: dict[str, str] = field(default_factory=dict)  # topic name -> id at that time
+    examples_held_out: int = 0  # of examples_seen: held out for promotion checks, not trained
+    promotion: dict[str, Any] = field(default_factory=dict)  # the verdict (trainer.promotion)
 
     def to_json(self) -> bytes:
         """Indented JSON with sorted keys (the bytes of ``manifest.json``)."""
@@ -116,10 +124,13 @@ def write_checkpoint(
     manifest: Manifest,
     keep: int,
     optimizer_state: Mapping[str, torch.Tensor] | None = None,
+    protect: Collection[int] = (),
+    blobs: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write version ``manifest.version`` atomically (``model.pt``, ``optimizer.pt`` when
-    ``optimizer_state`` is given, ``manifest.json`` with both sha256); prune to the newest
-    ``keep`` versions."""
+    ``optimizer_state`` is given, any ``blobs`` (file name -> bytes), ``manifest.json`` with
+    every file's sha256); prune to the newest ``keep`` versions, never removing a version in
+    ``protect`` (the served one and the rollback target)."""
     root.mkdir(parents=True, exist_ok=True)
     final = version_dir(root, manifest.version)
     if final.exists():
@@ -133,10 +144,12 @@ def write_checkpoint(
             tensors[OPTIMIZER_FILE] = optimizer_state
         for name, content in tensors.items():
             torch.save({k: v.detach().cpu().contiguous() for k, v in content.items()}, tmp / name)
-        done = Manifest(**{**asdict(manifest),
-                           "files": {name: _sha256(tmp / name) for name in tensors}})
+        for name, raw in (blobs or {}).items():
+            (tmp / name).write_bytes(raw)
+        names = [*tensors, *(blobs or {})]
+        done = Manifest(**{**asdict(manifest), "files": {name: _sha256(tmp / name) for name in names}})
         (tmp / "manifest.json").write_bytes(done.to_json())
-        for f in (*(tmp / name for name in tensors), tmp / "manifest.json", tmp):
+        for f in (*(tmp / name for name in names), tmp / "manifest.json", tmp):
             _fsync(f)
         tmp.rename(final)
         _fsync(root)
@@ -144,7 +157,8 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_versions(root)[:-keep]:
-        shutil.rmtree(version_dir(root, old), ignore_errors=True)
+        if old not in protect:
+            shutil.rmtree(version_dir(root, old), ignore_errors=True)
     return final
 
 
@@ -159,6 +173,23 @@ def read_manifest(path: Path) -> Manifest:
 def _verified_tensors(path: Path, manifest: Manifest, name: str) -> dict[str, Any]:
     """Load ``name`` of the version directory ``path`` after checking its sha256 against the
     manifest; raises :class:`CorruptCheckpoint`."""
+    file = _verified(path, manifest, name)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad archives
+        raise CorruptCheckpoint(f"{path}: {name} does not load: {exc}") from None
+
+
+def read_blob(path: Path, manifest: Manifest, name: str) -> bytes | None:
+    """The verified bytes of file ``name`` of a version directory (None if the manifest lists
+    no such file). Raises :class:`CorruptCheckpoint`."""
+    if name not in manifest.files:
+        return None
+    return _verified(path, manifest, name).read_bytes()
+
+
+def _verified(path: Path, manifest: Manifest, name: str) -> Path:
+    """``path / name`` once its sha256 matches the manifest; raises :class:`CorruptCheckpoint`."""
     if name not in manifest.files:
         raise CorruptCheckpoint(f"{path}: manifest lists no {name}")
     file = path / name
@@ -168,10 +199,7 @@ def _verified_tensors(path: Path, manifest: Manifest, name: str) -> dict[str, An
     digest = manifest.files[name]
     if actual != digest:
         raise CorruptCheckpoint(f"{path}: {name} sha256 {actual[:12]}... != manifest {digest[:12]}...")
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad archives
-        raise CorruptCheckpoint(f"{path}: {name} does not load: {exc}") from None
+    return file
 
 
 def load_checkpoint(path: Path, spec_digest: str | None = None) -> tuple[Manifest, dict[str, Any]]:
@@ -207,11 +235,12 @@ def latest_valid(root: Path, spec_digest: str | None = None) -> tuple[Manifest, 
 @dataclass(frozen=True, slots=True)
 class Resumable:
     """What a restarted trainer loads: the manifest, the model weights and the optimizer state
-    (None for a checkpoint written before optimizer state was saved)."""
+    (None for a checkpoint written before optimizer state was saved), from directory ``path``."""
 
     manifest: Manifest
     model: dict[str, Any]
     optimizer: dict[str, Any] | None
+    path: Path
 
 
 def latest_resumable(root: Path, spec_digest: str | None = None) -> Resumable | None:
@@ -221,7 +250,7 @@ def latest_resumable(root: Path, spec_digest: str | None = None) -> Resumable | 
         path = version_dir(root, version)
         try:
             manifest, model = load_checkpoint(path, spec_digest)
-            return Resumable(manifest, model, load_optimizer_state(path, manifest))
+            return Resumable(manifest, model, load_optimizer_state(path, manifest), path)
         except CorruptCheckpoint as exc:
             log.error("skipping checkpoint: %s", exc)
     return None

@@ -194,6 +194,16 @@ class TrainerSettings:
     publish_every_steps: int = _f(0, "also publish every N steps (0 = time only)")
     keep_checkpoints: int = _f(5, "number of checkpoint versions kept on disk")
     seed: int = _f(0, "seed of the model's initial weights (same seed and examples, same model)")
+    holdout_share: float = _f(0.02, "share of examples (by a hash of example_id) never trained "
+                              "on, kept to judge new checkpoints before they are served "
+                              "(0 = serve every checkpoint unchecked)")
+    holdout_kept: int = _f(5000, "newest held-out examples a new checkpoint is judged on")
+    promotion_min_examples: int = _f(1000, "with fewer held-out examples (a new deployment) a "
+                                     "checkpoint is served unchecked")
+    promotion_logloss_margin: float = _f(0.01, "a checkpoint is held back if its held-out "
+                                         "log-loss exceeds the served model's by more")
+    promotion_auc_margin: float = _f(0.01, "a checkpoint is held back if its held-out AUC is "
+                                     "below the served model's by more")
 
     def __post_init__(self) -> None:
         _positive("trainer.batch_size", self.batch_size)
@@ -202,6 +212,13 @@ class TrainerSettings:
         _positive("trainer.keep_checkpoints", self.keep_checkpoints)
         if self.publish_every_steps < 0:
             raise ConfigError("trainer.publish_every_steps must be >= 0")
+        if not 0 <= self.holdout_share < 1:
+            raise ConfigError(f"trainer.holdout_share={self.holdout_share}: expected 0 <= x < 1")
+        _positive("trainer.holdout_kept", self.holdout_kept)
+        if self.promotion_min_examples < 0 or self.promotion_logloss_margin < 0 \
+                or self.promotion_auc_margin < 0:
+            raise ConfigError("trainer.promotion_min_examples and the promotion margins must "
+                              "be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

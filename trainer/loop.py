@@ -6,6 +6,10 @@ the ranks agree (one all-reduce) on a common batch size ``n = min(buffered)`` an
 publish or stop, so collectives always match. Examples stay buffered until trained, and the
 offsets in a checkpoint are those of the last example *trained* per partition, plus one.
 
+Safe promotion: examples whose id hashes below ``trainer.holdout_share`` are held out, never
+trained on; at each publish rank 0 judges the new checkpoint against the served model on the
+newest of them (:mod:`trainer.promotion`) and announces it as promoted (served) or held back.
+
 Crash safety: offsets are committed to Kafka only after the checkpoint that contains them is
 durable; a restart loads the newest valid checkpoint (weights and optimizer state, so training
 continues exactly as without the crash) and seeks every partition to its offsets,
@@ -15,6 +19,7 @@ both; see :func:`trainer.source.verified_offsets`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -31,15 +36,17 @@ import torch.distributed as dist
 
 from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import (
+    HOLDOUT_FILE,
     Manifest,
     latest_resumable,
     now_ms,
+    read_blob,
     remove_stale_tmp,
     write_checkpoint,
 )
 from models.spec import FeatureSpec, spec_for
-from streaming.contract.updates import ModelUpdate
-from streaming.errors import BrokerError
+from streaming.contract.updates import ServedVersion
+from streaming.errors import BrokerError, CheckpointError
 from streaming.io.kafka import ClusterIdentity, KafkaAdmin
 from streaming.io.producer import RecordProducer
 from streaming.io.redis_client import connect
@@ -47,7 +54,9 @@ from streaming.ops import health
 from streaming.ops.metrics import TrainerMetrics, serve_configured
 from streaming.settings import Settings
 from trainer import distributed as D
-from trainer.metrics import Prequential, auc, log_loss
+from trainer.announcements import AnnouncementLog, announcement, protected, send, with_served
+from trainer.metrics import Prequential, PromotionMetrics, auc, log_loss
+from trainer.promotion import Gate, held_out
 from trainer.source import ExampleSource, offset_key, verified_offsets
 
 log = logging.getLogger(__name__)
@@ -60,8 +69,10 @@ class TrainerState:
 
     version: int = 0
     step: int = 0
-    examples_base: int = 0  # global examples_seen of the checkpoint resumed from
+    examples_base: int = 0  # global examples_seen (consumed) of the checkpoint resumed from
+    held_out_base: int = 0  # global examples_held_out of the checkpoint resumed from
     examples_seen: int = 0  # trained by this rank since start
+    held_out: int = 0  # held out (not trained) by this rank since start
     offsets: dict[str, int] = field(default_factory=dict)  # this rank's next offsets
     loss_sum: float = 0.0
     loss_n: int = 0
@@ -103,7 +114,10 @@ class ContinuousTrainer:
         self.dmp, self.optimizer = D.build_sharded(spec, self.info)
         self.state = TrainerState()
         self.metrics = Prequential()
-        self._buffer: deque[tuple[int, int, dict[str, Any]]] = deque()
+        # (partition, offset, example, held out?) in arrival order; _n_train: not held out
+        self._buffer: deque[tuple[int, int, dict[str, Any], bool]] = deque()
+        self._n_train = 0
+        self._held_new: list[dict[str, Any]] = []  # held out since the last publish
         self._polled: dict[int, int] = {}  # partition -> offset after the last polled message
         self._seen_ids: OrderedDict[str, None] = OrderedDict()  # drops outbox duplicates
         self.duplicates = 0
@@ -115,16 +129,21 @@ class ContinuousTrainer:
         # Which cluster and examples-topic instance this run reads: recorded in each manifest,
         # compared with the one resumed from.
         self.identity: ClusterIdentity | None = self._read_identity()
+        # Rank 0 judges each checkpoint (held-out examples, served model) and follows what is
+        # served (model-updates, where operators promote and roll back too).
+        self.gate = Gate(spec, settings.trainer) if self.info.rank == 0 else None
         start = self._resume()
         self.source = ExampleSource(settings, partitions, start)
         self._last_publish = time.monotonic()
         self._producer = RecordProducer(settings, topic=settings.topics.model_updates) \
             if self.info.rank == 0 else None
+        self._announcements = AnnouncementLog(settings) if self.info.rank == 0 else None
         self._partitions = partitions
         self._redis = connect(settings.redis)  # heartbeats only (streaming.ops.health)
         self._heartbeat = health.Heartbeat(self._redis, settings.redis.key_prefix, "trainer",
                                            instance=f"trainer-rank{self.info.rank}")
         self.prom = TrainerMetrics()
+        self.promotion_prom = PromotionMetrics(self.prom.registry)
         # Rank 0 serves the metrics (one endpoint per job); other ranks keep theirs unexported.
         self._metrics_server = serve_configured(self.prom.registry, settings.runtime) \
             if self.info.rank == 0 else None
@@ -147,6 +166,9 @@ class ContinuousTrainer:
         self.state.version = manifest.version
         self.state.step = manifest.step
         self.state.examples_base = manifest.examples_seen
+        self.state.held_out_base = manifest.examples_held_out
+        if self.gate is not None:
+            self._restore_holdout(found.path, manifest)
         log.info("rank %d resumed from checkpoint v%d (step %d, %d examples)", self.info.rank,
                  manifest.version, manifest.step, manifest.examples_seen)
         topic = self.settings.topics.examples
@@ -157,6 +179,20 @@ class ContinuousTrainer:
                         "from the trainer group's committed offsets, else from the beginning",
                         self.info.rank, manifest.version, problem, topic)
         return offsets
+
+    def _restore_holdout(self, path: Path, manifest: Manifest) -> None:
+        """Rank 0: the held-out examples saved with the checkpoint resumed from (they are behind
+        its offsets: never read again); a damaged file only costs them."""
+        assert self.gate is not None
+        try:
+            raw = read_blob(path, manifest, HOLDOUT_FILE)
+            examples = orjson.loads(raw) if raw else []
+            if not isinstance(examples, list):
+                raise CheckpointError(f"{HOLDOUT_FILE} holds {type(examples).__name__}, not a list")
+            self.gate.add(examples)
+        except (CheckpointError, orjson.JSONDecodeError) as exc:
+            log.warning("held-out examples of checkpoint v%d not restored: %s", manifest.version,
+                        exc)
 
     def _read_identity(self, retry_s: float = 30.0) -> ClusterIdentity | None:
         """The cluster id and the examples topic's id, or None (logged) if Kafka cannot say
@@ -180,9 +216,12 @@ class ContinuousTrainer:
 
     # -- one step -------------------------------------------------------------------------
     def _fill(self) -> None:
+        # Counting held-out entries too: the buffer after a fill is the next ``cap`` examples
+        # from the first one not consumed, whatever happened before (a resume included).
         want = max(1, self.settings.trainer.batch_size // self.info.world) - len(self._buffer)
         if want <= 0:
             return
+        share = self.settings.trainer.holdout_share
         got = self.source.poll(want, self.settings.trainer.batch_max_wait_ms / 1000)
         for part, off, ex in got:
             self._polled[part] = off + 1
@@ -193,13 +232,15 @@ class ContinuousTrainer:
             self._seen_ids[eid] = None
             if len(self._seen_ids) > 200_000:
                 self._seen_ids.popitem(last=False)
-            self._buffer.append((part, off, ex))
+            held = held_out(eid, share)
+            self._n_train += not held
+            self._buffer.append((part, off, ex, held))
 
     def _agree(self, stop: bool) -> tuple[int, bool, bool]:
         """(common batch size, stop, publish) agreed by all ranks."""
         due = self._publish_due()
         # MIN over [n, -stop, -publish]: the smallest buffer, and any rank's stop/publish flag.
-        t = torch.tensor([len(self._buffer), -int(stop), -int(due)], dtype=torch.int64)
+        t = torch.tensor([self._n_train, -int(stop), -int(due)], dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         cap = max(1, self.settings.trainer.batch_size // self.info.world)
         n = min(int(t[0]), cap)
@@ -220,9 +261,9 @@ class ContinuousTrainer:
         (prequential); returns the batch's mean loss."""
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
-        taken = [self._buffer.popleft() for _ in range(n)]
-        batch = self.builder.build([ex for _, _, ex in taken])
-        self._observe_traces([ex for _, _, ex in taken])
+        taken = self._take(n)
+        batch = self.builder.build(taken)
+        self._observe_traces(taken)
         loss_value, probs = sgd_step(self.dmp, self.optimizer, batch, self.info.device)
         self.metrics.add(probs, batch.labels.numpy())
         self.state.step += 1
@@ -234,6 +275,23 @@ class ContinuousTrainer:
         self.prom.examples.inc(n)
         self.prom.loss.set(loss_value)
         return loss_value
+
+    def _take(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` oldest buffered examples to train on; held-out ones met on the way leave
+        the buffer for the promotion check (counted once: their offsets are now behind)."""
+        taken: list[dict[str, Any]] = []
+        while len(taken) < n:
+            _, _, ex, held = self._buffer.popleft()
+            if held:
+                self._held_new.append(ex)
+                self.state.held_out += 1
+            else:
+                taken.append(ex)
+        self._n_train -= n
+        keep = self.settings.trainer.holdout_kept
+        if len(self._held_new) > keep:
+            del self._held_new[:-keep]
+        return taken
 
     def _observe_traces(self, examples: list[dict[str, Any]]) -> None:
         """Stage latencies from each example's trace (ms): event -> example (the label window
@@ -253,7 +311,7 @@ class ContinuousTrainer:
         """Per partition: the first example not yet trained (still buffered), else the offset
         after the last one polled. Resuming there trains nothing twice and skips nothing."""
         first_buffered: dict[int, int] = {}
-        for part, off, _ in self._buffer:
+        for part, off, _, _ in self._buffer:
             first_buffered.setdefault(part, off)
         offsets = dict(self.state.offsets)
         for part, after in self._polled.items():
@@ -262,7 +320,8 @@ class ContinuousTrainer:
 
     # -- publishing -----------------------------------------------------------------------
     def publish(self) -> Manifest | None:
-        """Collective. Rank 0 writes the checkpoint and announces it; then all commit offsets."""
+        """Collective. Rank 0 judges the new checkpoint (held-out examples vs the served model),
+        writes it and announces it, promoted or held back; then all commit offsets."""
         t0 = time.perf_counter()
         self.state.offsets = self.next_offsets()
         full = D.gather_full_state(self.dmp, self.info)
@@ -271,10 +330,16 @@ class ContinuousTrainer:
         probs, labels = self.metrics.arrays()
         dist.all_gather_object(gathered, (self.state.offsets, self.state.examples_seen,
                                           probs, labels, self.state.loss_sum, self.state.loss_n))
-        totals = torch.tensor([self.state.examples_seen], dtype=torch.int64)
+        held: list[Any] | None = [None] * self.info.world if self.info.rank == 0 else None
+        dist.gather_object(self._held_new, held, dst=0)
+        self._held_new = []
+        totals = torch.tensor([self.state.examples_seen, self.state.held_out], dtype=torch.int64)
         dist.all_reduce(totals)
         manifest = None
         if self.info.rank == 0:
+            assert held is not None and self.gate is not None and full is not None
+            for rank_held in held:
+                self.gate.add(rank_held)
             offsets: dict[str, int] = {}
             for o, *_ in gathered:
                 offsets.update(o)
@@ -287,29 +352,26 @@ class ContinuousTrainer:
                 "train_loss": sum(g[4] for g in gathered) / loss_n if loss_n else float("nan"),
                 "window_examples": float(len(all_p)),
             }
+            held_total = int(totals[1])
             manifest = Manifest(
                 version=self.state.version + 1, created_at_ms=now_ms(), step=self.state.step,
-                examples_seen=self.state.examples_base + int(totals[0]), offsets=offsets,
+                examples_seen=self.state.examples_base + int(totals[0]) + held_total,
+                examples_held_out=self.state.held_out_base + held_total, offsets=offsets,
                 metrics={k: (None if isinstance(v, float) and math.isnan(v) else v)
                          for k, v in metrics.items()},  # type: ignore[misc]
                 spec_digest=self.spec.digest(),
                 **self._identity_fields(),
             )
-            path = write_checkpoint(self.root, full or {}, manifest,
-                                    self.settings.trainer.keep_checkpoints, optimizer_state)
-            assert self._producer is not None
-            update = ModelUpdate(version=manifest.version, path=str(path.resolve()),
-                                 manifest=orjson.loads(manifest.to_json()))
-            self._producer.send_raw(update.key, update.to_json())
-            self._producer.flush(30)
+            manifest = self._judge_write_announce(manifest, full, optimizer_state)
             self.prom.checkpoints.inc()
             self.prom.model_version.labels("trainer").set(manifest.version)
             for gauge, name in ((self.prom.auc, "prequential_auc"),
                                 (self.prom.logloss, "prequential_logloss")):
                 if not math.isnan(metrics[name]):
                     gauge.set(metrics[name])
-            log.info("published v%d (step %d, %d examples, auc %s)", manifest.version,
-                     manifest.step, manifest.examples_seen, metrics["prequential_auc"])
+            log.info("published v%d (step %d, %d examples, auc %s): %s", manifest.version,
+                     manifest.step, manifest.examples_seen, metrics["prequential_auc"],
+                     "promoted" if manifest.promotion["promoted"] else "HELD BACK")
         dist.barrier()  # the checkpoint is durable before anyone commits offsets
         self.state.version += 1
         self.source.commit(self.state.offsets)
@@ -317,6 +379,42 @@ class ContinuousTrainer:
         self._last_publish = time.monotonic()
         self.publish_seconds.append(time.perf_counter() - t0)
         self.prom.stage.labels("checkpoint_publish").observe(self.publish_seconds[-1])
+        return manifest
+
+    def _judge_write_announce(self, manifest: Manifest, full: dict[str, torch.Tensor],
+                              optimizer_state: dict[str, torch.Tensor] | None) -> Manifest:
+        """Rank 0: read what is served now, judge ``full`` against it, write the checkpoint
+        (keeping the served version and the rollback target) and announce it."""
+        assert self.gate is not None and self._announcements is not None
+        try:
+            current = self._announcements.refresh()
+        except BrokerError as exc:  # judged against the last known served model
+            log.warning("cannot read %s, using what was last read: %s",
+                        self.settings.topics.model_updates, exc)
+            current = self._announcements.latest
+        serving = current.serving if current is not None else None
+        self.gate.follow(serving.version if serving else None, serving.path if serving else None)
+        verdict = self.gate.check(full).as_dict()
+        manifest = dataclasses.replace(manifest, promotion=verdict)
+        tc = self.settings.trainer
+        holdout = {HOLDOUT_FILE: orjson.dumps(list(self.gate.examples))} \
+            if self.gate.examples else None
+        path = write_checkpoint(self.root, full, manifest, tc.keep_checkpoints, optimizer_state,
+                                protect=protected(current), blobs=holdout)
+        history = current.history if current is not None else ()
+        if verdict["promoted"]:
+            history = with_served(history, ServedVersion(manifest.version, str(path.resolve())),
+                                  tc.keep_checkpoints)
+            self.gate.promoted(manifest.version, full)
+        else:
+            log.warning("checkpoint v%d held back, still serving v%s: %s", manifest.version,
+                        serving.version if serving else None, verdict["reason"])
+        update = announcement(manifest, str(path.resolve()), action="publish",
+                              promoted=verdict["promoted"], verdict=verdict, served=history)
+        assert self._producer is not None
+        send(self.settings, update, self._producer)
+        self._announcements.latest = update  # also what the next refresh reads back
+        self.promotion_prom.record(verdict, history[-1].version if history else None)
         return manifest
 
     def _identity_fields(self) -> dict[str, Any]:
@@ -359,5 +457,7 @@ class ContinuousTrainer:
             self._metrics_server.close()
         self._redis.close()
         self.source.close()
+        if self._announcements is not None:
+            self._announcements.close()
         if self._producer is not None:
             self._producer.flush(10)

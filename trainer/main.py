@@ -64,7 +64,8 @@ def run_trainer(settings: Settings, *, max_steps: int | None = None,
     trained = trainer.state.examples_seen * info.world
     summary = {
         "rank": info.rank, "ranks": info.world, "steps": trainer.state.step,
-        "examples_seen": trainer.state.examples_seen, "model_version": trainer.state.version,
+        "examples_seen": trainer.state.examples_seen, "held_out": trainer.state.held_out,
+        "model_version": trainer.state.version,
         "duplicates_dropped": trainer.duplicates, "elapsed_s": round(elapsed, 2),
         "publish_s_max": round(max(trainer.publish_seconds, default=0.0), 3),
         "publish_s_median": round(sorted(trainer.publish_seconds)[len(trainer.publish_seconds) // 2]

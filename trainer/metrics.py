@@ -1,10 +1,14 @@
-"""Prequential evaluation: every batch is scored before the model trains on it. Pure numpy."""
+"""Prequential evaluation (every batch is scored before the model trains on it; pure numpy) and
+the promotion check's Prometheus metrics."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -68,3 +72,44 @@ class Prequential:
             return {"auc": float("nan"), "logloss": float("nan"), "n": 0}
         return {"auc": auc(p, y), "logloss": log_loss(p, y), "n": len(p),
                 "ctr": float(y.mean())}
+
+
+class PromotionMetrics:
+    """The promotion check's metrics (trainer rank 0), on the trainer's registry:
+
+    - ``streamrec_model_promotions_total{result}``: checkpoints ``promoted`` or ``held_back``;
+    - ``streamrec_model_served_version``: the version scorers are told to serve;
+    - ``streamrec_model_candidate_held_back``: 1 while the newest checkpoint is held back;
+    - ``streamrec_model_holdout_logloss{model}``, ``streamrec_model_holdout_auc{model}``
+      (``model`` = ``candidate`` | ``served``; NaN when unknown) and
+      ``streamrec_model_holdout_examples``: the numbers of the last verdict."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.results = Counter("streamrec_model_promotions_total",
+                               "Checkpoints promoted or held back by the promotion check",
+                               ["result"], registry=registry)
+        self.served_version = Gauge("streamrec_model_served_version",
+                                    "Checkpoint version scorers serve", registry=registry)
+        self.held_back = Gauge("streamrec_model_candidate_held_back",
+                               "1 while the newest checkpoint is held back", registry=registry)
+        self.logloss = Gauge("streamrec_model_holdout_logloss", "Held-out log-loss of the last "
+                             "verdict", ["model"], registry=registry)
+        self.auc = Gauge("streamrec_model_holdout_auc", "Held-out AUC of the last verdict",
+                         ["model"], registry=registry)
+        self.examples = Gauge("streamrec_model_holdout_examples",
+                              "Held-out examples the last verdict used", registry=registry)
+        for model in ("candidate", "served"):
+            self.logloss.labels(model).set(float("nan"))
+            self.auc.labels(model).set(float("nan"))
+        self.served_version.set(float("nan"))
+
+    def record(self, verdict: Mapping[str, Any], served_version: int | None) -> None:
+        """Count one verdict (:meth:`trainer.promotion.Verdict.as_dict`) and show its numbers."""
+        self.results.labels("promoted" if verdict["promoted"] else "held_back").inc()
+        self.held_back.set(0 if verdict["promoted"] else 1)
+        self.examples.set(verdict["n"])
+        for model in ("candidate", "served"):
+            for gauge, name in ((self.logloss, "logloss"), (self.auc, "auc")):
+                value = verdict.get(f"{model}_{name}")
+                gauge.labels(model).set(float("nan") if value is None else value)
+        self.served_version.set(float("nan") if served_version is None else served_version)

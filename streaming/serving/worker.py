@@ -6,8 +6,11 @@ Triggers:
   (so scorers scale out by user partition). Users are coalesced for ``debounce_ms``. A user is
   re-scored once the ingest worker has applied the event (the user's ``last`` time in Redis has
   reached it), or after ``max_wait_ms`` regardless.
-- a new model version on ``model-updates``: loaded in the background, verified, swapped in; then
-  the users active in the last ``active_window_s`` are re-scored, most recently active first.
+- a change of the served model on ``model-updates``: the newest announcement's ``serving``
+  version (a promoted checkpoint, or what an operator promoted or rolled back to; checkpoints
+  the trainer held back are never loaded) is loaded in the background, verified, swapped in;
+  then the users active in the last ``active_window_s`` are re-scored, most recently active
+  first.
 - the fallback feed (items trending now) is refreshed every ``popular_every_s``.
 
 Timings and limits are the ``serving`` settings. Counters go to ``P scorer:stats``
@@ -28,7 +31,7 @@ import torch
 
 from models.spec import spec_for
 from streaming.contract.names import GROUP_SCORER, GROUP_SCORER_MODELS, Keys
-from streaming.contract.updates import ModelUpdate
+from streaming.contract.updates import ModelUpdate, ServedVersion
 from streaming.errors import StreamrecError
 from streaming.features.state import feature_config
 from streaming.io.kafka import client_config
@@ -36,10 +39,36 @@ from streaming.io.redis_client import connect
 from streaming.ops import health
 from streaming.ops.metrics import ScorerMetrics, serve_configured
 from streaming.serving.feed_store import FeedStore
-from streaming.serving.ranker import FeedRanker, ModelHolder
+from streaming.serving.ranker import FeedRanker, LoadedModel, ModelHolder
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ServedModelHolder(ModelHolder):
+    """A :class:`ModelHolder` that also goes back to an older version (a rollback)."""
+
+    def switch(self, path: str, version: int) -> bool:
+        """Serve ``version`` from ``path`` if it is not the one served, older or newer; on any
+        failure keep serving the current model. True if swapped."""
+        cur = self.current
+        if cur is not None and cur.version == version:
+            return False
+        if cur is None or version > cur.version:
+            return self.load(path, version)
+        # Older: load into a fresh holder (same verification), then swap its model in.
+        probe = ModelHolder(self.spec)
+        if not probe.load(path, version):
+            self.failures += 1
+            self.last_error = probe.last_error
+            return False
+        loaded = probe.current
+        assert loaded is not None
+        with self._lock:
+            self._current = LoadedModel(loaded.version, loaded.model, loaded.path)
+        self.loads += 1
+        log.info("serving model v%d (rolled back from v%d)", version, cur.version)
+        return True
 
 
 class ScorerWorker:
@@ -55,7 +84,7 @@ class ScorerWorker:
         self.client = connect(settings.redis)
         self.p = settings.redis.key_prefix
         self.keys = Keys(self.p)
-        self.holder = ModelHolder(spec_for(settings.model.interaction))
+        self.holder = ServedModelHolder(spec_for(settings.model.interaction))
         self.ranker = FeedRanker(self.client, self.p, self.holder, serving=cfg,
                                  features=feature_config(settings))
         self.feeds = FeedStore(self.client, self.p, ttl_s=cfg.feed_ttl_s)
@@ -73,26 +102,24 @@ class ScorerWorker:
         consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
         try:
             while not stop.is_set():
-                newest = None
-                for msg in consumer.consume(100, 0.5):
+                target: ServedVersion | None = None
+                for msg in consumer.consume(100, 0.5):  # the newest record says what is served
                     if msg.error():
                         continue
                     try:
-                        update = ModelUpdate.from_json(msg.value())
+                        target = ModelUpdate.from_json(msg.value()).serving or target
                     except ValueError as exc:
                         log.error("model announcement at offset %d: %s", msg.offset(), exc)
-                        continue
-                    if newest is None or update.version > newest.version:
-                        newest = update
                 t0 = time.perf_counter()
-                if newest is not None and self.holder.load(newest.path, newest.version):
+                failures = self.holder.failures
+                if target is not None and self.holder.switch(target.path, target.version):
                     self.metrics.stage.labels("model_load").observe(time.perf_counter() - t0)
                     self.metrics.model_loads.labels("ok").inc()
-                    self.metrics.model_version.labels("scorer").set(newest.version)
+                    self.metrics.model_version.labels("scorer").set(target.version)
                     self.client.hset(self.keys.scorer_stats, mapping={
-                        "model_version": newest.version, "model_loads": self.holder.loads})
+                        "model_version": target.version, "model_loads": self.holder.loads})
                     self._rescore_active()
-                elif newest is not None and self.holder.failures:
+                elif target is not None and self.holder.failures > failures:
                     self.metrics.model_loads.labels("failed").inc()
                     self.client.hset(self.keys.scorer_stats,
                                      "model_load_failures", self.holder.failures)

@@ -51,7 +51,8 @@ def recreate(settings: Settings, topic: str) -> None:
 def test_offsets_of_a_recreated_topic_are_not_applied(stack: Settings, tmp_path: Path) -> None:
     settings = stack.with_values({
         "trainer.batch_size": "100", "trainer.batch_max_wait_ms": "200",
-        "trainer.publish_interval_s": "3600", "trainer.publish_every_steps": "2"})
+        "trainer.publish_interval_s": "3600", "trainer.publish_every_steps": "2",
+        "trainer.holdout_share": "0"})  # every example trained: exact counts below
     topic, root = settings.topics.examples, Path(settings.trainer.checkpoint_dir)
     produce_examples(settings, 1000)
     train(settings, "--max-steps", "4")

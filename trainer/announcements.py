@@ -27,6 +27,10 @@ from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# librdkafka requires a group id; the reader assigns its partition and never commits, so the
+# group holds nothing. (Scorers use GROUP_SCORER_MODELS the same way.)
+READER_GROUP = "streamrec-model-updates-reader"
+
 
 class AnnouncementLog:
     """A reader of the ``model-updates`` partition that remembers the newest valid record."""
@@ -34,7 +38,7 @@ class AnnouncementLog:
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topics.model_updates
         self._consumer = confluent_kafka.Consumer(client_config(settings.kafka, **{
-            "group.id": "streamrec-model-updates-reader",  # required by librdkafka; no commits
+            "group.id": READER_GROUP,
             "enable.auto.commit": False, "enable.partition.eof": True}))
         self._consumer.assign([confluent_kafka.TopicPartition(
             self.topic, 0, confluent_kafka.OFFSET_BEGINNING)])

@@ -80,6 +80,12 @@ class Sampler:
         g = cur.gauges
         point["model_version"] = max((v for k, v in g.items()
                                       if k.startswith("streamrec_model_version")), default=None)
+        # Safe promotion (trainer): what scorers are told to serve, and whether the newest
+        # checkpoint was held back by the held-out check.
+        point["served_version"] = g.get("streamrec_model_served_version")
+        point["held_back"] = g.get("streamrec_model_candidate_held_back")
+        point["promotions"] = {r: int(cur.counters.get(f"streamrec_model_promotions{{{r}}}", 0))
+                               for r in ("promoted", "held_back")}
         point["auc"] = g.get("streamrec_trainer_prequential_auc")
         point["logloss"] = g.get("streamrec_trainer_prequential_logloss")
         point["loss"] = g.get("streamrec_trainer_loss")

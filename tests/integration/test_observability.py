@@ -99,7 +99,8 @@ def test_lag_monitor_and_dashboard_on_a_live_run(tmp_path: Path) -> None:
                         for p in pts)
                 and latency is not None and last.get("auc") is not None
                 and last.get("model_version")
-                and last.get("restarts") == {"worker-0": 0, "trainer": 0, "scorer-0": 0})
+                and last.get("restarts") == {"worker-0": 0, "trainer": 0, "scorer-0": 0}
+                and last.get("served_version") is not None and last.get("held_back") == 0)
 
         wait_for("every chart to hold data", charts_hold_data, 150)
 

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from an empty data directory (= --set runtime.fresh=true)")
     up.add_argument("--workers", type=int, default=1, metavar="N",
                     help="stream-processing workers (one consumer group; default 1)")
+    up.add_argument("--trainer-ranks", type=int, default=1, metavar="N",
+                    help="trainer ranks (torchrun; default 1)")
     up.add_argument("--scorers", type=int, default=1, metavar="N",
                     help="scorer processes (one consumer group; default 1)")
     _global_options(up)

@@ -56,6 +56,7 @@ def cmd_up(args: argparse.Namespace, settings: Any) -> int:
 
     opts = UpOptions(duration_s=args.duration, rate=args.rate, replay=args.replay, seed=args.seed,
                      workers=args.workers, scorers=args.scorers, max_events=args.events,
+                     trainer_ranks=args.trainer_ranks,
                      dashboard=not args.no_dashboard)
     if opts.replay is not None and not opts.replay.is_file():
         raise ConfigError(f"--replay {opts.replay}: file not found")

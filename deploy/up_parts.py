@@ -45,6 +45,7 @@ class UpOptions:
     status_every_s: float = 5.0
     workers: int = 1  # stream-processing worker processes
     scorers: int = 1  # scorer processes
+    trainer_ranks: int = 1  # trainer ranks (one process; torchrun when more)
     max_events: int | None = None  # the source stops after this many (the loop keeps running)
     dashboard: bool = True  # serve the dashboard (runtime.dashboard_port) from this process
     # Count the run (duration, counters, freshness) from the first model a scorer serves.
@@ -233,7 +234,8 @@ def start_components(settings: Settings, runtime: EmbeddedRuntime, opts: UpOptio
     runtime, before the broker), each with its own metrics port; returns name -> metrics URL
     and the processes."""
     components = [(f"worker-{n}", ["worker"]) for n in range(opts.workers)]
-    components += [("trainer", ["train"])]
+    components += [("trainer", ["train"] if opts.trainer_ranks == 1 else
+                    ["train", "--nproc", str(opts.trainer_ranks)])]
     components += [(f"scorer-{n}", ["score"]) for n in range(opts.scorers)]
     host = settings.runtime.bind_host
     metrics_urls: dict[str, str] = {}

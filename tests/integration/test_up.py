@@ -237,3 +237,41 @@ def test_up_survives_poison_and_restarts_components_killed_with_sigkill(
     assert summary["delivered"] == summary["emitted"] > 0
     assert summary["arrived"] == summary["processed"] == summary["emitted"] + BURST
     assert summary["dead_lettered"] == BURST
+
+
+def test_up_restarts_the_trainer_when_one_of_its_ranks_is_killed(tmp_path: Path) -> None:
+    """Two trainer ranks under torchrun: kill -9 of rank 1 ends the group (torchrun stops the
+    other rank and exits), the supervisor starts the trainer again, and it resumes from its
+    checkpoint and keeps publishing."""
+    ckpt = tmp_path / "ckpt"
+    proc, lines, settings = start_up(
+        tmp_path, "--rate", "150", "--no-dashboard", "--trainer-ranks", "2",
+        "--set", "runtime.restart_backoff_s=0.5", "--set", "trainer.publish_interval_s=3",
+        "--set", f"trainer.checkpoint_dir={ckpt}", "--set", "trainer.batch_size=64",
+        "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300")
+    assert settings is not None
+    out = ""
+    try:
+        wait_for("a first checkpoint", lambda: list_versions(ckpt), 120)
+        ranks = [p for p in _descendants(proc.pid) if p in _pids_matching("deploy.cli train")
+                 and "torch.distributed.run" not in Path(f"/proc/{p}/cmdline").read_text()
+                 and any(p in _descendants(q) for q in _pids_matching("torch.distributed.run"))]
+        assert len(ranks) == 2, ranks
+        os.kill(max(ranks), signal.SIGKILL)
+        wait_for("the trainer to come back", lambda: len([
+            p for p in _descendants(proc.pid) if p in _pids_matching("deploy.cli train")
+            and p not in ranks]) >= 2, 90)
+        before = max(list_versions(ckpt))
+        wait_for("a checkpoint from the restarted trainer",
+                 lambda: max(list_versions(ckpt)) > before, 120)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out[-3000:]
+    summary = orjson.loads(out.strip().splitlines()[-1])
+    assert summary["restarts"] == {"worker-0": 0, "trainer": 1, "scorer-0": 0}, summary
+    text = "".join(lines) + out
+    assert "trainer exited" in text
+    logs = re.search(r"^logs\s+(\S+)", text, re.M)
+    assert logs, text[-2000:]
+    assert "resumed from checkpoint" in (Path(logs.group(1)) / "trainer.log").read_text()

@@ -22,8 +22,11 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from streaming.contract.events import Event
 
@@ -48,6 +51,12 @@ class SyntheticConfig:
     drift_every: int = 0  # views between concept drifts; 0 = a stationary stream
     new_items_per_drift: int = 250
     quality_redraw_share: float = 0.5  # share of items whose hidden quality is re-drawn
+    # Derive each user's interests on first use from a per-user seed, keeping only the most
+    # recently used ``lazy_cache_users`` in memory: memory stays bounded at a million users
+    # (eagerly, 1 M users x 20 categories take ~1.3 GB). A different stream than the eager one
+    # for the same seed, so off by default (results stay comparable).
+    lazy_users: bool = False
+    lazy_cache_users: int = 20_000
 
 
 def _sigmoid(x: float) -> float:
@@ -62,17 +71,26 @@ class SyntheticStream:
         self.config = cfg = config or SyntheticConfig()
         rng = random.Random(seed)
         self._rng = rng
-        self.item_category = [rng.randrange(cfg.n_categories) for _ in range(cfg.n_items)]
-        self.item_quality = [rng.gauss(0.0, 0.5) for _ in range(cfg.n_items)]
-        self.item_price = [round(math.exp(rng.gauss(3.0, 0.8)), 2) for _ in range(cfg.n_items)]
+        # Typed arrays (8 bytes a value instead of a 32-byte float object): a 1 M catalogue.
+        self.item_category = array("l", (rng.randrange(cfg.n_categories)
+                                         for _ in range(cfg.n_items)))
+        self.item_quality = array("d", (rng.gauss(0.0, 0.5) for _ in range(cfg.n_items)))
+        self.item_price = array("d", (round(math.exp(rng.gauss(3.0, 0.8)), 2)
+                                      for _ in range(cfg.n_items)))
         # Popularity rank is a random permutation so that item ids carry no signal.
         ranks = list(range(cfg.n_items))
         rng.shuffle(ranks)
-        self._weights = [1.0 / (r + 1) ** cfg.zipf_a for r in ranks]
+        self._weights = array("d", (1.0 / (r + 1) ** cfg.zipf_a for r in ranks))
+        del ranks
         self._index_items()
         self.drifts: list[tuple[int, int]] = []  # (view number, event time ms) of each drift
-        self.user_interest = [self._dirichlet(cfg.n_categories) for _ in range(cfg.n_users)]
-        self._user_cum = [list(itertools.accumulate(v)) for v in self.user_interest]
+        self._perm = list(range(cfg.n_categories))  # lazy users: the drifts' permutations so far
+        if cfg.lazy_users:
+            self.user_interest: Any = _LazyUsers(self)
+            self._user_cum: Any = _LazyUsers(self, cumulative=True)
+        else:
+            self.user_interest = [self._dirichlet(cfg.n_categories) for _ in range(cfg.n_users)]
+            self._user_cum = [list(itertools.accumulate(v)) for v in self.user_interest]
         # Some users are far more active than others.
         self._activity_cum = list(
             itertools.accumulate(1.0 / (r + 1) ** 0.8 for r in range(cfg.n_users))
@@ -85,21 +103,27 @@ class SyntheticStream:
 
     def _index_items(self) -> None:
         weights = self._weights
-        self._item_cum = list(itertools.accumulate(weights))
-        by_cat: list[list[int]] = [[] for _ in range(self.config.n_categories)]
+        self._item_cum = array("d", itertools.accumulate(weights))
+        by_cat: list[array[int]] = [array("l") for _ in range(self.config.n_categories)]
         for item, cat in enumerate(self.item_category):
             by_cat[cat].append(item)
         self._cat_items = by_cat
-        self._cat_cum = [list(itertools.accumulate(weights[i] for i in items)) for items in by_cat]
+        self._cat_cum = [array("d", itertools.accumulate(weights[i] for i in items))
+                         for items in by_cat]
 
     def drift(self, view_n: int, ts: int) -> None:
         """Change the hidden model: interests permute, qualities change, new items arrive."""
         cfg, rng = self.config, self._rng
         perm = list(range(cfg.n_categories))
         rng.shuffle(perm)
-        self.user_interest = [[v[perm[c]] for c in range(cfg.n_categories)]
-                              for v in self.user_interest]
-        self._user_cum = [list(itertools.accumulate(v)) for v in self.user_interest]
+        if cfg.lazy_users:  # applied on access: compose with the earlier drifts'
+            self._perm = [self._perm[perm[c]] for c in range(cfg.n_categories)]
+            self.user_interest.clear()
+            self._user_cum.clear()
+        else:
+            self.user_interest = [[v[perm[c]] for c in range(cfg.n_categories)]
+                                  for v in self.user_interest]
+            self._user_cum = [list(itertools.accumulate(v)) for v in self.user_interest]
         for item in range(self.n_items):
             if rng.random() < cfg.quality_redraw_share:
                 self.item_quality[item] = rng.gauss(0.0, 0.5)
@@ -114,13 +138,14 @@ class SyntheticStream:
         self._index_items()
         self.drifts.append((view_n, ts))
 
-    def _dirichlet(self, k: int) -> list[float]:
-        draws = [self._rng.gammavariate(self.config.interest_concentration, 1.0) for _ in range(k)]
+    def _dirichlet(self, k: int, rng: random.Random | None = None) -> list[float]:
+        rng = rng or self._rng
+        draws = [rng.gammavariate(self.config.interest_concentration, 1.0) for _ in range(k)]
         total = sum(draws) or 1.0
         return [d / total for d in draws]
 
     @staticmethod
-    def _pick(rng: random.Random, cum: list[float]) -> int:
+    def _pick(rng: random.Random, cum: Sequence[float]) -> int:
         return bisect.bisect_left(cum, rng.random() * cum[-1])
 
     def click_probability(self, user: int, item: int) -> float:
@@ -204,3 +229,34 @@ class SyntheticStream:
             category=f"c{self.item_category[item]}",
             session_id=session,
         )
+
+
+class _LazyUsers:
+    """``user -> interests`` (or their running sums) of a lazy-users stream, derived on first
+    use from ``(seed, user)`` and the drifts' permutation; the newest ``lazy_cache_users`` are
+    kept (LRU), so memory does not grow with the number of users."""
+
+    def __init__(self, stream: SyntheticStream, cumulative: bool = False) -> None:
+        self._stream = stream
+        self._cumulative = cumulative
+        self._cache: OrderedDict[int, list[float]] = OrderedDict()
+
+    def __getitem__(self, user: int) -> list[float]:
+        hit = self._cache.get(user)
+        if hit is not None:
+            self._cache.move_to_end(user)
+            return hit
+        s = self._stream
+        k = s.config.n_categories
+        base = s._dirichlet(k, random.Random(f"{s.seed}:{user}"))
+        value = [base[s._perm[c]] for c in range(k)]
+        if self._cumulative:
+            value = list(itertools.accumulate(value))
+        self._cache[user] = value
+        if len(self._cache) > s.config.lazy_cache_users:
+            self._cache.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        """Forget the cached users (after a drift changed the permutation)."""
+        self._cache.clear()

@@ -53,7 +53,7 @@ from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
 from streaming.ops.lag_monitor import LagCollector
-from streaming.ops.process import ManagedProcess
+from streaming.ops.process import ManagedProcess, component_process
 from streaming.settings import Settings
 from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 
@@ -71,10 +71,14 @@ def rss_mb(pid: int | None) -> float:
 
 
 class Component:
-    """A restartable ``streamrec`` subcommand (or any argv) with a log and exit accounting."""
+    """A restartable ``streamrec`` subcommand with a log and exit accounting, started as
+    ``streamrec up`` starts it (:func:`streaming.ops.process.component_process`: the same
+    environment, and the trainer's priority and threads)."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
-        self.name, self.argv, self.log, self.env = name, argv, log, env
+    def __init__(self, settings: Settings, run_dir: Path, name: str, *args: str) -> None:
+        template = component_process(settings, run_dir, name, *args)
+        self.name, self.argv, self.log = name, template.argv, template.log_path
+        self.env, self.nice = template.env, template.nice
         self.proc: ManagedProcess | None = None
         self.restarts = 0
         self.unexpected_exits = 0
@@ -82,7 +86,7 @@ class Component:
         self.planned_down = False
 
     def start(self) -> None:
-        self.proc = ManagedProcess(self.name, self.argv, self.log, env=self.env)
+        self.proc = ManagedProcess(self.name, self.argv, self.log, env=self.env, nice=self.nice)
         self.proc.start()
 
     def kill9(self) -> None:
@@ -243,10 +247,7 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int,
         "stream.covisit_top_k": "1000",  # top-K trims depend on arrival order (features.py)
         "trainer.publish_interval_s": "5", "trainer.checkpoint_dir": str(run_dir / "ckpt"),
     })
-    env = chaos.child_env(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    cli = [sys.executable, "-m", "deploy.cli"]
-    comps = {name: Component(name, [*cli, *args], run_dir / f"{name}.log", env)
+    comps = {name: Component(chaos, run_dir, name, *args)
              for name, args in (("worker", ["worker"]), ("trainer", ["train"]),
                                 ("scorer", ["score"]))}
     client = connect(chaos.redis)
@@ -376,8 +377,7 @@ def run(runtime: EmbeddedRuntime, n_events: int, rate: float, seed: int,
     clean = fresh_topics(settings, **{k: str(v) for k, v in (
         ("stream.attribution_window_ms", 60000), ("stream.allowed_lateness_ms", 2000),
         ("stream.covisit_top_k", 1000))})
-    clean_env = clean.child_env(os.environ)
-    worker = Component("clean-worker", [*cli, "worker"], run_dir / "clean-worker.log", clean_env)
+    worker = Component(clean, run_dir, "clean-worker", "worker")
     worker.start()
     with EventProducer(clean) as p:
         for key, value, _ in records:

@@ -17,7 +17,7 @@ import orjson
 
 from deploy.embedded import EmbeddedRuntime
 from streaming.io.kafka import KafkaAdmin, topic_specs
-from streaming.ops.process import terminate
+from streaming.ops.process import component_env, terminate
 from streaming.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,8 +53,7 @@ def fresh_topics(settings: Settings, **overrides: str) -> Settings:
 
 
 def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = settings.child_env(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = component_env(settings)
     return subprocess.Popen([sys.executable, *args], env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT)
 

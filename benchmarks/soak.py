@@ -12,8 +12,6 @@ the first's.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -37,10 +35,8 @@ def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
     run_dir = Path(settings.runtime.run_path) / "soak" / time.strftime("%Y%m%d-%H%M%S")
     s = fresh_topics(settings, **{"stream.attribution_window_ms": "60000",
                                   "trainer.checkpoint_dir": str(run_dir / "ckpt")})
-    env = s.child_env(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    cli = [sys.executable, "-m", "deploy.cli"]
-    comps = [Component(n, [*cli, *a], run_dir / f"{n}.log", env)
+    # Started as streamrec up starts them: malloc arenas, the trainer's priority and threads.
+    comps = [Component(s, run_dir, n, *a)
              for n, a in (("worker", ["worker"]), ("trainer", ["train"]), ("scorer", ["score"]))]
     for c in comps:
         c.start()

@@ -281,6 +281,9 @@ class RuntimeSettings:
                            "and the trainer catches up in the gaps")
     trainer_threads: int = _f(1, "torch/OpenMP threads per trainer rank streamrec up starts "
                               "(0 = torch's default, one per core)")
+    malloc_arena_max: int = _f(2, "glibc MALLOC_ARENA_MAX of the components streamrec up "
+                               "starts (0 = glibc's default, 8 per core): fewer malloc arenas "
+                               "keep RSS from creeping with threads (bench soak)")
     restart_backoff_s: float = _f(1.0, "streamrec up restarts a component that exits after "
                                   "this delay (s), doubled per recent restart")
     restart_backoff_max_s: float = _f(30.0, "longest delay before a restart (s)")
@@ -296,9 +299,10 @@ class RuntimeSettings:
         if self.broker not in ("kafka", "tansu"):
             raise ConfigError(f"runtime.broker={self.broker!r}: kafka or tansu")
         _positive("runtime.kafka_heap_mb", self.kafka_heap_mb)
-        if not 0 <= self.trainer_nice <= 19 or self.trainer_threads < 0:
-            raise ConfigError("runtime.trainer_nice must be in 0..19 and "
-                              "runtime.trainer_threads >= 0")
+        if not 0 <= self.trainer_nice <= 19 or self.trainer_threads < 0 \
+                or self.malloc_arena_max < 0:
+            raise ConfigError("runtime.trainer_nice must be in 0..19, "
+                              "runtime.trainer_threads and runtime.malloc_arena_max >= 0")
         for name in ("restart_backoff_s", "restart_backoff_max_s", "restart_max",
                      "restart_window_s"):
             _positive(f"runtime.{name}", getattr(self, name))

@@ -113,6 +113,7 @@ def test_up_starts_the_trainer_niced_with_few_threads_and_the_rest_as_is(tmp_pat
     worker = component_process(settings, tmp_path, "worker-0", "worker")
     assert trainer.nice == 7 and worker.nice == 0
     assert trainer.env is not None and trainer.env["OMP_NUM_THREADS"] == "1"
+    assert worker.env is not None and worker.env["MALLOC_ARENA_MAX"] == "2"
     assert worker.env is not None and "OMP_NUM_THREADS" not in worker.env
     # The niceness reaches the child (a stand-in command with the trainer's process settings).
     trainer.argv = [sys.executable, "-c", "import os; print(os.nice(0))"]

@@ -46,11 +46,6 @@ def dense_feature_names(half_lives_ms: Sequence[tuple[str, int]] = HALF_LIVES_MS
     names += ["item_ctr", "item_cvr", "item_age_s", "price"]
     # The user's own history with this item (user x item state): repeat behaviour.
     names += ["ui_view_count", "ui_click_count", "ui_purchase_count", "ui_recency_s", "ui_weight"]
-    # Repeat behaviour (next-basket literature: TIFU-KNN, ReCANet): how often the item is bought
-    # or clicked again by the same user, how often this user repeats, and how long since the
-    # user last touched the item relative to the user's typical gap for it.
-    names += ["item_repeat_click_rate", "item_repeat_purchase_rate", "user_repeat_share",
-              "user_tenure_s", "ui_gap_ratio"]
     return names
 
 

@@ -14,13 +14,10 @@ workers updating one item give the same state. Reading at ``T``: ``v * 2 ** (-(T
 Redis keys (``P`` = key prefix; ``{type}`` in view/click/purchase; ``{h}`` a half-life label)
 -----------------------------------------------------------------------------------------------
 ``P u:<user>``  hash  ``{type}.t`` (ms), ``{type}.{h}`` decayed counts, ``last`` last event ms,
-                      ``first`` first event ms, ``n.{type}`` raw counts, ``r.{type}`` repeats
-                      (events of a type the user already had with that item),
                       ``c.<category>.a`` / ``.s`` / ``.t`` decayed category affinity (1 d and 1 h,
                       weighted view 1, click 3, purchase 10)
 ``P ur:<user>`` list  newest-first ``item\\x1fts`` of the last ``recent_items`` events
 ``P i:<item>``  hash  ``{type}.t``, ``{type}.{h}`` decayed popularity, ``n.{type}`` raw counts,
-                      ``r.{type}`` repeats (by a user who already had that type with it),
                       ``first`` first-seen ms, ``cat`` category, ``price`` last seen price
 ``P cv:<item>`` zset  co-visited item -> count (same user within ``covisit_window_ms``), top-K:
                       trimmed back to K when it reaches 2K members. Which members survive a
@@ -77,8 +74,6 @@ class FeatureConfig:
     ctr_prior: float = 0.05  # smoothed CTR = (clicks + a * prior) / (views + a)
     cvr_prior: float = 0.1
     smoothing: float = 20.0
-    repeat_prior: float = 0.2  # smoothed repeat rate = (repeats + a * prior) / (events + a)
-    user_smoothing: float = 5.0  # ``a`` of the user's repeat share (users have fewer events)
 
 
 DEFAULT_FEATURES = FeatureConfig()
@@ -116,10 +111,6 @@ def decayed_add(
         return value * 2.0 ** (-(ts - ref_ms) / half_life_ms) + weight, ts
     return value + weight * 2.0 ** (-(ref_ms - ts) / half_life_ms), ref_ms
 
-
-# Event types whose repeats (a user's second and later event of that type with one item) are
-# counted in the user and item hashes (``r.{type}``): the repeat-rate features.
-REPEAT_TYPES = ("click", "purchase")
 
 # User x item state: one entry per (user, item), ``(views, clicks, purchases, last_ms, weight)``
 # where ``weight`` is the decayed interaction weight referenced to ``last_ms`` (event weights as
@@ -248,7 +239,6 @@ def item_fields(cfg: FeatureConfig = DEFAULT_FEATURES) -> list[tuple[str, float]
         fields += [(f"{t}.{label}", 0.0) for label, _ in cfg.half_lives_ms]
     fields += [(f"n.{t}", 0.0) for t in EVENT_TYPES]
     fields.append(("first", np.nan))
-    fields += [(f"r.{t}", 0.0) for t in REPEAT_TYPES]
     return fields
 
 
@@ -349,21 +339,6 @@ def feature_rows(
     out[:, col + 3] = np.where(touched, np.log1p(since / 1000), -1.0)
     out[:, col + 4] = np.where(touched, np.log1p(np.nan_to_num(ui[:, 4])
                                                  * np.exp2(-since / cfg.user_item_half_life_ms)), 0.0)
-    col += 5
-    for t in REPEAT_TYPES:
-        out[:, col] = (icol[f"r.{t}"] + a * cfg.repeat_prior) / (icol[f"n.{t}"] + a)
-        col += 1
-    au = cfg.user_smoothing
-    user_repeats = sum(user_column(f"r.{t}", 0.0) for t in REPEAT_TYPES)
-    user_events = sum(user_column(f"n.{t}", 0.0) for t in REPEAT_TYPES)
-    out[:, col] = (user_repeats + au * cfg.repeat_prior) / (user_events + au)
-    tenure_ms = np.maximum(at - user_column("first"), 0.0)  # NaN: no event yet
-    out[:, col + 1] = np.where(np.isnan(tenure_ms), -1.0, np.log1p(np.nan_to_num(tenure_ms) / 1000))
-    # Time since the user last touched the item over the user's mean gap between touches of
-    # it, the gap estimated as tenure / touches (no first touch per item is stored).
-    touches = np.nan_to_num(ui[:, 0] + ui[:, 1] + ui[:, 2])
-    gap_ratio = since * touches / np.maximum(np.nan_to_num(tenure_ms), 1000.0)
-    out[:, col + 2] = np.where(touched, np.log1p(gap_ratio), -1.0)
     return out
 
 

@@ -40,7 +40,6 @@ from streaming.features.labels import (
 )
 from streaming.features.state import (
     DEFAULT_FEATURES,
-    REPEAT_TYPES,
     SEP,
     EntityState,
     FeatureConfig,
@@ -63,7 +62,6 @@ __all__ = [
     "join_ops",
     "label_event",
     "plan_batch",
-    "repeat_ops",
 ]
 
 COUNTERS = ("processed", "accepted", "invalid", "duplicate", "out_of_order", "late",
@@ -209,7 +207,6 @@ def feature_ops(ev: Event, user: EntityState, item: EntityState,
         ops.append(["hset", keys.item(ev.item_id), "price", repr(ev.price)])
     item.incr(f"n.{ev.event_type}")
     ops.append(["hincr", keys.item(ev.item_id), f"n.{ev.event_type}", 1])
-    ops.extend(repeat_ops(ev, user, item, user_items.get(ev.item_id), keys))
     first = item.fields.get("first")
     if first is None or ev.ts < first:
         item.set_min("first", ev.ts)
@@ -236,29 +233,6 @@ def feature_ops(ev: Event, user: EntityState, item: EntityState,
     del user_recent[fc.recent_items:]
     ops.append(["lpush_trim", keys.recent(ev.user_id), f"{ev.item_id}{SEP}{ev.ts}",
                 fc.recent_items])
-    return ops
-
-
-def repeat_ops(ev: Event, user: EntityState, item: EntityState, before: UserItem | None,
-               keys: Keys) -> list[Op]:
-    """The repeat counters of one event (the user's ``first`` event time, raw counts ``n.{type}``
-    and, when the user already had an event of this type with the item (``before``, the user x
-    item entry before this event), ``r.{type}`` on the user and the item), applied to the
-    in-memory state too. Increments and a minimum: their result does not depend on the order
-    events arrive in."""
-    ops: list[Op] = []
-    first = user.fields.get("first")
-    if first is None or ev.ts < first:
-        user.set_min("first", ev.ts)
-        ops.append(["hmin", keys.user(ev.user_id), "first", ev.ts])
-    if ev.event_type not in REPEAT_TYPES:
-        return ops
-    user.incr(f"n.{ev.event_type}")
-    ops.append(["hincr", keys.user(ev.user_id), f"n.{ev.event_type}", 1])
-    if before is not None and before[EVENT_TYPES.index(ev.event_type)] > 0:
-        for key, state in ((keys.user(ev.user_id), user), (keys.item(ev.item_id), item)):
-            state.incr(f"r.{ev.event_type}")
-            ops.append(["hincr", key, f"r.{ev.event_type}", 1])
     return ops
 
 

@@ -283,19 +283,3 @@ def test_user_item_state_matches_the_python_rule_and_stays_bounded(stack: Settin
         assert len(stored) == 2 and "a" in stored  # a (bought: weight 14) is the heaviest
     finally:
         h.close()
-
-
-def test_repeat_counters_count_second_and_later_events_across_batches(stack: Settings) -> None:
-    h = Harness(stack)
-    try:
-        h.feed([e(1, "purchase", T0 + 5_000, item="a"), e(2, "view", T0 + 6_000, item="b")])
-        # A second batch: its repeats are judged on the user x item state read from Redis.
-        h.feed([e(3, "purchase", T0 + 9_000, item="a"), e(4, "click", T0 + 1_000, item="a"),
-                e(5, "purchase", T0 + 10_000, item="b"), e(6, "purchase", T0 + 11_000, item="a")])
-        user, item = h.hash("u:u1"), h.hash("i:a")
-        assert (user["n.purchase"], user["n.click"], user["r.purchase"]) == ("4", "1", "2")
-        assert "r.click" not in user and "n.view" not in user  # first click; views not counted
-        assert user["first"] == str(T0 + 1_000)  # the out-of-order click is the earliest
-        assert item["r.purchase"] == "2" and "r.purchase" not in h.hash("i:b")
-    finally:
-        h.close()

@@ -84,20 +84,3 @@ def test_user_item_entries_count_touches_and_decay_their_weight() -> None:
     untouched = feature_values({}, [], {}, None, None, T0)
     assert (untouched["ui_view_count"], untouched["ui_recency_s"], untouched["ui_weight"]) == (
         0.0, -1.0, 0.0)
-
-
-def test_repeat_features_rates_share_tenure_and_gap_ratio() -> None:
-    cfg = FeatureConfig(smoothing=20.0, repeat_prior=0.2, user_smoothing=5.0)
-    user = {"first": float(T0), "n.click": 3.0, "n.purchase": 7.0, "r.purchase": 5.0}
-    item = {"n.purchase": 20.0, "r.purchase": 12.0}
-    entry = (0.0, 0.0, 4.0, float(T0 + 20 * H), 40.0)  # 4 purchases, the last at 20 h
-    values = feature_values(user, [], item, None, None, T0 + 40 * H, cfg, user_item=entry)
-    assert values["item_repeat_purchase_rate"] == (12 + 20 * 0.2) / (20 + 20)
-    assert values["item_repeat_click_rate"] == 0.2  # no clicks: the prior
-    assert values["user_repeat_share"] == (5 + 5 * 0.2) / (10 + 5)
-    assert values["user_tenure_s"] == math.log1p(40 * 3600)
-    # 20 h since the last touch; mean gap = 40 h tenure / 4 touches = 10 h: ratio 2.
-    assert math.isclose(values["ui_gap_ratio"], math.log1p(2.0))
-    fresh = feature_values({}, [], {}, None, None, T0)
-    assert (fresh["user_tenure_s"], fresh["ui_gap_ratio"], fresh["user_repeat_share"]) == (
-        -1.0, -1.0, 0.2)

@@ -244,6 +244,10 @@ class ServingSettings:
     trending_candidates: int = _f(100, "candidates taken from the trending list")
     covisit_seeds: int = _f(5, "recent items whose co-visitation lists give candidates")
     covisit_per_item: int = _f(50, "candidates read per co-visitation list")
+    covisit_own_seeds: int = _f(0, "the user's own items (most interacted first, as 'again') "
+                                "whose co-visitation lists also give candidates: past baskets' "
+                                "companions, not only the last few items' (0 = none)")
+    covisit_candidates: int = _f(250, "candidates taken from co-visitation lists in all")
     top_categories: int = _f(3, "user's top categories that give candidates")
     category_candidates: int = _f(100, "candidates read per category")
     new_candidates: int = _f(50, "candidates taken from the newest items")
@@ -254,10 +258,10 @@ class ServingSettings:
         if self.repeat not in policies:
             raise ConfigError(f"serving.repeat={self.repeat!r}: one of {list(policies)}")
         for f in dataclasses.fields(self):
-            if f.name not in ("cache_s", "repeat"):
+            if f.name not in ("cache_s", "repeat", "covisit_own_seeds"):
                 _positive(f"serving.{f.name}", getattr(self, f.name))
-        if self.cache_s < 0:
-            raise ConfigError("serving.cache_s must be >= 0")
+        if self.cache_s < 0 or self.covisit_own_seeds < 0:
+            raise ConfigError("serving.cache_s and serving.covisit_own_seeds must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,9 @@ class CandidateReads:
     first (scores are counts or times, only their order matters)."""
 
     recent: list[str]  # user's recent items, newest first
-    covisit: dict[str, list[tuple[str, float]]]  # recent item -> [(item, count)] best first
+    # seed -> [(item, count)] best first; seeds: the recent items, then (serving.covisit_own_seeds)
+    # the user's most interacted own items
+    covisit: dict[str, list[tuple[str, float]]]
     by_category: dict[str, list[tuple[str, float]]]  # category -> [(item, count)] best first
     new_items: list[tuple[str, float]]  # newest first
     popular: list[tuple[str, float]]  # most popular first
@@ -63,26 +65,35 @@ def top_categories(user: Mapping[str, object], at_ms: int, half_life_ms: int, n:
     return [cat for _, cat in sorted(scores, reverse=True)[:n]]
 
 
-def generate(reads: CandidateReads, limit: int, repeat: str = "allow") -> list[tuple[str, str]]:
+def generate(reads: CandidateReads, limit: int, repeat: str = "allow",
+             covisit_limit: int | None = None) -> list[tuple[str, str]]:
     """Up to ``limit`` ``(item_id, source)`` pairs, sources in the module docstring's order,
-    without the items the repeat policy excludes."""
+    without the items the repeat policy excludes; at most ``covisit_limit`` (None: no bound of
+    its own) from co-visitation."""
     out: dict[str, str] = {}
     skip = excluded_items(reads, repeat)
 
-    def add(items: Sequence[tuple[str, float]] | Sequence[str], source: str) -> None:
+    def add(items: Sequence[tuple[str, float]] | Sequence[str], source: str,
+            cap: int | None = None) -> None:
+        bound = limit if cap is None else min(limit, len(out) + cap)
         for entry in items:
             item = entry[0] if isinstance(entry, tuple) else entry
-            if len(out) >= limit:
+            if len(out) >= bound:
                 return
             if item not in out and item not in skip:
                 out[item] = source
 
     add(reads.recent, "recent")
     add(reads.again, "again")
-    # Interleave co-visitation lists so that every recent item contributes.
-    lists = [reads.covisit.get(i, []) for i in reads.recent]
+    # Interleave co-visitation lists so that every seed (recent items first) contributes.
+    seeds = list(dict.fromkeys([*reads.recent, *reads.covisit]))
+    lists = [reads.covisit.get(i, []) for i in seeds]
+    found = len(out)
     for rank in range(max((len(x) for x in lists), default=0)):
-        add([x[rank] for x in lists if rank < len(x)], "covisit")
+        left = None if covisit_limit is None else covisit_limit - (len(out) - found)
+        if left is not None and left <= 0:
+            break
+        add([x[rank] for x in lists if rank < len(x)], "covisit", left)
     add(reads.trending, "trending")
     for cat_items in reads.by_category.values():
         add(cat_items, "category")

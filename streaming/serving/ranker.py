@@ -218,14 +218,16 @@ class FeedRanker:
                 state = parse_state_hash(res[n * k].items())
                 recent = parse_recent([as_text(x) for x in res[n * k + 1]])
                 recent_items = list(dict.fromkeys(i for i, _ in recent))[:lim.covisit_seeds]
+                again = self._zlist(res[n * k + 4])
+                seeds = list(dict.fromkeys(
+                    [*recent_items, *(i for i, _ in again[:lim.covisit_own_seeds])]))
                 cats = top_categories(state, now_ms, self.fc.affinity_half_life_ms,
                                       lim.top_categories)
-                wanted.update({k_.covisit(i): lim.covisit_per_item for i in recent_items})
+                wanted.update({k_.covisit(i): lim.covisit_per_item for i in seeds})
                 wanted.update({k_.category_items(c): lim.category_candidates for c in cats})
-                users.append((u, state, recent, recent_items, cats,
+                users.append((u, state, recent, recent_items, seeds, cats,
                               {as_text(b) for b in res[n * k + 2]},
-                              parse_user_items(res[n * k + 3].items()),
-                              self._zlist(res[n * k + 4])))
+                              parse_user_items(res[n * k + 3].items()), again))
             with self.r.pipeline(transaction=False) as pipe:
                 stale = self._read_lists(pipe, wanted, now)
                 for key, raw in zip(stale, pipe.execute() if stale else [], strict=True):
@@ -236,12 +238,12 @@ class FeedRanker:
         lists = self._lists
         out = [UserReads(u, state, recent, CandidateReads(
             recent=recent_items,
-            covisit={i: lists[k_.covisit(i)][1] for i in recent_items},
+            covisit={i: lists[k_.covisit(i)][1] for i in seeds},
             by_category={c: lists[k_.category_items(c)][1] for c in cats},
             new_items=lists[k_.new_items][1], popular=lists[k_.popular][1],
             trending=lists[k_.trending][1], purchased=bought, again=again,
             interacted=set(own)), own)
-            for u, state, recent, recent_items, cats, bought, own, again in users]
+            for u, state, recent, recent_items, seeds, cats, bought, own, again in users]
         self._evict(now)
         return out
 
@@ -303,7 +305,8 @@ class FeedRanker:
         """Users' reads, candidates and (for those with any) the model inputs of all their
         candidates in one batch: what a forward pass of any model over them needs."""
         reads = self.read_users(user_ids, now_ms)
-        cands = [generate(r.candidates, self.n_candidates, self.limits.repeat) for r in reads]
+        cands = [generate(r.candidates, self.n_candidates, self.limits.repeat,
+                          self.limits.covisit_candidates) for r in reads]
         self.last_candidates = sum(map(len, cands))
         cached = self.read_items([i for c in cands for i, _ in c])
         scored = [k for k, c in enumerate(cands) if c]

@@ -41,3 +41,17 @@ def test_top_categories_by_decayed_affinity() -> None:
     assert top_categories(user, 2 * H, 24 * H, 2) == ["shoes", "hats"]
     # A 1 h half-life: shoes has decayed to 2 by then.
     assert top_categories(user, 2 * H, H, 1) == ["hats"]
+
+
+def test_own_items_seed_covisitation_after_the_recent_ones_within_its_cap() -> None:
+    r = reads(recent=["a"], again=[("a", 9.0), ("z", 5.0)],
+              covisit={"a": [("c", 5.0), ("d", 1.0)], "z": [("y", 3.0), ("x", 1.0)]},
+              trending=[("hit", 9.0)])
+    assert generate(r, 100) == [
+        ("a", "recent"), ("z", "again"),
+        ("c", "covisit"), ("y", "covisit"), ("d", "covisit"), ("x", "covisit"),
+        ("hit", "trending")]
+    # At most 3 from co-visitation: the trending item still gets in.
+    assert generate(r, 100, covisit_limit=3) == [
+        ("a", "recent"), ("z", "again"),
+        ("c", "covisit"), ("y", "covisit"), ("d", "covisit"), ("hit", "trending")]

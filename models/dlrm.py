@@ -71,6 +71,7 @@ class StreamRecModel(nn.Module):
         super().__init__()
         if spec.dense_arch[-1] != spec.embedding_dim:
             raise ValueError("the last dense_arch layer must equal embedding_dim (DLRM)")
+        self.spec = spec
         self.dense_norm = DenseNormArch(len(spec.dense))
         common = {
             "embedding_bag_collection": EmbeddingBagCollection(
@@ -96,21 +97,49 @@ class StreamRecModel(nn.Module):
         return self.dlrm(self.dense_norm(dense), sparse).squeeze(-1)
 
 
+def group_softmax_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax over groups: ``logits, labels: B`` where a group is a positive (label 1)
+    followed by the negatives sampled with it (the order the label joiner writes them in).
+    Returns the mean over groups of ``-log softmax`` of the positive within its group (a
+    scalar; 0 when the batch has no positive). Rows before the batch's first positive (the
+    tail of a group cut by the batch boundary) are left out."""
+    group = torch.cumsum((labels > 0.5).long(), 0)  # B: 0 = before the first positive
+    n_groups = int(group[-1].item()) if len(group) else 0
+    if n_groups == 0:
+        return logits.sum() * 0.0
+    keep = group > 0
+    g, x = group[keep] - 1, logits[keep]
+    like = {"dtype": x.dtype, "device": x.device}
+    peak = torch.full((n_groups,), float("-inf"), **like).scatter_reduce(
+        0, g, x.detach(), reduce="amax")
+    sums = torch.zeros(n_groups, **like).index_add(0, g, torch.exp(x - peak[g]))
+    positive = x[labels[keep] > 0.5]  # one per group, in group order
+    return (peak + torch.log(sums) - positive).mean()
+
+
 class RankingTrain(nn.Module):
     """``(dense, sparse, labels) -> (loss, logits)``; the module DMP wraps for training.
 
     Args:
         model (StreamRecModel): the model trained; its state_dict is what checkpoints hold.
+        listwise_weight (Optional[float]): weight of :func:`group_softmax_loss` added to the
+            BCE; default ``spec.listwise_weight`` of the model's spec.
     """
 
-    def __init__(self, model: StreamRecModel) -> None:
+    def __init__(self, model: StreamRecModel, listwise_weight: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = nn.BCEWithLogitsLoss()
+        self.listwise_weight = (model.spec.listwise_weight if listwise_weight is None
+                                else listwise_weight)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs as :meth:`StreamRecModel.forward`, ``labels: B float32`` (0/1). Returns the
-        mean binary cross-entropy (a scalar) and the ``B`` logits, detached."""
+        mean binary cross-entropy (plus ``listwise_weight`` times the group softmax loss; a
+        scalar) and the ``B`` logits, detached."""
         logits = self.model(dense, sparse)
-        return self.loss_fn(logits, labels), logits.detach()
+        loss = self.loss_fn(logits, labels)
+        if self.listwise_weight > 0:
+            loss = loss + self.listwise_weight * group_softmax_loss(logits, labels)
+        return loss, logits.detach()

@@ -47,6 +47,10 @@ class FeatureSpec:
     interaction: str = "dot"
     dcn_layers: int = 2
     dcn_low_rank_dim: int = 16
+    # Training objective (not in the digest: it does not change the tensors' meaning): the
+    # pointwise BCE plus this weight times a sampled softmax of each positive against the
+    # negatives sampled with it (models.dlrm.group_softmax_loss); 0 = BCE only.
+    listwise_weight: float = 0.0
 
     @property
     def sparse(self) -> tuple[str, ...]:

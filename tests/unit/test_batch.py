@@ -108,3 +108,20 @@ def test_schema_mismatch_is_refused() -> None:
 def test_spec_digest_changes_with_meaning() -> None:
     other = FeatureSpec(embedding_dim=8, dense_arch=(64, 8))
     assert DEFAULT_SPEC.digest() == FeatureSpec().digest() != other.digest()
+
+
+def test_group_softmax_loss_scores_each_positive_against_its_own_negatives() -> None:
+    import math
+
+    import torch
+
+    from models.dlrm import group_softmax_loss
+
+    # A cut group tail (9.0), then two groups: positive first, its negatives after it.
+    logits = torch.tensor([9.0, 1.0, 2.0, 3.0, 0.5, 0.0, 1.0])
+    labels = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    first = -math.log(math.exp(1) / (math.exp(1) + math.exp(2) + math.exp(3)))
+    second = -math.log(math.exp(0.5) / (math.exp(0.5) + 1 + math.e))
+    assert math.isclose(float(group_softmax_loss(logits, labels)), (first + second) / 2,
+                        rel_tol=1e-6)
+    assert float(group_softmax_loss(logits, torch.zeros(7))) == 0.0

@@ -116,15 +116,23 @@ class ScorerWorker:
                     self.metrics.stage.labels("model_load").observe(time.perf_counter() - t0)
                     self.metrics.model_loads.labels("ok").inc()
                     self.metrics.model_version.labels("scorer").set(target.version)
-                    self.client.hset(self.keys.scorer_stats, mapping={
-                        "model_version": target.version, "model_loads": self.holder.loads})
+                    self._record({"model_version": target.version,
+                                  "model_loads": self.holder.loads})
                     self._rescore_active()
                 elif target is not None and self.holder.failures > failures:
                     self.metrics.model_loads.labels("failed").inc()
-                    self.client.hset(self.keys.scorer_stats,
-                                     "model_load_failures", self.holder.failures)
+                    self._record({"model_load_failures": self.holder.failures})
         finally:
             consumer.close()
+
+    def _record(self, fields: dict[str, int]) -> None:
+        """Counters to ``P scorer:stats``; a Redis outage costs the update, not the loader
+        thread (which would otherwise die and stop following models)."""
+        try:
+            self.client.hset(self.keys.scorer_stats, mapping=fields)
+        except redis.RedisError as exc:
+            self.metrics.redis_errors.labels("scorer").inc()
+            log.warning("scorer stats not written: %s", exc)
 
     def _rescore_active(self) -> None:
         horizon = time.time() - self.cfg.active_window_s
@@ -215,9 +223,15 @@ class ScorerWorker:
                 or (now_mono - since) * 1000 >= self.cfg.max_wait_ms]
 
     def _refresh_popular(self) -> None:
-        feed = self.ranker.popular_feed()
-        if feed is not None:
-            self.feeds.write(feed)
+        # Redis away (restarting, loading its AOF): keep the old fallback feed and carry on;
+        # the next period tries again. Raising here would end the scorer.
+        try:
+            feed = self.ranker.popular_feed()
+            if feed is not None:
+                self.feeds.write(feed)
+        except (StreamrecError, redis.RedisError) as exc:
+            self.metrics.redis_errors.labels("scorer").inc()
+            log.warning("fallback feed not refreshed: %s", exc)
 
     def run(self, stop: threading.Event) -> None:
         """Consume events and refresh feeds until ``stop`` is set, following model updates on a

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from models.batch import BatchBuilder
 from models.spec import DEFAULT_SPEC
 from trainer import distributed as D
+from trainer.loop import WARMUP_STEPS
 
 
 def main() -> None:
@@ -34,8 +35,8 @@ def main() -> None:
         batches.append(builder.build(exs))
     dmp, opt = D.build_sharded(DEFAULT_SPEC, info)
     dmp.train()
-    for step in range(steps + 5):
-        if step == 5:  # warm-up steps excluded
+    for step in range(steps + WARMUP_STEPS):
+        if step == WARMUP_STEPS:  # excluded, as the trainer's summary excludes them
             dist.barrier()
             t0 = time.perf_counter()
         b = batches[step % len(batches)]

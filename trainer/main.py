@@ -41,7 +41,7 @@ def run_trainer(settings: Settings, *, max_steps: int | None = None,
     ``duration_s`` (s) or ``max_steps``, then shut the group down. Returns the run's summary
     (steps, examples, throughput, prequential metrics), which rank 0 also prints as JSON."""
     from trainer import distributed as D
-    from trainer.loop import ContinuousTrainer
+    from trainer.loop import WARMUP_STEPS, ContinuousTrainer
 
     info = D.init()
     if info.rank == 0:
@@ -59,9 +59,13 @@ def run_trainer(settings: Settings, *, max_steps: int | None = None,
         trainer.close()
         D.shutdown()
     elapsed = time.monotonic() - started
-    span = (trainer.last_step_at or 0) - (trainer.first_step_at or 0)
     # Every rank trains the same number of examples per step (see ContinuousTrainer._agree).
-    trained = trainer.state.examples_seen * info.world
+    # Throughput after the warm-up steps (trainer.loop.WARMUP_STEPS), over all of a short run.
+    start_at, start_examples = trainer.warm_at \
+        if trainer.warm_at is not None and trainer.state.step > WARMUP_STEPS \
+        else (trainer.first_step_at or 0.0, 0)
+    span = (trainer.last_step_at or 0) - start_at
+    trained = (trainer.state.examples_seen - start_examples) * info.world
     summary = {
         "rank": info.rank, "ranks": info.world, "steps": trainer.state.step,
         "examples_seen": trainer.state.examples_seen, "held_out": trainer.state.held_out,

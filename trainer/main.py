@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,17 +23,23 @@ def launch(settings: Settings, nproc: int, extra_args: list[str]) -> int:
     """Start ``nproc`` ranks with torchrun on this machine, the settings passed by environment."""
     import subprocess
 
-    from streaming.ops.process import free_port
+    from streaming.ops.process import die_with_parent, free_port
 
     env = settings.child_env(os.environ)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={free_port()}", "-m", "deploy.cli", "train", *extra_args]
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+    # torchrun dies with this launcher, and a SIGTERM or SIGINT to the launcher (what streamrec
+    # up and Kubernetes send) goes on to torchrun, which stops its ranks: without this a
+    # stopped launcher left torchrun and both ranks running.
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return proc.wait()
 
 
 def run_trainer(settings: Settings, *, max_steps: int | None = None,
@@ -43,6 +50,12 @@ def run_trainer(settings: Settings, *, max_steps: int | None = None,
     from trainer import distributed as D
     from trainer.loop import WARMUP_STEPS, ContinuousTrainer
 
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # A torchrun rank runs in a session of its own: make sure it never outlives torchrun
+        # (killed with SIGKILL, say). Checkpoints are written atomically, so SIGKILL is safe.
+        from streaming.ops.process import die_with_parent
+
+        die_with_parent(signal.SIGKILL)
     info = D.init()
     if info.rank == 0:
         KafkaAdmin(settings).ensure_topics(topic_specs(settings))

@@ -31,16 +31,18 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for :class:`subprocess.Popen`: the child gets SIGTERM when its parent dies,
-    even when the parent is killed with SIGKILL (``PR_SET_PDEATHSIG``).
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` (SIGTERM) when its
+    parent dies, even when the parent is killed with SIGKILL (``PR_SET_PDEATHSIG``). Also
+    callable in a process for itself (a torchrun rank, whose launcher starts it in a session
+    of its own).
 
     Runs in the child between fork and exec. The signal fires when the *thread* that forked
     exits, not the process: start long-lived children from the main thread (or from a thread
     that lives as long as they should).
     """
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -264,10 +264,15 @@ def test_up_restarts_the_trainer_when_one_of_its_ranks_is_killed(tmp_path: Path)
         before = max(list_versions(ckpt))
         wait_for("a checkpoint from the restarted trainer",
                  lambda: max(list_versions(ckpt)) > before, 120)
+        trainer_pids = [p for p in _descendants(proc.pid)
+                        if p in _pids_matching("deploy.cli train")]
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out[-3000:]
+    # The launcher, torchrun and both ranks are gone (the ranks live in sessions of their own).
+    wait_for("the trainer's processes to exit", lambda: not set(trainer_pids) & set(
+        _pids_matching("deploy.cli train")), 30)
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["restarts"] == {"worker-0": 0, "trainer": 1, "scorer-0": 0}, summary
     text = "".join(lines) + out

@@ -84,9 +84,10 @@ DEFAULT_SPEC = FeatureSpec()
 INTERACTIONS = ("dot", "dcn")
 
 
-def spec_for(interaction: str = "dot") -> FeatureSpec:
-    """The default spec with the given feature interaction (``model.interaction``); raises
-    ``ValueError`` for an unknown one."""
+def spec_for(interaction: str = "dot", listwise_weight: float = 0.0) -> FeatureSpec:
+    """The default spec with the given feature interaction (``model.interaction``) and
+    objective (``model.listwise_weight``); raises ``ValueError`` for an unknown interaction."""
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown interaction {interaction!r}; one of {INTERACTIONS}")
-    return dataclasses.replace(DEFAULT_SPEC, interaction=interaction)
+    return dataclasses.replace(DEFAULT_SPEC, interaction=interaction,
+                               listwise_weight=listwise_weight)

@@ -177,10 +177,14 @@ class ModelSettings:
 
     interaction: str = _f("dot", "feature interaction: dot (DLRM) or dcn (DLRM_DCN cross "
                           "network)")
+    listwise_weight: float = _f(0.0, "weight of a sampled softmax (each positive against the "
+                                "negatives sampled with it) added to the BCE; 0 = BCE only")
 
     def __post_init__(self) -> None:
         if self.interaction not in ("dot", "dcn"):  # models.spec.INTERACTIONS
             raise ConfigError(f"model.interaction={self.interaction!r}: dot or dcn")
+        if self.listwise_weight < 0:
+            raise ConfigError("model.listwise_weight must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

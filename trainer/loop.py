@@ -110,7 +110,8 @@ class ContinuousTrainer:
     def __init__(self, settings: Settings, spec: FeatureSpec | None = None,
                  info: D.DistInfo | None = None) -> None:
         self.settings = settings
-        self.spec = spec = spec or spec_for(settings.model.interaction)
+        self.spec = spec = spec or spec_for(settings.model.interaction,
+                                            settings.model.listwise_weight)
         self.info = info or D.init()
         self.builder = BatchBuilder(spec)
         self.root = Path(settings.trainer.checkpoint_dir)

@@ -77,8 +77,8 @@ def run_eval(settings: Settings, stream: str, *,
             ingest = InProcessIngest(settings)
         run = None
         try:
-            run = PrequentialRun(settings, loaded, ingest, seed, opts,
-                                 spec=spec_for(settings.model.interaction), say=say)
+            spec = spec_for(settings.model.interaction, settings.model.listwise_weight)
+            run = PrequentialRun(settings, loaded, ingest, seed, opts, spec=spec, say=say)
             result = run.run()
         finally:
             if run is not None:

@@ -20,10 +20,19 @@ def torchrun(args: list[str], timeout_s: float = 240) -> subprocess.CompletedPro
     )
 
 
+def failure(result: subprocess.CompletedProcess[str]) -> str:
+    """What a failed torchrun printed that says why: every error-looking line (a rank's
+    ``terminate called ...`` comes long before the launcher's summary), then the tail."""
+    needles = ("error", "terminate", "what()", "exception", "abort", "traceback", "enforce")
+    lines = [ln for ln in (result.stdout + result.stderr).splitlines()
+             if any(n in ln.lower() for n in needles)]
+    return "\n".join(lines[-60:]) + "\n--- tail ---\n" + result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("interaction", ["dot", "dcn"])
 def test_export_scores_like_the_sharded_model(tmp_path: Path, interaction: str) -> None:
     result = torchrun(["tests/distributed/export_check.py", str(tmp_path), interaction])
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    assert result.returncode == 0, failure(result)
     rows = orjson.loads((tmp_path / "result.json").read_bytes())
     assert [r["rank"] for r in rows] == [0, 1]
     for r in rows:

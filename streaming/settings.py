@@ -201,6 +201,8 @@ class TrainerSettings:
     holdout_share: float = _f(0.02, "share of examples (by a hash of example_id) never trained "
                               "on, kept to judge new checkpoints before they are served "
                               "(0 = serve every checkpoint unchecked)")
+    dedup_window: int = _f(100_000, "example ids remembered to drop the outbox's duplicates "
+                           "(at least this many of the newest, at most twice as many)")
     holdout_kept: int = _f(5000, "newest held-out examples a new checkpoint is judged on")
     promotion_min_examples: int = _f(1000, "with fewer held-out examples (a new deployment) a "
                                      "checkpoint is served unchecked")
@@ -219,6 +221,7 @@ class TrainerSettings:
         if not 0 <= self.holdout_share < 1:
             raise ConfigError(f"trainer.holdout_share={self.holdout_share}: expected 0 <= x < 1")
         _positive("trainer.holdout_kept", self.holdout_kept)
+        _positive("trainer.dedup_window", self.dedup_window)
         if self.promotion_min_examples < 0 or self.promotion_logloss_margin < 0 \
                 or self.promotion_auc_margin < 0:
             raise ConfigError("trainer.promotion_min_examples and the promotion margins must "
@@ -292,6 +295,11 @@ class RuntimeSettings:
     malloc_arena_max: int = _f(2, "glibc MALLOC_ARENA_MAX of the components streamrec up "
                                "starts (0 = glibc's default, 8 per core): fewer malloc arenas "
                                "keep RSS from creeping with threads (bench soak)")
+    malloc_mmap_threshold_bytes: int = _f(
+        131_072, "glibc MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ of the components "
+        "streamrec up starts (0 = glibc's dynamic default): fixed, so that blocks this large "
+        "(tensors of a reloaded checkpoint, Kafka batches) are always mapped and given back "
+        "when freed; by default glibc raises both after the first large free and RSS creeps")
     restart_backoff_s: float = _f(1.0, "streamrec up restarts a component that exits after "
                                   "this delay (s), doubled per recent restart")
     restart_backoff_max_s: float = _f(30.0, "longest delay before a restart (s)")
@@ -308,9 +316,9 @@ class RuntimeSettings:
             raise ConfigError(f"runtime.broker={self.broker!r}: kafka or tansu")
         _positive("runtime.kafka_heap_mb", self.kafka_heap_mb)
         if not 0 <= self.trainer_nice <= 19 or self.trainer_threads < 0 \
-                or self.malloc_arena_max < 0:
-            raise ConfigError("runtime.trainer_nice must be in 0..19, "
-                              "runtime.trainer_threads and runtime.malloc_arena_max >= 0")
+                or self.malloc_arena_max < 0 or self.malloc_mmap_threshold_bytes < 0:
+            raise ConfigError("runtime.trainer_nice must be in 0..19, runtime.trainer_threads, "
+                              "malloc_arena_max and malloc_mmap_threshold_bytes >= 0")
         for name in ("restart_backoff_s", "restart_backoff_max_s", "restart_max",
                      "restart_window_s"):
             _positive(f"runtime.{name}", getattr(self, name))

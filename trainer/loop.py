@@ -24,7 +24,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from streaming.ops.metrics import TrainerMetrics, serve_configured
 from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.announcements import AnnouncementLog, announcement, protected, send, with_served
+from trainer.dedup import RecentIds
 from trainer.metrics import Prequential, PromotionMetrics, auc, log_loss
 from trainer.promotion import Gate, held_out
 from trainer.source import ExampleSource, offset_key, verified_offsets
@@ -124,7 +125,7 @@ class ContinuousTrainer:
         self._n_train = 0
         self._held_new: list[dict[str, Any]] = []  # held out since the last publish
         self._polled: dict[int, int] = {}  # partition -> offset after the last polled message
-        self._seen_ids: OrderedDict[str, None] = OrderedDict()  # drops outbox duplicates
+        self._seen_ids = RecentIds(settings.trainer.dedup_window)  # drops outbox duplicates
         self.duplicates = 0
         self.publish_seconds: list[float] = []
         self.first_step_at: float | None = None  # perf_counter of the first step's start
@@ -234,12 +235,9 @@ class ContinuousTrainer:
         for part, off, ex in got:
             self._polled[part] = off + 1
             eid = ex.get("example_id")
-            if eid in self._seen_ids:
+            if self._seen_ids.seen(eid):
                 self.duplicates += 1
                 continue
-            self._seen_ids[eid] = None
-            if len(self._seen_ids) > 200_000:
-                self._seen_ids.popitem(last=False)
             held = held_out(eid, share)
             self._n_train += not held
             self._buffer.append((part, off, ex, held))

@@ -105,6 +105,12 @@ def test_restarts_outside_the_window_do_not_count_towards_a_crash_loop() -> None
     assert all(" in 1.0 s" in line for line in said)  # the backoff resets too
 
 
+def test_malloc_thresholds_can_be_left_to_glibc(tmp_path: Path) -> None:
+    settings = Settings.load(env={}).with_values({"runtime.malloc_mmap_threshold_bytes": "0"})
+    env = component_process(settings, tmp_path, "scorer", "score").env
+    assert env is not None and "MALLOC_MMAP_THRESHOLD_" not in env
+
+
 def test_up_starts_the_trainer_niced_with_few_threads_and_the_rest_as_is(tmp_path: Path) -> None:
     """The resource plan of a small machine: ingest and scoring first (runtime.trainer_*)."""
     settings = Settings.load(env={}).with_values({"runtime.trainer_nice": "7",
@@ -114,6 +120,7 @@ def test_up_starts_the_trainer_niced_with_few_threads_and_the_rest_as_is(tmp_pat
     assert trainer.nice == 7 and worker.nice == 0
     assert trainer.env is not None and trainer.env["OMP_NUM_THREADS"] == "1"
     assert worker.env is not None and worker.env["MALLOC_ARENA_MAX"] == "2"
+    assert worker.env["MALLOC_MMAP_THRESHOLD_"] == worker.env["MALLOC_TRIM_THRESHOLD_"] == "131072"
     assert worker.env is not None and "OMP_NUM_THREADS" not in worker.env
     # The niceness reaches the child (a stand-in command with the trainer's process settings).
     trainer.argv = [sys.executable, "-c", "import os; print(os.nice(0))"]

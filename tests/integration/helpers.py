@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,16 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 def stop_process(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM, then SIGKILL after 30 s."""
     terminate(proc, 30)
+
+
+@contextmanager
+def running_worker(stack: Settings, tmp: Path
+                   ) -> Iterator[tuple[Settings, subprocess.Popen[bytes], Path]]:
+    """A ``streamrec worker`` on ``stack`` for the ``with`` block: ``(stack, process, log)``,
+    the log in ``tmp/worker.log``; stopped afterwards."""
+    log = tmp / "worker.log"
+    proc = start_worker(stack, log)
+    try:
+        yield stack, proc, log
+    finally:
+        stop_process(proc)

@@ -25,7 +25,7 @@ from streaming.ingest.state_store import read_stats
 from streaming.io.producer import EventProducer
 from streaming.settings import Settings
 from tests.conftest import make_stack
-from tests.integration.helpers import consume_all, start_worker, stop_process
+from tests.integration.helpers import consume_all, running_worker
 
 pytestmark = pytest.mark.integration
 NOW = int(time.time() * 1000)
@@ -118,12 +118,8 @@ def worker(services: Settings, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[Settings, subprocess.Popen[bytes], Path]]:
     tmp = tmp_path_factory.mktemp("fuzz")
     stack = make_stack(services, tmp)
-    log = tmp / "worker.log"
-    proc = start_worker(stack, log)
-    try:
-        yield stack, proc, log
-    finally:
-        stop_process(proc)
+    with running_worker(stack, tmp) as running:
+        yield running
 
 
 class Totals:

@@ -29,7 +29,7 @@ from streaming.io.kafka import KafkaAdmin, client_config
 from streaming.io.producer import RecordProducer
 from streaming.settings import Settings
 from tests.conftest import make_stack
-from tests.integration.helpers import consume_all, start_worker, stop_process
+from tests.integration.helpers import consume_all, running_worker
 
 pytestmark = pytest.mark.integration
 DLQ_MAX = 4096  # stream.dlq_max_value_bytes for this worker: small, so cuts are visible
@@ -47,12 +47,8 @@ def worker(services: Settings, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[Settings, subprocess.Popen[bytes], Path]]:
     tmp = tmp_path_factory.mktemp("poison")
     stack = make_stack(services, tmp).with_values({"stream.dlq_max_value_bytes": DLQ_MAX})
-    log = tmp / "worker.log"
-    proc = start_worker(stack, log)
-    try:
-        yield stack, proc, log
-    finally:
-        stop_process(proc)
+    with running_worker(stack, tmp) as running:
+        yield running
 
 
 def _producer(stack: Settings) -> RecordProducer:

@@ -140,6 +140,9 @@ class StreamSettings:
                               "(ts_out_of_range); lower it to replay historical logs")
     batch_size: int = _f(500, "max events per processing batch")
     batch_wait_ms: int = _f(50, "max wait to fill a processing batch (ms)")
+    fetch_partition_bytes: int = _f(262_144, "bytes the ingest worker fetches per partition "
+                                    "at a time (a larger message still comes whole); what "
+                                    "it buffers is most of its memory")
     dlq_max_value_bytes: int = _f(65_536, "DLQ records keep at most this many bytes of a "
                                   "rejected message (headers give its size and SHA-256); "
                                   "keep it well below the broker's message.max.bytes")
@@ -153,7 +156,7 @@ class StreamSettings:
                      "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent",
                      "affinity_half_life_ms", "short_affinity_half_life_ms",
                      "trending_half_life_ms", "user_items_kept", "user_item_half_life_ms",
-                     "dlq_max_value_bytes", "parked_kept"):
+                     "dlq_max_value_bytes", "parked_kept", "fetch_partition_bytes"):
             _positive(f"stream.{name}", getattr(self, name))
         if self.hard_negatives != "proportional":
             try:

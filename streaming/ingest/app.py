@@ -66,6 +66,10 @@ def create_app(settings: Settings, *, app_id: str = APP_ID, metrics: IngestMetri
         "store": "memory://",
         "datadir": str(run_dir),
         "stream_wait_empty": False,
+        # Fetched-but-unprocessed records are most of a worker's memory: aiokafka's default of
+        # 1 MiB per partition let RSS climb with every lag spike (bench soak). Kafka returns a
+        # record batch larger than this whole (fetch v3+), so nothing is ever too large.
+        "consumer_max_fetch_size": settings.stream.fetch_partition_bytes,
     }
     conf.update(overrides)
     app = faust.App(app_id, **conf)

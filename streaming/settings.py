@@ -141,8 +141,8 @@ class StreamSettings:
     batch_size: int = _f(500, "max events per processing batch")
     batch_wait_ms: int = _f(50, "max wait to fill a processing batch (ms)")
     fetch_partition_bytes: int = _f(262_144, "bytes the ingest worker fetches per partition "
-                                    "at a time (a larger message still comes whole); what "
-                                    "it buffers is most of its memory")
+                                    "at a time (a larger message still comes whole); bounds "
+                                    "what a worker with a backlog holds in memory")
     dlq_max_value_bytes: int = _f(65_536, "DLQ records keep at most this many bytes of a "
                                   "rejected message (headers give its size and SHA-256); "
                                   "keep it well below the broker's message.max.bytes")

@@ -153,7 +153,7 @@ def component_env(settings: Settings) -> dict[str, str]:
     ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` from
     ``runtime.malloc_mmap_threshold_bytes``: glibc raises both to the size of the largest block
     freed so far, after which reloaded checkpoints' tensors come from the heap and stay there
-    (a scorer reloading a checkpoint 60 times grew 714 -> 756 MB; with fixed thresholds it
+    (a process reloading a checkpoint 60 times grew 714 -> 756 MB; with fixed thresholds it
     stayed at 715 MB)."""
     env = settings.child_env(os.environ)
     env["PYTHONUNBUFFERED"] = "1"

@@ -6,6 +6,7 @@ Layout under the checkpoint directory::
         model.pt        # state_dict of the unsharded StreamRecModel (plain tensors)
         optimizer.pt    # the trainer's optimizer state, unsharded (plain tensors; resume only)
         holdout.json    # the examples the promotion check judges with (trainer rank 0 only)
+        retrieval.npz   # with a retriever: the catalogue's item ids and item-tower vectors
         manifest.json   # Manifest below, with the sha256 of every other file
 
 Scorers read ``model.pt`` only (:func:`load_checkpoint`); ``optimizer.pt`` holds the embedding
@@ -22,16 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import torch
 
@@ -41,6 +44,7 @@ FORMAT = 1
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 HOLDOUT_FILE = "holdout.json"
+RETRIEVAL_FILE = "retrieval.npz"
 _VERSION_DIR = re.compile(r"^v(\d{8})$")
 log = logging.getLogger(__name__)
 
@@ -254,6 +258,37 @@ def latest_resumable(root: Path, spec_digest: str | None = None) -> Resumable | 
         except CorruptCheckpoint as exc:
             log.error("skipping checkpoint: %s", exc)
     return None
+
+
+def pack_item_vectors(ids: Sequence[str], vectors: np.ndarray,
+                      inputs: Mapping[str, np.ndarray] | None = None) -> bytes:
+    """The bytes of ``retrieval.npz``: item ids ``N`` (a unicode array) and their item-tower
+    vectors ``N x K`` float32, in one uncompressed npz (loads without pickle), plus ``inputs``
+    (name -> array of ``N`` rows: what the trainer needs to rebuild its catalogue on resume;
+    scorers do not read them)."""
+    if len(ids) != len(vectors):
+        raise CheckpointError(f"{len(ids)} item ids but {len(vectors)} vectors")
+    out = io.BytesIO()
+    np.savez(out, items=np.asarray(list(ids), dtype=str),
+             vectors=np.asarray(vectors, dtype=np.float32), **(inputs or {}))
+    return out.getvalue()
+
+
+def unpack_item_vectors(raw: bytes, inputs: Collection[str] = ()
+                        ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """:func:`pack_item_vectors` reversed: ``(ids, N x K float32, {name: array})`` with the
+    ``inputs`` named; raises :class:`CorruptCheckpoint` for anything else."""
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            ids, vectors = z["items"].tolist(), z["vectors"]
+            extra = {name: z[name] for name in inputs}
+    except (OSError, ValueError, KeyError) as exc:
+        raise CorruptCheckpoint(f"{RETRIEVAL_FILE} does not load: {exc}") from None
+    if vectors.ndim != 2 or len(ids) != len(vectors) or vectors.dtype != np.float32 \
+            or any(len(a) != len(ids) for a in extra.values()):
+        raise CorruptCheckpoint(f"{RETRIEVAL_FILE}: {len(ids)} ids, vectors "
+                                f"{vectors.shape} {vectors.dtype}")
+    return ids, vectors, extra
 
 
 def now_ms() -> int:

@@ -2,8 +2,10 @@
 
 ``StreamRecModel(dense: B x D, sparse: KJT) -> logits: B``. ``DenseNormArch`` standardises
 the dense inputs with running statistics (BatchNorm without affine), so counts, rates and times
-of different scales enter the DenseArch comparably. ``RankingTrain`` adds the loss for training,
-in the shape TorchRec's ``DLRMTrain`` has.
+of different scales enter the DenseArch comparably. With ``spec.retrieval_dim > 0`` the model
+also holds the two-tower retriever (:class:`models.two_tower.TwoTower`) as ``retriever``: one
+module, one state_dict, one checkpoint, so ranker and retriever are always of the same step.
+``RankingTrain`` adds the loss for training, in the shape TorchRec's ``DLRMTrain`` has.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.spec import FeatureSpec
+from models.two_tower import InBatchSoftmax, ItemFrequency, TwoTower
 
 
 def embedding_configs(spec: FeatureSpec) -> list[EmbeddingBagConfig]:
@@ -89,6 +92,9 @@ class StreamRecModel(nn.Module):
             self.dlrm = DLRM(**common)
         else:
             raise ValueError(f"unknown interaction {spec.interaction!r}")
+        # Tables on ``device`` like the ranker's (meta for sharding); dense layers on the default.
+        self.retriever: TwoTower | None = TwoTower.for_spec(spec, device) \
+            if spec.retrieval_dim else None
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """``dense: B x D float32``, ``sparse``: KeyedJaggedTensor with keys ``spec.sparse``
@@ -124,6 +130,11 @@ class RankingTrain(nn.Module):
         model (StreamRecModel): the model trained; its state_dict is what checkpoints hold.
         listwise_weight (Optional[float]): weight of :func:`group_softmax_loss` added to the
             BCE; default ``spec.listwise_weight`` of the model's spec.
+
+    With a retriever, ``spec.retrieval_weight`` times its in-batch softmax over the batch's
+    positives (:class:`models.two_tower.InBatchSoftmax`) is added. The popularity estimate its
+    log-Q correction uses (``frequency``) lives here, not in the model: serving does not need
+    it, and after a resume it is re-learned within a few hundred batches.
     """
 
     def __init__(self, model: StreamRecModel, listwise_weight: float | None = None) -> None:
@@ -132,6 +143,25 @@ class RankingTrain(nn.Module):
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.listwise_weight = (model.spec.listwise_weight if listwise_weight is None
                                 else listwise_weight)
+        self.retrieval_loss: InBatchSoftmax | None = None
+        if model.retriever is not None:
+            rows = model.spec.table_of("item_id").num_embeddings
+            self.retrieval_loss = InBatchSoftmax(model.retriever.tower.temperature,
+                                                 ItemFrequency(rows))
+
+    def _retrieval(self, dense: torch.Tensor, sparse: KeyedJaggedTensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+        """The retriever's loss on the batch's positives (``P`` of ``B`` rows; a scalar). Both
+        towers run on all ``B`` rows (a KJT is not cheaply row-sliced); with ``P < 2`` there is
+        no in-batch negative and the loss is 0, still connected to every tower parameter so
+        that DDP sees the same parameters used on every rank and step."""
+        assert self.model.retriever is not None and self.retrieval_loss is not None
+        users, items = self.model.retriever(dense, sparse)  # B x K each
+        positive = labels > 0.5
+        if int(positive.sum()) < 2:
+            return (users.sum() + items.sum()) * 0.0
+        item_rows = sparse["item_id"].values()  # one id per row: B
+        return self.retrieval_loss(users[positive], items[positive], item_rows[positive])
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,4 +172,6 @@ class RankingTrain(nn.Module):
         loss = self.loss_fn(logits, labels)
         if self.listwise_weight > 0:
             loss = loss + self.listwise_weight * group_softmax_loss(logits, labels)
+        if self.retrieval_loss is not None:
+            loss = loss + self.model.spec.retrieval_weight * self._retrieval(dense, sparse, labels)
         return loss, logits.detach()

@@ -51,6 +51,11 @@ class FeatureSpec:
     # pointwise BCE plus this weight times a sampled softmax of each positive against the
     # negatives sampled with it (models.dlrm.group_softmax_loss); 0 = BCE only.
     listwise_weight: float = 0.0
+    # The two-tower retriever trained beside the ranker (models.two_tower): its output size
+    # ``K``; 0 = none. Its tables mirror the ranker's rows (ids hashed the same way).
+    retrieval_dim: int = 0
+    # Weight of the retriever's in-batch softmax in the training loss (not in the digest).
+    retrieval_weight: float = 1.0
 
     @property
     def sparse(self) -> tuple[str, ...]:
@@ -77,6 +82,8 @@ class FeatureSpec:
         }
         if self.interaction != "dot":  # digests of dot-interaction specs stay what they were
             doc["interaction"] = [self.interaction, self.dcn_layers, self.dcn_low_rank_dim]
+        if self.retrieval_dim:  # digests of specs without a retriever stay what they were
+            doc["retrieval_dim"] = self.retrieval_dim
         return hashlib.sha256(orjson.dumps(doc)).hexdigest()[:16]
 
 
@@ -84,10 +91,16 @@ DEFAULT_SPEC = FeatureSpec()
 INTERACTIONS = ("dot", "dcn")
 
 
-def spec_for(interaction: str = "dot", listwise_weight: float = 0.0) -> FeatureSpec:
-    """The default spec with the given feature interaction (``model.interaction``) and
-    objective (``model.listwise_weight``); raises ``ValueError`` for an unknown interaction."""
+def spec_for(interaction: str = "dot", listwise_weight: float = 0.0, retrieval_dim: int = 0,
+             retrieval_weight: float = 1.0) -> FeatureSpec:
+    """The default spec with the given feature interaction (``model.interaction``), objective
+    (``model.listwise_weight``) and retriever (``model.retrieval_dim``, ``retrieval_weight``):
+    every process builds its spec here, from ``settings.model.spec_args()``. Raises
+    ``ValueError`` for an unknown interaction or a negative size."""
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown interaction {interaction!r}; one of {INTERACTIONS}")
+    if retrieval_dim < 0:
+        raise ValueError("retrieval_dim must be >= 0")
     return dataclasses.replace(DEFAULT_SPEC, interaction=interaction,
-                               listwise_weight=listwise_weight)
+                               listwise_weight=listwise_weight, retrieval_dim=retrieval_dim,
+                               retrieval_weight=retrieval_weight)

@@ -8,9 +8,9 @@ KJT with ``user_id``, ``item_id``, ``recent_items``, ``category``), with tables 
 - the **item tower** pools ``item_id`` and ``category`` (``B x 2 x E``), appends the item's
   dense features (``item_*`` and ``price``, ``B x Di``) and maps them to ``B x K``.
 
-User x item features (``ui_*``) belong to neither: a tower must be computable for one side
-alone, so that item vectors can be indexed ahead of time and a user's vector queried against
-them. Both outputs are L2-normalised; the score is ``u . v / temperature``.
+Pair features (``ui_*``, ``user_category_affinity*``) belong to neither: a tower must be
+computable for one side alone, so that item vectors can be indexed ahead of time and a user's
+vector queried against them. Both outputs are L2-normalised; the score is ``u . v / temperature``.
 
 Training (:class:`InBatchSoftmax`) treats every positive example's item as the target and
 the other positives' items in the batch as negatives, with the **log-Q correction** (Yi et
@@ -51,8 +51,11 @@ class TowerSpec:
 
 def tower_columns(dense_names: Sequence[str]) -> tuple[list[int], list[int]]:
     """Indices into the dense vector of the user tower's (``user_*``) and the item tower's
-    (``item_*``, ``price``) features; ``ui_*`` pair features go to neither."""
-    user = [i for i, n in enumerate(dense_names) if n.startswith("user_")]
+    (``item_*``, ``price``) features. Pair features go to neither: ``ui_*`` and the user's
+    affinity to the row's item category (``user_category_*``), which would tell the user
+    tower about the target item in training and be missing when the scorer queries."""
+    user = [i for i, n in enumerate(dense_names)
+            if n.startswith("user_") and not n.startswith("user_category_")]
     item = [i for i, n in enumerate(dense_names) if n.startswith("item_") or n == "price"]
     return user, item
 
@@ -120,6 +123,14 @@ class TwoTower(nn.Module):
         self.item_tower = _Tower([table("tt_item", "item_id"), table("tt_category", "category")],
                                  ITEM_SPARSE, len(item_cols), t, device)
 
+    @classmethod
+    def for_spec(cls, spec: FeatureSpec, device: torch.device | None = None) -> TwoTower:
+        """The retriever a model of ``spec`` holds (``spec.retrieval_dim`` outputs, the other
+        sizes :class:`TowerSpec`'s defaults); raises ``ValueError`` if the spec has none."""
+        if not spec.retrieval_dim:
+            raise ValueError("the spec has no retriever (retrieval_dim = 0)")
+        return cls(spec, TowerSpec(output_dim=spec.retrieval_dim), device)
+
     def users(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """The user tower alone: ``B x K`` (what the scorer queries the index with)."""
         return self.user_tower(sparse, dense.index_select(1, self.user_cols))
@@ -133,6 +144,31 @@ class TwoTower(nn.Module):
         """``dense: B x D float32``, ``sparse``: KJT with the spec's keys. Returns the user and
         item vectors of each row, ``B x K`` each."""
         return self.users(dense, sparse), self.items(dense, sparse)
+
+    @torch.inference_mode()
+    def item_vectors(self, item_rows: torch.Tensor, category_rows: torch.Tensor,
+                     item_dense: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+        """The item tower over a catalogue (what a publish indexes), in eval mode: ``item_rows``
+        ``N`` int64, ``category_rows`` ``N`` int64 (``-1``: no category), ``item_dense``
+        ``N x Di`` (the dense columns :func:`tower_columns` gives the item tower). Returns
+        ``N x K`` float32, unit rows; computed ``chunk`` rows at a time to bound memory."""
+        was = self.training
+        self.eval()
+        out = []
+        try:
+            for start in range(0, len(item_rows), chunk):
+                rows = item_rows[start:start + chunk]
+                cats = category_rows[start:start + chunk]
+                present = cats >= 0
+                kjt = KeyedJaggedTensor.from_lengths_sync(
+                    keys=list(ITEM_SPARSE), values=torch.cat([rows, cats[present]]),
+                    lengths=torch.cat([torch.ones_like(rows, dtype=torch.int32),
+                                       present.to(torch.int32)]))
+                out.append(self.item_tower(kjt, item_dense[start:start + chunk]))
+        finally:
+            self.train(was)
+        k = self.tower.output_dim
+        return torch.cat(out) if out else torch.zeros((0, k))
 
 
 class ItemFrequency(nn.Module):

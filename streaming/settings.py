@@ -182,12 +182,24 @@ class ModelSettings:
                           "network)")
     listwise_weight: float = _f(0.0, "weight of a sampled softmax (each positive against the "
                                 "negatives sampled with it) added to the BCE; 0 = BCE only")
+    retrieval_dim: int = _f(0, "output size of the two-tower retriever trained beside the "
+                            "ranker; its item vectors are published with each checkpoint and "
+                            "give the 'retrieval' candidates; 0 = no retriever")
+    retrieval_weight: float = _f(1.0, "weight of the retriever's in-batch softmax loss")
 
     def __post_init__(self) -> None:
         if self.interaction not in ("dot", "dcn"):  # models.spec.INTERACTIONS
             raise ConfigError(f"model.interaction={self.interaction!r}: dot or dcn")
         if self.listwise_weight < 0:
             raise ConfigError("model.listwise_weight must be >= 0")
+        if self.retrieval_dim < 0 or self.retrieval_weight < 0:
+            raise ConfigError("model.retrieval_dim and model.retrieval_weight must be >= 0")
+
+    def spec_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``models.spec.spec_for``: every process (trainer, scorer,
+        evaluation, announcements) builds the model's spec from these, so they agree."""
+        return {"interaction": self.interaction, "listwise_weight": self.listwise_weight,
+                "retrieval_dim": self.retrieval_dim, "retrieval_weight": self.retrieval_weight}
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +218,8 @@ class TrainerSettings:
                               "(0 = serve every checkpoint unchecked)")
     dedup_window: int = _f(100_000, "example ids remembered to drop the outbox's duplicates "
                            "(at least this many of the newest, at most twice as many)")
+    catalogue_items: int = _f(1_000_000, "items the retriever's published index holds at most "
+                              "(the most recently seen; with model.retrieval_dim > 0)")
     holdout_kept: int = _f(5000, "newest held-out examples a new checkpoint is judged on")
     promotion_min_examples: int = _f(1000, "with fewer held-out examples (a new deployment) a "
                                      "checkpoint is served unchecked")
@@ -225,6 +239,7 @@ class TrainerSettings:
             raise ConfigError(f"trainer.holdout_share={self.holdout_share}: expected 0 <= x < 1")
         _positive("trainer.holdout_kept", self.holdout_kept)
         _positive("trainer.dedup_window", self.dedup_window)
+        _positive("trainer.catalogue_items", self.catalogue_items)
         if self.promotion_min_examples < 0 or self.promotion_logloss_margin < 0 \
                 or self.promotion_auc_margin < 0:
             raise ConfigError("trainer.promotion_min_examples and the promotion margins must "
@@ -258,6 +273,12 @@ class ServingSettings:
                                 "whose co-visitation lists also give candidates: past baskets' "
                                 "companions, not only the last few items' (0 = none)")
     covisit_candidates: int = _f(250, "candidates taken from co-visitation lists in all")
+    retrieval_candidates: int = _f(100, "candidates taken from the retriever's nearest items "
+                                   "(with model.retrieval_dim > 0)")
+    retrieval_exact_max_items: int = _f(200_000, "catalogues up to this size are searched "
+                                        "exactly; larger ones through a FAISS IVF index")
+    retrieval_nprobe: int = _f(16, "IVF lists searched per user in a large catalogue (recall "
+                               "against time)")
     top_categories: int = _f(3, "user's top categories that give candidates")
     category_candidates: int = _f(100, "candidates read per category")
     new_candidates: int = _f(50, "candidates taken from the newest items")

@@ -125,7 +125,7 @@ def _served_checkpoint(settings: Settings, version: int) -> tuple[Manifest, Path
     if not path.is_dir():
         raise CheckpointError(f"checkpoint v{version} is not in {path.parent} (removed by "
                               "retention, or another trainer.checkpoint_dir)")
-    manifest, _ = load_checkpoint(path, spec_for(settings.model.interaction).digest())
+    manifest, _ = load_checkpoint(path, spec_for(**settings.model.spec_args()).digest())
     return manifest, path
 
 

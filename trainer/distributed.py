@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec import EmbeddingBagCollection
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -88,10 +89,13 @@ def build_sharded(spec: FeatureSpec, info: DistInfo, lr_sparse: float = 0.05,
     """``(DMP-wrapped RankingTrain, combined optimizer)``. Tables are created on the meta device
     and materialised shard by shard on their owner rank."""
     train = RankingTrain(StreamRecModel(spec, device=torch.device("meta")))
+    # Every embedding table (the ranker's and, with one, the retriever's) is sharded table-wise
+    # and updated by the fused RowWiseAdagrad inside backward.
+    ebcs = [m for m in train.modules() if isinstance(m, EmbeddingBagCollection)]
     apply_optimizer_in_backward(
-        RowWiseAdagrad, train.model.dlrm.sparse_arch.parameters(), {"lr": lr_sparse})
-    constraints = {t.name: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
-                   for t in spec.tables}
+        RowWiseAdagrad, [p for ebc in ebcs for p in ebc.parameters()], {"lr": lr_sparse})
+    constraints = {c.name: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
+                   for ebc in ebcs for c in ebc.embedding_bag_configs()}
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=info.world, compute_device=info.device.type),
         constraints=constraints)

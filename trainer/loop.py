@@ -37,14 +37,18 @@ import torch.distributed as dist
 from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import (
     HOLDOUT_FILE,
+    RETRIEVAL_FILE,
     Manifest,
     latest_resumable,
     now_ms,
+    pack_item_vectors,
     read_blob,
     remove_stale_tmp,
+    unpack_item_vectors,
     write_checkpoint,
 )
 from models.spec import FeatureSpec, spec_for
+from models.two_tower import TwoTower
 from streaming.contract.updates import ServedVersion
 from streaming.errors import BrokerError, CheckpointError
 from streaming.io.kafka import ClusterIdentity, KafkaAdmin
@@ -55,6 +59,7 @@ from streaming.ops.metrics import TrainerMetrics, serve_configured
 from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.announcements import AnnouncementLog, announcement, protected, send, with_served
+from trainer.catalogue import ItemCatalogue
 from trainer.dedup import RecentIds
 from trainer.metrics import Prequential, PromotionMetrics, auc, log_loss
 from trainer.promotion import Gate, held_out
@@ -111,8 +116,7 @@ class ContinuousTrainer:
     def __init__(self, settings: Settings, spec: FeatureSpec | None = None,
                  info: D.DistInfo | None = None) -> None:
         self.settings = settings
-        self.spec = spec = spec or spec_for(settings.model.interaction,
-                                            settings.model.listwise_weight)
+        self.spec = spec = spec or spec_for(**settings.model.spec_args())
         self.info = info or D.init()
         self.builder = BatchBuilder(spec)
         self.root = Path(settings.trainer.checkpoint_dir)
@@ -141,6 +145,12 @@ class ContinuousTrainer:
         # Rank 0 judges each checkpoint (held-out examples, served model) and follows what is
         # served (model-updates, where operators promote and roll back too).
         self.gate = Gate(spec, settings.trainer) if self.info.rank == 0 else None
+        # With a retriever: every item trained on, embedded at publish by rank 0's plain copy
+        # of the retriever (models.two_tower) into the checkpoint's retrieval.npz.
+        self.catalogue = ItemCatalogue(spec.dense, settings.trainer.catalogue_items) \
+            if spec.retrieval_dim else None
+        self._tower = TwoTower.for_spec(spec) \
+            if spec.retrieval_dim and self.info.rank == 0 else None
         start = self._resume()
         self.source = ExampleSource(settings, partitions, start)
         self._last_publish = time.monotonic()
@@ -178,6 +188,8 @@ class ContinuousTrainer:
         self.state.held_out_base = manifest.examples_held_out
         if self.gate is not None:
             self._restore_holdout(found.path, manifest)
+        if self._tower is not None and self.catalogue is not None:
+            self._restore_catalogue(found.path, manifest)
         log.info("rank %d resumed from checkpoint v%d (step %d, %d examples)", self.info.rank,
                  manifest.version, manifest.step, manifest.examples_seen)
         topic = self.settings.topics.examples
@@ -201,6 +213,19 @@ class ContinuousTrainer:
             self.gate.add(examples)
         except (CheckpointError, orjson.JSONDecodeError) as exc:
             log.warning("held-out examples of checkpoint v%d not restored: %s", manifest.version,
+                        exc)
+
+    def _restore_catalogue(self, path: Path, manifest: Manifest) -> None:
+        """Rank 0: the item catalogue saved with the checkpoint resumed from, so that the next
+        publish indexes every item, not only those seen since the restart."""
+        assert self.catalogue is not None
+        try:
+            raw = read_blob(path, manifest, RETRIEVAL_FILE)
+            if raw:
+                ids, _, inputs = unpack_item_vectors(raw, ("item_rows", "category_rows", "dense"))
+                self.catalogue.restore(ids, inputs)
+        except CheckpointError as exc:
+            log.warning("item catalogue of checkpoint v%d not restored: %s", manifest.version,
                         exc)
 
     def _read_identity(self, retry_s: float = 30.0) -> ClusterIdentity | None:
@@ -270,6 +295,8 @@ class ContinuousTrainer:
         taken = self._take(n)
         batch = self.builder.build(taken)
         self._observe_traces(taken)
+        if self.catalogue is not None:
+            self.catalogue.observe([ex["item_id"] for ex in taken], batch)
         loss_value, probs = sgd_step(self.dmp, self.optimizer, batch, self.info.device)
         self.metrics.add(probs, batch.labels.numpy())
         self.state.step += 1
@@ -341,6 +368,7 @@ class ContinuousTrainer:
         held: list[Any] | None = [None] * self.info.world if self.info.rank == 0 else None
         dist.gather_object(self._held_new, held, dst=0)
         self._held_new = []
+        self._gather_catalogue()
         totals = torch.tensor([self.state.examples_seen, self.state.held_out], dtype=torch.int64)
         dist.all_reduce(totals)
         manifest = None
@@ -389,6 +417,28 @@ class ContinuousTrainer:
         self.prom.stage.labels("checkpoint_publish").observe(self.publish_seconds[-1])
         return manifest
 
+    def _gather_catalogue(self) -> None:
+        """Collective (with a retriever): the items other ranks trained on since the last
+        publish join rank 0's catalogue (rank 0's own are in it already)."""
+        if self.catalogue is None:
+            return
+        news: list[Any] | None = [None] * self.info.world if self.info.rank == 0 else None
+        dist.gather_object(self.catalogue.take_new() if self.info.rank else None, news, dst=0)
+        if self.info.rank == 0:
+            self.catalogue.take_new()  # its own sightings need no transfer: forget the list
+            for rows in (news or [])[1:]:
+                self.catalogue.merge(rows)
+
+    def _item_vectors(self, full: dict[str, torch.Tensor]) -> bytes:
+        """Rank 0: ``retrieval.npz`` of the catalogue under ``full``'s retriever."""
+        assert self._tower is not None and self.catalogue is not None
+        prefix = "retriever."
+        self._tower.load_state_dict({k[len(prefix):]: v for k, v in full.items()
+                                     if k.startswith(prefix)})
+        held = self.catalogue.rows()
+        return pack_item_vectors(held.ids, self.catalogue.embed(self._tower, held),
+                                 ItemCatalogue.inputs(held))
+
     def _judge_write_announce(self, manifest: Manifest, full: dict[str, torch.Tensor],
                               optimizer_state: dict[str, torch.Tensor] | None) -> Manifest:
         """Rank 0: read what is served now, judge ``full`` against it, write the checkpoint
@@ -405,10 +455,12 @@ class ContinuousTrainer:
         verdict = self.gate.check(full).as_dict()
         manifest = dataclasses.replace(manifest, promotion=verdict)
         tc = self.settings.trainer
-        holdout = {HOLDOUT_FILE: orjson.dumps(list(self.gate.examples))} \
-            if self.gate.examples else None
+        blobs = {HOLDOUT_FILE: orjson.dumps(list(self.gate.examples))} \
+            if self.gate.examples else {}
+        if self._tower is not None and self.catalogue is not None and len(self.catalogue):
+            blobs[RETRIEVAL_FILE] = self._item_vectors(full)
         path = write_checkpoint(self.root, full, manifest, tc.keep_checkpoints, optimizer_state,
-                                protect=protected(current), blobs=holdout)
+                                protect=protected(current), blobs=blobs)
         history = current.history if current is not None else ()
         if verdict["promoted"]:
             history = with_served(history, ServedVersion(manifest.version, str(path.resolve())),

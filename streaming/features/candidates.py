@@ -3,9 +3,11 @@
 Sources, in priority order (an item found by several keeps the first): the user's own recent
 items (re-visits: in e-commerce logs such as OTTO the strongest single signal of the next
 interaction), the user's own items by decayed interaction (``again``: repeat purchases, about
-41% of a returning UCI customer's next-week items), co-visitation of the recent items, trending
-items (decayed global popularity: what is hot now, including items too new for the other
-lists), the user's top categories, new items, and all-time popularity.
+41% of a returning UCI customer's next-week items), co-visitation of the recent items, the
+retriever's nearest items (``retrieval``: the user tower's vector against the published item
+vectors, when the model has a retriever), trending items (decayed global popularity: what is
+hot now, including items too new for the other lists), the user's top categories, new items,
+and all-time popularity.
 
 The repeat policy (``serving.repeat``, :data:`REPEAT_POLICIES`) says which of the user's own
 items may appear at all: ``allow`` (the model decides how high a repeat ranks),
@@ -37,6 +39,8 @@ class CandidateReads:
     # The user's own items, most interacted first (decayed weight): the "again" source.
     again: list[tuple[str, float]] = field(default_factory=list)
     interacted: set[str] = field(default_factory=set)  # every item in the user x item state
+    # The retriever's nearest items (item, inner product), best first; empty without one.
+    retrieved: list[tuple[str, float]] = field(default_factory=list)
 
 
 REPEAT_POLICIES = ("allow", "exclude_purchased", "exclude_interacted")
@@ -66,10 +70,11 @@ def top_categories(user: Mapping[str, object], at_ms: int, half_life_ms: int, n:
 
 
 def generate(reads: CandidateReads, limit: int, repeat: str = "allow",
-             covisit_limit: int | None = None) -> list[tuple[str, str]]:
+             covisit_limit: int | None = None, retrieval_limit: int | None = None
+             ) -> list[tuple[str, str]]:
     """Up to ``limit`` ``(item_id, source)`` pairs, sources in the module docstring's order,
-    without the items the repeat policy excludes; at most ``covisit_limit`` (None: no bound of
-    its own) from co-visitation."""
+    without the items the repeat policy excludes; at most ``covisit_limit`` from co-visitation
+    and ``retrieval_limit`` from the retriever (None: no bound of their own)."""
     out: dict[str, str] = {}
     skip = excluded_items(reads, repeat)
 
@@ -94,6 +99,7 @@ def generate(reads: CandidateReads, limit: int, repeat: str = "allow",
         if left is not None and left <= 0:
             break
         add([x[rank] for x in lists if rank < len(x)], "covisit", left)
+    add(reads.retrieved, "retrieval", retrieval_limit)
     add(reads.trending, "trending")
     for cat_items in reads.by_category.values():
         add(cat_items, "category")

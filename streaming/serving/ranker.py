@@ -1,11 +1,12 @@
 """Scoring users' candidates with the newest model into ranked feeds (the scorer worker writes them).
 
 ``ModelHolder`` loads a published checkpoint (verified: sha256, spec digest,
-``weights_only``) into a plain ``StreamRecModel`` and swaps it in atomically; a failed load keeps
-the previous model. ``FeedRanker`` reads users' state and candidates from Redis, builds model
-inputs with :func:`streaming.features.state.feature_rows` and :func:`models.batch.hash_ids` (the code
-that built the training examples: no training/serving skew), scores several users in one
-forward pass and keeps each one's top K.
+``weights_only``) into a plain ``StreamRecModel`` and swaps it in atomically, with the index of
+its item vectors when the model has a retriever (:mod:`streaming.serving.retrieval`); a failed
+load keeps the previous model. ``FeedRanker`` reads users' state and candidates from Redis,
+builds model inputs with :func:`streaming.features.state.feature_rows` and
+:func:`models.batch.hash_ids` (the code that built the training examples: no training/serving
+skew), scores several users in one forward pass and keeps each one's top K.
 """
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ import redis
 import torch
 
 from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids, hash_optional_ids
-from models.checkpoint import load_checkpoint
+from models.checkpoint import RETRIEVAL_FILE, load_checkpoint, read_blob, unpack_item_vectors
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.contract.feeds import Feed, FeedItem
 from streaming.contract.names import POPULAR_FEED, Keys
 from streaming.errors import CorruptCheckpoint, StoreError
-from streaming.features.candidates import CandidateReads, generate, top_categories
+from streaming.features.candidates import (
+    CandidateReads,
+    excluded_items,
+    generate,
+    top_categories,
+)
 from streaming.features.state import (
     DEFAULT_FEATURES,
     FeatureConfig,
@@ -42,6 +48,7 @@ from streaming.features.state import (
     parse_user_items,
 )
 from streaming.io.redis_client import as_text
+from streaming.serving.retrieval import Retrieval, RetrievalIndex, user_rows
 from streaming.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -50,11 +57,13 @@ _PER_USER = 5  # reads queued per user in read_users: hash, recent, purchased, u
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """The model in service: its version, the module (eval mode), and its checkpoint's path."""
+    """The model in service: its version, the module (eval mode), its checkpoint's path, and
+    its retriever with the index of the checkpoint's item vectors (None without one)."""
 
     version: int
     model: StreamRecModel
     path: str
+    retrieval: Retrieval | None = None
 
 
 # Bounds of the scorer's read caches (entries); at the bound they are cut to half, newest kept.
@@ -64,10 +73,13 @@ _MAX_ITEMS = 50_000
 
 class ModelHolder:
     """Holds the model the scorer serves; :meth:`load` swaps in newer versions. ``loads`` and
-    ``failures`` count the attempts, ``last_error`` is the latest failure's message."""
+    ``failures`` count the attempts, ``last_error`` is the latest failure's message.
+    ``serving`` sizes the retrieval index (exact up to ``retrieval_exact_max_items``)."""
 
-    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC) -> None:
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC,
+                 serving: ServingSettings | None = None) -> None:
         self.spec = spec
+        self.serving = serving or ServingSettings()
         self._current: LoadedModel | None = None
         self._lock = threading.Lock()
         self.loads = 0
@@ -89,6 +101,14 @@ class ModelHolder:
             model = StreamRecModel(self.spec)
             model.load_state_dict(state)
             model.eval()
+            retrieval = None
+            if model.retriever is not None:
+                raw = read_blob(Path(path), manifest, RETRIEVAL_FILE)
+                if raw is not None:  # a checkpoint published before any item was seen has none
+                    ids, vectors, _ = unpack_item_vectors(raw)
+                    retrieval = Retrieval(model.retriever, RetrievalIndex(
+                        ids, vectors, self.serving.retrieval_exact_max_items,
+                        self.serving.retrieval_nprobe))
         except (CorruptCheckpoint, RuntimeError, OSError) as exc:
             self.failures += 1
             self.last_error = str(exc)
@@ -96,7 +116,7 @@ class ModelHolder:
                       cur.version if cur else None, exc)
             return False
         with self._lock:
-            self._current = LoadedModel(manifest.version, model, str(path))
+            self._current = LoadedModel(manifest.version, model, str(path), retrieval)
         self.loads += 1
         log.info("serving model v%d", manifest.version)
         return True
@@ -301,12 +321,34 @@ class FeedRanker:
         """:meth:`rank_many` for one user: the feed, or None when the user has no candidates."""
         return self.rank_many([user_id], now_ms)[0]
 
-    def candidate_batch(self, user_ids: Sequence[str], now_ms: int) -> CandidateBatch:
+    def retrieve(self, reads: Sequence[UserReads], retrieval: Retrieval, now_ms: int) -> None:
+        """Fill each user's ``candidates.retrieved`` with the retriever's nearest items (the
+        user tower's inputs built from the reads, as for scoring). Asks for the repeat policy's
+        excluded items on top, so that the source is not emptied by them."""
+        rows = []
+        for r in reads:
+            dense = feature_matrix(r.state, r.recent, [{}], [None], [None], now_ms, self.fc,
+                                   None, [None])[0]
+            rows.append(user_rows(r.user_id, dense, [i for i, _ in r.recent]))
+        k = self.limits.retrieval_candidates
+        excluded = max(len(excluded_items(r.candidates, self.limits.repeat)) for r in reads)
+        found = retrieval.query(self.builder, rows, k + min(excluded, k))
+        for r, items in zip(reads, found, strict=True):
+            r.candidates.retrieved = items
+
+    def candidate_batch(self, user_ids: Sequence[str], now_ms: int,
+                        retrieval: Retrieval | None = None) -> CandidateBatch:
         """Users' reads, candidates and (for those with any) the model inputs of all their
-        candidates in one batch: what a forward pass of any model over them needs."""
+        candidates in one batch: what a forward pass of any model over them needs. Retrieval
+        candidates come from ``retrieval`` (default: the served model's, if it has one)."""
         reads = self.read_users(user_ids, now_ms)
+        if retrieval is None and (loaded := self.holder.current) is not None:
+            retrieval = loaded.retrieval
+        if retrieval is not None and reads:
+            self.retrieve(reads, retrieval, now_ms)
         cands = [generate(r.candidates, self.n_candidates, self.limits.repeat,
-                          self.limits.covisit_candidates) for r in reads]
+                          self.limits.covisit_candidates, self.limits.retrieval_candidates)
+                 for r in reads]
         self.last_candidates = sum(map(len, cands))
         cached = self.read_items([i for c in cands for i, _ in c])
         scored = [k for k, c in enumerate(cands) if c]

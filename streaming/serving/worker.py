@@ -39,7 +39,7 @@ from streaming.io.redis_client import connect
 from streaming.ops import health
 from streaming.ops.metrics import ScorerMetrics, serve_configured
 from streaming.serving.feed_store import FeedStore
-from streaming.serving.ranker import FeedRanker, LoadedModel, ModelHolder
+from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ServedModelHolder(ModelHolder):
         if cur is None or version > cur.version:
             return self.load(path, version)
         # Older: load into a fresh holder (same verification), then swap its model in.
-        probe = ModelHolder(self.spec)
+        probe = ModelHolder(self.spec, self.serving)
         if not probe.load(path, version):
             self.failures += 1
             self.last_error = probe.last_error
@@ -65,7 +65,7 @@ class ServedModelHolder(ModelHolder):
         loaded = probe.current
         assert loaded is not None
         with self._lock:
-            self._current = LoadedModel(loaded.version, loaded.model, loaded.path)
+            self._current = loaded
         self.loads += 1
         log.info("serving model v%d (rolled back from v%d)", version, cur.version)
         return True
@@ -84,7 +84,7 @@ class ScorerWorker:
         self.client = connect(settings.redis)
         self.p = settings.redis.key_prefix
         self.keys = Keys(self.p)
-        self.holder = ServedModelHolder(spec_for(settings.model.interaction))
+        self.holder = ServedModelHolder(spec_for(**settings.model.spec_args()), cfg)
         self.ranker = FeedRanker(self.client, self.p, self.holder, serving=cfg,
                                  features=feature_config(settings))
         self.feeds = FeedStore(self.client, self.p, ttl_s=cfg.feed_ttl_s)

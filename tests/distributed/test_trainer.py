@@ -14,9 +14,17 @@ import orjson
 import pytest
 
 from benchmarks.examples_gen import produce_examples
-from models.checkpoint import list_versions, read_manifest, version_dir
+from models.checkpoint import (
+    RETRIEVAL_FILE,
+    list_versions,
+    read_blob,
+    read_manifest,
+    unpack_item_vectors,
+    version_dir,
+)
 from streaming.settings import Settings
 from tests.integration.helpers import consume_all
+from trainer.promotion import held_out
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
@@ -68,7 +76,9 @@ def train_settings(stack: Settings) -> Settings:
 
 
 def test_two_ranks_train_from_a_topic_and_publish(train_settings: Settings) -> None:
-    settings = train_settings.with_values({"trainer.publish_every_steps": "5"})
+    # With the retriever: its tables are sharded too, and rank 0 publishes both ranks' items.
+    settings = train_settings.with_values({"trainer.publish_every_steps": "5",
+                                           "model.retrieval_dim": "8"})
     produce_examples(settings, 6000)
     out = finish(start_trainer(settings, "--max-steps", "20"))
     summary = orjson.loads([ln for ln in out.splitlines() if ln.startswith('{"rank"')][-1])
@@ -91,6 +101,14 @@ def test_two_ranks_train_from_a_topic_and_publish(train_settings: Settings) -> N
     assert [a["version"] for a in announced] == versions
     assert all(u.key() == b"default" for u in updates)
     assert announced[-1]["path"] == str(version_dir(root, versions[-1]).resolve())
+    # The published catalogue: every item trained on, by either rank, and nothing else.
+    trained_items = {ex["item_id"] for msg in consume_all(settings, settings.topics.examples, 6000)
+                     if msg.offset() < m.offsets[f"{msg.topic()}:{msg.partition()}"]
+                     and not held_out((ex := orjson.loads(msg.value()))["example_id"],
+                                      settings.trainer.holdout_share)}
+    path = version_dir(root, versions[-1])
+    ids, vectors, _ = unpack_item_vectors(read_blob(path, m, RETRIEVAL_FILE) or b"")
+    assert set(ids) == trained_items and vectors.shape == (len(ids), 8)
 
 
 def test_killed_trainer_resumes_from_its_checkpoint(train_settings: Settings) -> None:

@@ -55,3 +55,13 @@ def test_own_items_seed_covisitation_after_the_recent_ones_within_its_cap() -> N
     assert generate(r, 100, covisit_limit=3) == [
         ("a", "recent"), ("z", "again"),
         ("c", "covisit"), ("y", "covisit"), ("d", "covisit"), ("hit", "trending")]
+
+
+def test_retrieved_items_follow_covisitation_within_their_own_bound() -> None:
+    r = reads(recent=["a"], covisit={"a": [("c", 5.0)]}, trending=[("t", 1.0)],
+              retrieved=[("a", 0.9), ("r1", 0.8), ("c", 0.7), ("r2", 0.6), ("r3", 0.5)])
+    # "a" and "c" were found earlier (credited to recent / covisit); two retrieved items fit.
+    assert generate(r, 100, retrieval_limit=2) == [
+        ("a", "recent"), ("c", "covisit"), ("r1", "retrieval"), ("r2", "retrieval"),
+        ("t", "trending")]
+    assert ("r3", "retrieval") in generate(r, 100)  # no bound of its own: all of them

@@ -33,6 +33,8 @@ def test_the_towers_take_only_their_side_and_return_unit_vectors() -> None:
     assert user_cols and all(names[i].startswith("user_") for i in user_cols)
     assert "price" in [names[i] for i in item_cols]
     assert not any(names[i].startswith("ui_") for i in user_cols + item_cols)
+    # The affinity to the row's item category is a pair feature: it would leak the target.
+    assert not any("category" in names[i] for i in user_cols)
     batch = BatchBuilder(DEFAULT_SPEC).build(_examples([("u1", "a"), ("u2", "b"), ("u3", "c")]))
     model = TwoTower(DEFAULT_SPEC, SMALL)
     users, items = model(batch.dense, batch.sparse)

@@ -21,6 +21,11 @@ candidate recall (the share of those interactions whose item is among the user's
 all, total and by candidate source) and a 95% interval of each ranker's Recall@K over users
 (:mod:`trainer.evaluation.stats`).
 
+With a retriever (``model.retrieval_dim > 0``) the continuous model's retriever gives the
+``retrieval`` candidate source, its index built at each window's start from the items trained
+on so far (:class:`trainer.catalogue.ItemCatalogue`, as the trainer publishes it), and the
+run reports candidate recall with and without that source at the same candidate budget.
+
 Overall numbers cover the time after the warm-up (before it, frozen and continuous are one
 model); per-window numbers cover every window.
 """
@@ -45,12 +50,14 @@ from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.contract.events import Event
 from streaming.errors import StreamrecError
-from streaming.features.candidates import excluded_items
+from streaming.features.candidates import excluded_items, generate
 from streaming.features.state import feature_config
 from streaming.io.redis_client import connect
 from streaming.serving.ranker import CandidateBatch, FeedRanker, ModelHolder
+from streaming.serving.retrieval import Retrieval, RetrievalIndex
 from streaming.settings import Settings
 from trainer import distributed as D
+from trainer.catalogue import ItemCatalogue
 from trainer.evaluation.ingest import Ingest
 from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
 from trainer.evaluation.profiles import LoadedStream, format_duration_ms
@@ -77,12 +84,13 @@ BASELINES = ("popularity", "buy_again")  # every ranker's recall is compared wit
 @dataclass(frozen=True, slots=True)
 class EvalOptions:
     """Knobs of one evaluation: ``k`` of Recall@K / NDCG@K (also the feed size), users ranked and
-    candidates per user per window, the warm-up share of event time, the trainer's batch size."""
+    candidates per user per window (None: ``serving.candidates``, the scorer's budget), the
+    warm-up share of event time, the trainer's batch size."""
 
     k: int = 20
     # Users ranked per window: a seeded sample of those who interact in it; 0 = every one.
     rank_users: int = 2000
-    candidates: int = 500
+    candidates: int | None = None
     warmup_share: float = 0.2
     batch_size: int = 1024  # examples per trainer step (a tick's examples are split)
     rank_batch_users: int = 250  # users whose candidates share one forward pass when ranking
@@ -108,6 +116,10 @@ class WindowRanks:
     active: int
     metrics: dict[str, list[tuple[float, float]]]
     candidates: CandidateRecall = field(default_factory=CandidateRecall)
+    # The same users' candidates without the retrieval source (same budget); None without one.
+    without_retrieval: CandidateRecall | None = None
+    # Relevant items among the retriever's own top serving.retrieval_candidates (credited or not).
+    retrieval_alone: CandidateRecall | None = None
 
 
 def _sample_users(relevant: dict[str, set[str]], n: int, seed: int, window: int) -> list[str]:
@@ -156,7 +168,8 @@ class PrequentialRun:
         self.builder = BatchBuilder(spec)
         self._redis = connect(settings.redis)
         serving = dataclasses.replace(settings.serving, feed_size=opts.k,
-                                      candidates=opts.candidates, cache_s=0.0)
+                                      candidates=opts.candidates or settings.serving.candidates,
+                                      cache_s=0.0)
         self.ranker = FeedRanker(self._redis, settings.redis.key_prefix, ModelHolder(spec),
                                  serving=serving, features=feature_config(settings))
         self.repeat = self.ranker.limits.repeat
@@ -164,6 +177,8 @@ class PrequentialRun:
         self.popularity = DecayedPopularity(self.profile.popularity_half_life_ms)
         self.buy_again = BuyAgain(self.profile.popularity_half_life_ms, self.profile.relevant)
         self.n_cat = spec.table_of("category").num_embeddings
+        self.catalogue = ItemCatalogue(spec.dense, settings.trainer.catalogue_items) \
+            if spec.retrieval_dim else None
 
     # -- models ---------------------------------------------------------------------------
     def _export(self) -> dict[str, torch.Tensor]:
@@ -193,16 +208,29 @@ class PrequentialRun:
         if not users:
             return out
         popular = self.popularity.ranked()
+        retrieval = self._retrieval(models["continuous"])
+        if retrieval is not None:
+            out.without_retrieval, out.retrieval_alone = CandidateRecall(), CandidateRecall()
         step = max(1, self.opts.rank_batch_users)
         for start in range(0, len(users), step):
-            self._rank_users(users[start:start + step], now_ms, relevant, models, popular, out)
+            self._rank_users(users[start:start + step], now_ms, relevant, models, popular, out,
+                             retrieval)
         return out
 
+    def _retrieval(self, model: StreamRecModel) -> Retrieval | None:
+        """``model``'s retriever over the items trained on so far (None without either)."""
+        if model.retriever is None or self.catalogue is None or not len(self.catalogue):
+            return None
+        ids, vectors = self.catalogue.vectors(model.retriever)
+        serving = self.ranker.limits
+        return Retrieval(model.retriever, RetrievalIndex(
+            ids, vectors, serving.retrieval_exact_max_items, serving.retrieval_nprobe))
+
     def _rank_users(self, users: list[str], now_ms: int, relevant: dict[str, set[str]],
-                    models: dict[str, StreamRecModel], popular: list[str], out: WindowRanks
-                    ) -> None:
+                    models: dict[str, StreamRecModel], popular: list[str], out: WindowRanks,
+                    retrieval: Retrieval | None) -> None:
         k = self.opts.k
-        cb: CandidateBatch = self.ranker.candidate_batch(users, now_ms)
+        cb: CandidateBatch = self.ranker.candidate_batch(users, now_ms, retrieval)
         scores: dict[str, dict[int, np.ndarray]] = {}
         if cb.scored:
             for name, model in models.items():
@@ -215,6 +243,13 @@ class PrequentialRun:
             rel = relevant[user]
             reads = cb.reads[j].candidates
             out.candidates.add(rel, cb.cands[j])
+            if out.without_retrieval is not None and out.retrieval_alone is not None:
+                lim = self.ranker.limits
+                out.without_retrieval.add(rel, generate(
+                    dataclasses.replace(reads, retrieved=[]), lim.candidates, lim.repeat,
+                    lim.covisit_candidates))
+                out.retrieval_alone.add(rel, [(i, "retrieval") for i, _ in
+                                              reads.retrieved[:lim.retrieval_candidates]])
             items = [i for i, _ in cb.cands[j]]
             lists = {name: (top_k(items, s[j], k) if j in s else [])
                      for name, s in scores.items()}
@@ -292,6 +327,8 @@ class PrequentialRun:
                         sgd_step(self.dmp, self.optimizer, chunk, self.info.device)
                         steps += 1
                 examples_total += len(examples)
+                if self.catalogue is not None:
+                    self.catalogue.observe([ex["item_id"] for ex in examples], batch)
             tick_end = tick_start + prof.tick_ms
             due = [s for s in sweep if tick_end - s.published_at >= s.interval_ms]  # type: ignore[operator]
             if not frozen_fixed:
@@ -403,16 +440,27 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
     - ``recall_at_{k}_minus_popularity_ci95`` (and ``_minus_buy_again_``): per other ranker, the
       95% interval of its recall minus the baseline's on the same users and windows (entirely
       above 0: it beats the baseline);
-    - ``candidate_recall``: ``{"total", "by_source", "relevant_items"}`` over all those users;
+    - ``candidate_recall``: ``{"total", "by_source", "relevant_items"}`` over all those users,
+      with a retriever also ``with_retrieval`` (= total) and ``without_retrieval`` (the same
+      users' candidates without that source, at the same budget) and ``retrieval_alone`` (the
+      share of relevant items among the retriever's own top ``serving.retrieval_candidates``);
     - ``ranked``: user-window pairs and distinct users ranked.
     """
     units = [u for wr in windows for u in wr.users]
     recall: dict[str, list[float]] = {
         name: [r for wr in windows for r, _ in wr.metrics.get(name, [])] for name in RANKERS}
     ndcg = {name: [n for wr in windows for _, n in wr.metrics.get(name, [])] for name in RANKERS}
-    cand = CandidateRecall()
+    cand, without, alone = CandidateRecall(), CandidateRecall(), CandidateRecall()
     for wr in windows:
         cand.merge(wr.candidates)
+        if wr.without_retrieval is not None and wr.retrieval_alone is not None:
+            without.merge(wr.without_retrieval)
+            alone.merge(wr.retrieval_alone)
+    candidate_recall = cand.as_dict()
+    if without.relevant:  # a retriever ran: both at the same candidate budget
+        candidate_recall["with_retrieval"] = candidate_recall["total"]
+        candidate_recall["without_retrieval"] = without.as_dict()["total"]
+        candidate_recall["retrieval_alone"] = alone.as_dict()["total"]
     ci: dict[str, list[float | None] | None] = {}
     diffs: dict[str, dict[str, list[float | None] | None]] = {b: {} for b in BASELINES}
     for name in RANKERS:
@@ -427,7 +475,7 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
         f"ndcg_at_{k}": {n: _rnd(float(np.mean(v))) if v else None for n, v in ndcg.items()},
         f"recall_at_{k}_ci95": ci,
         **{f"recall_at_{k}_minus_{base}_ci95": diffs[base] for base in BASELINES},
-        "candidate_recall": cand.as_dict(),
+        "candidate_recall": candidate_recall,
         "ranked": {"user_windows": len(units), "users": len(set(units))},
     }
 

@@ -77,7 +77,7 @@ def run_eval(settings: Settings, stream: str, *,
             ingest = InProcessIngest(settings)
         run = None
         try:
-            spec = spec_for(settings.model.interaction, settings.model.listwise_weight)
+            spec = spec_for(**settings.model.spec_args())
             run = PrequentialRun(settings, loaded, ingest, seed, opts, spec=spec, say=say)
             result = run.run()
         finally:

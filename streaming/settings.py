@@ -324,6 +324,10 @@ class RuntimeSettings:
         "streamrec up starts (0 = glibc's dynamic default): fixed, so that blocks this large "
         "(tensors of a reloaded checkpoint, Kafka batches) are always mapped and given back "
         "when freed; by default glibc raises both after the first large free and RSS creeps")
+    malloc_trim_interval_s: float = _f(
+        1.0, "the ingest worker and the scorer give freed heap pages back to the OS this "
+        "often (glibc malloc_trim; 0 = never): without it the worker's RSS rose a step "
+        "after every lag spike")
     restart_backoff_s: float = _f(1.0, "streamrec up restarts a component that exits after "
                                   "this delay (s), doubled per recent restart")
     restart_backoff_max_s: float = _f(30.0, "longest delay before a restart (s)")
@@ -340,9 +344,11 @@ class RuntimeSettings:
             raise ConfigError(f"runtime.broker={self.broker!r}: kafka or tansu")
         _positive("runtime.kafka_heap_mb", self.kafka_heap_mb)
         if not 0 <= self.trainer_nice <= 19 or self.trainer_threads < 0 \
-                or self.malloc_arena_max < 0 or self.malloc_mmap_threshold_bytes < 0:
+                or self.malloc_arena_max < 0 or self.malloc_mmap_threshold_bytes < 0 \
+                or self.malloc_trim_interval_s < 0:
             raise ConfigError("runtime.trainer_nice must be in 0..19, runtime.trainer_threads, "
-                              "malloc_arena_max and malloc_mmap_threshold_bytes >= 0")
+                              "malloc_arena_max, malloc_mmap_threshold_bytes and "
+                              "malloc_trim_interval_s >= 0")
         for name in ("restart_backoff_s", "restart_backoff_max_s", "restart_max",
                      "restart_window_s"):
             _positive(f"runtime.{name}", getattr(self, name))

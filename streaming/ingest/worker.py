@@ -8,6 +8,7 @@ import faust
 
 from streaming.ingest.app import create_app
 from streaming.io.kafka import KafkaAdmin, topic_specs
+from streaming.ops.memory import start_trimmer
 from streaming.ops.metrics import IngestMetrics, serve_configured
 from streaming.settings import Settings
 
@@ -15,6 +16,7 @@ from streaming.settings import Settings
 def run_worker(settings: Settings) -> int:
     """Run one Faust worker until SIGINT/SIGTERM (Faust installs the handlers)."""
     KafkaAdmin(settings).ensure_topics(topic_specs(settings))
+    trimmer = start_trimmer(settings.runtime.malloc_trim_interval_s)
     metrics = IngestMetrics()
     server = serve_configured(metrics.registry, settings.runtime)
     app = create_app(settings, metrics=metrics)
@@ -35,4 +37,6 @@ def run_worker(settings: Settings) -> int:
     finally:
         if server is not None:
             server.close()
+        if trimmer is not None:
+            trimmer.set()
     return 0

@@ -37,6 +37,7 @@ from streaming.features.state import feature_config
 from streaming.io.kafka import client_config
 from streaming.io.redis_client import connect
 from streaming.ops import health
+from streaming.ops.memory import start_trimmer
 from streaming.ops.metrics import ScorerMetrics, serve_configured
 from streaming.serving.feed_store import FeedStore
 from streaming.serving.ranker import FeedRanker, ModelHolder
@@ -240,6 +241,7 @@ class ScorerWorker:
                                   daemon=True)
         loader.start()
         server = serve_configured(self.metrics.registry, self.settings.runtime)
+        trimmer = start_trimmer(self.settings.runtime.malloc_trim_interval_s)
         consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
             "group.id": GROUP_SCORER, "auto.offset.reset": "earliest", "enable.auto.commit": True,
             "session.timeout.ms": self.settings.kafka.session_timeout_ms,
@@ -272,6 +274,8 @@ class ScorerWorker:
             loader.join()
             if server is not None:
                 server.close()
+            if trimmer is not None:
+                trimmer.set()
             self.client.close()
 
     def _note(self, msg: confluent_kafka.Message) -> None:

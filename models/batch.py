@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,14 +21,17 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from models.spec import FeatureSpec
 from streaming.errors import StreamrecError
 
+if TYPE_CHECKING:
+    from models.id_map import IdMap
+
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-def hash_ids(ids: Sequence[str], num_embeddings: int) -> np.ndarray:
-    """Stable row indices (int64, ``[0, num_embeddings)``) for string ids; same on every host."""
+def hash64(ids: Sequence[str]) -> np.ndarray:
+    """Stable 64-bit hashes (uint64) of string ids; the same on every host."""
     if not ids:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.uint64)
     raw = np.array([s.encode() for s in ids], dtype=bytes)  # fixed-width S<L>, zero padded
     width = raw.dtype.itemsize
     mat = raw.view(np.uint8).reshape(len(ids), width)
@@ -44,7 +47,19 @@ def hash_ids(ids: Sequence[str], num_embeddings: int) -> np.ndarray:
         h ^= h >> np.uint64(33)
         h *= np.uint64(0xC4CEB9FE1A85EC53)
         h ^= h >> np.uint64(33)
-    return (h % np.uint64(num_embeddings)).astype(np.int64)
+    return h
+
+
+def id_keys(ids: Sequence[str]) -> np.ndarray:
+    """Non-negative 63-bit keys (int64) of string ids, what a :class:`models.id_map.IdMap`
+    maps to rows: :func:`hash64` without its lowest bit. Two distinct ids share a key with
+    probability about ``n^2 / 2^64``: none in practice."""
+    return (hash64(ids) >> np.uint64(1)).astype(np.int64)
+
+
+def hash_ids(ids: Sequence[str], num_embeddings: int) -> np.ndarray:
+    """Stable row indices (int64, ``[0, num_embeddings)``) for string ids; same on every host."""
+    return (hash64(ids) % np.uint64(num_embeddings)).astype(np.int64)
 
 
 def hash_optional_ids(ids: Sequence[str | None], num_embeddings: int) -> np.ndarray:
@@ -101,15 +116,41 @@ class ExampleBatch:
 
 class BatchBuilder:
     """Examples (training) or candidate rows (scoring) -> one :class:`ExampleBatch` for ``spec``;
-    every id is hashed with :func:`hash_ids` into its table's range.
+    every id is hashed with :func:`hash_ids` into its table's range, or, for the tables in
+    ``id_maps``, looked up in that table's collision-free map (:class:`models.id_map.IdMap`).
 
     Args:
         spec (FeatureSpec): the dense names (their order and schema digest) and the tables.
+        id_maps (Optional[Mapping[str, IdMap]]): table name -> its id map; a trainer admits a
+            batch's ids (:meth:`mapped_keys`) before building the batch.
     """
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    def __init__(self, spec: FeatureSpec, id_maps: Mapping[str, IdMap] | None = None) -> None:
         self.spec = spec
         self.schema = spec.dense_schema()
+        self.id_maps = dict(id_maps or {})
+        for table, m in self.id_maps.items():
+            if m.capacity != next(t.num_embeddings for t in spec.tables if t.name == table):
+                raise ValueError(f"id map of {table} has {m.capacity} rows, the table has "
+                                 "a different number")
+
+    def rows(self, feature: str, ids: Sequence[str]) -> np.ndarray:
+        """Row indices of ``ids`` in the table of ``feature``: its id map's rows, else hashed."""
+        table = self.spec.table_of(feature)
+        m = self.id_maps.get(table.name)
+        return hash_ids(ids, table.num_embeddings) if m is None else m.lookup(id_keys(ids))
+
+    def mapped_keys(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """Per mapped table, the keys of every id ``examples`` look it up with (what a trainer
+        admits, all-gathered across ranks, before :meth:`build`)."""
+        by_feature = {
+            "user_id": lambda: [ex["user_id"] for ex in examples],
+            "item_id": lambda: [ex["item_id"] for ex in examples],
+            "category": lambda: [c for ex in examples if (c := ex.get("category")) is not None],
+            "recent_items": lambda: [i for ex in examples for i in ex.get("recent_items") or []],
+        }
+        return {t.name: id_keys([i for f in t.features for i in by_feature[f]()])
+                for t in self.spec.tables if t.name in self.id_maps}
 
     def build(self, examples: Sequence[Mapping[str, Any]]) -> ExampleBatch:
         """``examples`` are decoded ``training-examples`` messages (see streaming.features.labels).
@@ -147,22 +188,21 @@ class BatchBuilder:
         dense = np.concatenate([np.asarray(p.dense, dtype=np.float32).reshape(
             len(p.items), len(spec.dense)) for p in parts]) if parts else np.zeros(
             (0, len(spec.dense)), np.float32)
-        user_rows = np.repeat(hash_ids([p.user_id for p in parts],
-                                       spec.table_of("user_id").num_embeddings), ns)
+        user_rows = np.repeat(self.rows("user_id", [p.user_id for p in parts]), ns)
         item_rows, cat_values, cat_lengths, recent_values, recent_lengths = [], [], [], [], []
         for p in parts:
             k = len(p.items)
-            item_rows.append(p.item_rows if p.item_rows is not None else
-                             hash_ids(list(p.items), spec.table_of("item_id").num_embeddings))
+            item_rows.append(p.item_rows if p.item_rows is not None and not self.id_maps
+                             else self.rows("item_id", list(p.items)))
             if p.category_rows is not None:
                 present = p.category_rows >= 0
                 cat_values.append(p.category_rows[present])
             else:
                 present = np.fromiter((c is not None for c in p.categories), bool, k)
-                cat_values.append(hash_ids([c for c in p.categories if c is not None],
-                                           spec.table_of("category").num_embeddings))
+                cat_values.append(self.rows("category",
+                                            [c for c in p.categories if c is not None]))
             cat_lengths.append(present.astype(np.int32))
-            recent = hash_ids(list(p.recent), spec.table_of("recent_items").num_embeddings)
+            recent = self.rows("recent_items", list(p.recent))
             recent_values.append(np.tile(recent, k))
             recent_lengths.append(np.full(k, len(recent), np.int32))
 
@@ -199,7 +239,7 @@ class BatchBuilder:
         values, lengths = [], []
         for feature in self.spec.sparse:
             ids, lens = by_feature[feature]
-            values.append(hash_ids(ids, self.spec.table_of(feature).num_embeddings))
+            values.append(self.rows(feature, ids))
             lengths.append(lens)
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=list(self.spec.sparse),

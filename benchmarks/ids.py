@@ -1,0 +1,178 @@
+"""bench ids: collision-free ids (:class:`models.id_map.IdMap`) against hashing, 1 M x 1 M.
+
+Issue 19's measurement of managed ids. The scale fixture (``SyntheticConfig(n_users=1 M,
+n_items=1 M, lazy_users=True)``: Zipf item popularity and user activity, seeded, memory-bounded)
+generates ``--events`` events; each view becomes an example labelled by whether the user clicked
+that item (the generator's own click, joined by user and item), with the view's category and the
+user's 5 previous items. Two copies of the ranker (:class:`models.dlrm.StreamRecModel`, the
+default spec but ``--rows`` rows per id table, the same initial weights) train on the same
+batches in event order with the trainer's learning rates:
+
+- ``hashed``: user and item ids hashed into the rows (:func:`models.batch.hash_ids`, today's
+  default);
+- ``mapped``: the user and item tables behind an :class:`IdMap` of the same rows (LRU): each
+  batch's ids are admitted before it is trained on, and the rows given to new ids are reset
+  (initial values, optimizer state zeroed) so that an id never inherits an evicted id's vector.
+
+Prequential: each batch is scored before it is trained on (in ``mapped``, ids not admitted yet
+score on the shared unknown row, as at a scorer); AUC over the second half of the batches. The
+dense features are zeros: ids and category are the only inputs, so the comparison is of what the
+rows hold. Also reported: the share of the ids seen that share a hashed row with another id, the
+same for the id map (counted over its rows: 0 when within capacity), the share of scored ids on
+the unknown row, and the time per admission. Target (issue 19): AUC mapped >= hashed + 0.01.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import report
+from models.batch import BatchBuilder, collision_rate
+from models.dlrm import RankingTrain, StreamRecModel
+from models.id_map import UNKNOWN_ROW, IdMap
+from models.spec import DEFAULT_SPEC, FeatureSpec, TableSpec
+from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
+from trainer.metrics import auc
+
+MAPPED_TABLES = ("t_user", "t_item")
+
+
+def examples(n_events: int, n_ids: int, seed: int, spec: FeatureSpec) -> list[dict[str, Any]]:
+    """Views of the scale stream as labelled examples (click or not), in event order."""
+    stream = SyntheticStream(seed, SyntheticConfig(n_users=n_ids, n_items=n_ids,
+                                                   lazy_users=True))
+    events = list(stream.events(0, rate=50.0, limit=n_events))
+    clicked = {(e.user_id, e.item_id) for e in events if e.event_type == "click"}
+    recent: dict[str, deque[str]] = {}
+    zeros = [0.0] * len(spec.dense)
+    out = []
+    for e in events:
+        if e.event_type != "view":
+            continue
+        seen = recent.setdefault(e.user_id, deque(maxlen=5))
+        out.append({"example_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id,
+                    "category": e.category, "recent_items": list(reversed(seen)),
+                    "labels": {"click": int((e.user_id, e.item_id) in clicked), "purchase": 0},
+                    "dense_schema": spec.dense_schema(), "dense": zeros})
+        seen.append(e.item_id)
+    return out
+
+
+class Arm:
+    """One model, its optimizers and its batch builder (hashed, or behind id maps)."""
+
+    def __init__(self, spec: FeatureSpec, seed: int, maps: dict[str, IdMap] | None) -> None:
+        torch.manual_seed(seed)
+        self.train = RankingTrain(StreamRecModel(spec))
+        ebc = self.train.model.dlrm.sparse_arch.embedding_bag_collection
+        self.tables = dict(ebc.embedding_bags.items())
+        self.init = {name: bag.weight.detach().clone() for name, bag in self.tables.items()}
+        sparse = [p for bag in self.tables.values() for p in bag.parameters()]
+        ids = {id(p) for p in sparse}
+        self.opt_sparse = torch.optim.Adagrad(sparse, lr=0.05)
+        self.opt_dense = torch.optim.Adagrad(
+            [p for p in self.train.parameters() if id(p) not in ids], lr=0.01)
+        self.maps = maps or {}
+        self.builder = BatchBuilder(spec, self.maps)
+        self.admit_s: list[float] = []
+
+    def score(self, batch_examples: list[dict[str, Any]]) -> tuple[np.ndarray, float]:
+        """Logits of a batch before training on it, and the share of ids on the unknown row."""
+        b = self.builder.build(batch_examples)
+        with torch.no_grad():
+            self.train.eval()
+            logits = self.train.model(b.dense, b.sparse).numpy()
+        unknown = 0.0
+        if self.maps:
+            d = b.sparse.to_dict()
+            values = torch.cat([d[f].values() for f in ("user_id", "item_id")])
+            unknown = float((values == UNKNOWN_ROW).float().mean())
+        return logits, unknown
+
+    def step(self, batch_examples: list[dict[str, Any]]) -> None:
+        """Admit the batch's ids (mapped), reset the rows given to new ids, train one step."""
+        if self.maps:
+            t0 = time.perf_counter()
+            for table, keys in self.builder.mapped_keys(batch_examples).items():
+                given = torch.from_numpy(self.maps[table].admit(keys))
+                if len(given):
+                    weight = self.tables[table].weight
+                    with torch.no_grad():
+                        weight[given] = self.init[table][given]
+                    self.opt_sparse.state[weight]["sum"][given] = 0.0
+            self.admit_s.append(time.perf_counter() - t0)
+        b = self.builder.build(batch_examples)
+        self.train.train()
+        loss, _ = self.train(b.dense, b.sparse, b.labels)
+        self.opt_sparse.zero_grad()
+        self.opt_dense.zero_grad()
+        loss.backward()
+        self.opt_sparse.step()
+        self.opt_dense.step()
+
+
+def main(argv: list[str], settings: Any) -> None:
+    """``streamrec bench ids [--events N] [--ids N] [--rows R] [--seed S]``."""
+    p = argparse.ArgumentParser(prog="streamrec bench ids")
+    p.add_argument("--events", type=int, default=600_000)
+    p.add_argument("--ids", type=int, default=1_000_000, help="users and items in the world")
+    p.add_argument("--rows", type=int, default=100_003, help="rows of the user and item tables")
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    spec = FeatureSpec(tables=(TableSpec("t_user", args.rows, ("user_id",)),
+                               TableSpec("t_item", args.rows, ("item_id", "recent_items")),
+                               DEFAULT_SPEC.tables[2]))
+    batch_size = settings.trainer.batch_size
+    t0 = time.perf_counter()
+    exs = examples(args.events, args.ids, args.seed, spec)
+    generate_s = time.perf_counter() - t0
+    arms = {"hashed": Arm(spec, args.seed, None),
+            "mapped": Arm(spec, args.seed, {t: IdMap(args.rows) for t in MAPPED_TABLES})}
+    batches = [exs[i:i + batch_size] for i in range(0, len(exs), batch_size)]
+    scored: dict[str, list[np.ndarray]] = {name: [] for name in arms}
+    unknown: list[float] = []
+    labels: list[np.ndarray] = []
+    t0 = time.perf_counter()
+    for k, batch in enumerate(batches):
+        for name, arm in arms.items():
+            logits, miss = arm.score(batch)
+            if k >= len(batches) // 2:
+                scored[name].append(logits)
+                if name == "mapped":
+                    unknown.append(miss)
+            arm.step(batch)
+        if k >= len(batches) // 2:
+            labels.append(np.array([ex["labels"]["click"] for ex in batch], np.float32))
+    train_s = time.perf_counter() - t0
+    y = np.concatenate(labels)
+    aucs = {name: round(auc(np.concatenate(s), y), 5) for name, s in scored.items()}
+    users = sorted({ex["user_id"] for ex in exs})
+    items = sorted({ex["item_id"] for ex in exs} | {i for ex in exs for i in ex["recent_items"]})
+    maps = arms["mapped"].maps
+    held_rows = {t: m.lookup(m.held()) for t, m in maps.items()}
+    mapped_collisions = {t: 1.0 - len(np.unique(r)) / max(1, len(r)) for t, r in held_rows.items()}
+    admit_ms = np.array(arms["mapped"].admit_s) * 1000
+    report("ids", {
+        "events": args.events, "ids_in_world": args.ids, "rows_per_table": args.rows,
+        "examples": len(exs), "batches": len(batches), "batch_size": batch_size,
+        "distinct": {"users": len(users), "items": len(items)},
+        "auc": aucs, "auc_mapped_minus_hashed": round(aucs["mapped"] - aucs["hashed"], 5),
+        "target_met": aucs["mapped"] - aucs["hashed"] >= 0.01,
+        "collision_rate": {
+            "hashed": {"users": round(collision_rate(users, args.rows), 4),
+                       "items": round(collision_rate(items, args.rows), 4)},
+            "mapped": {t: round(v, 6) for t, v in mapped_collisions.items()}},
+        "mapped_held": {t: len(m) for t, m in maps.items()},
+        "mapped_evicted": {t: m.evicted for t, m in maps.items()},
+        "unknown_row_share_scored": round(float(np.mean(unknown)), 4),
+        "admit_ms": {"p50": round(float(np.percentile(admit_ms, 50)), 2),
+                     "p99": round(float(np.percentile(admit_ms, 99)), 2)},
+        "generate_s": round(generate_s, 1), "train_s": round(train_s, 1),
+        "positives_share": round(float(y.mean()), 4),
+    })

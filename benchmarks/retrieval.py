@@ -10,8 +10,11 @@ search on the same queries (the baseline, measured in the same run).
 Indexes: exact search with numpy (``argpartition`` over ``N`` scores), FAISS ``IndexFlatIP``,
 FAISS IVF-Flat (``nlist`` = sqrt(N) and 4 sqrt(N), trained on 40 points per list; ``nprobe``
 swept; ``rebuild_s`` re-assigns every item with the trained lists kept) and FAISS HNSW-Flat
-(``M`` = 16). Targets at 1 M items: p99 <= 5 ms per query, rebuild <= 10 s. ``chosen`` is the
-index with the best recall among those meeting both.
+(``M`` = 16). Targets at 1 M items: p99 <= 5 ms per query, rebuild <= 10 s (a full build: the scorer
+builds a new index from each checkpoint). ``chosen`` is the index with the best recall among
+those meeting both. ``served_retrieval_index`` is
+:class:`streaming.serving.retrieval.RetrievalIndex` as the scorer builds it after a load (a
+full build: sample-trained lists, every item added) and queries it (item ids out).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import percentile, report
+from streaming.serving.retrieval import RetrievalIndex
+from streaming.settings import Settings
 
 
 def catalogue(n_items: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +142,20 @@ def main(argv: list[str] | None = None, settings: Any = None) -> None:
                 **{k_: rows[name][k_] for k_ in ("build_s", "rebuild_s", "memory_mb", "nlist")},
                 "p50_ms": round(percentile(lat, 50), 3), "p99_ms": round(percentile(lat, 99), 3),
                 "recall_at_k": round(recall(found, truth), 4), "nprobe": nprobe}
+    # The index as the scorer builds and queries it (streaming.serving.retrieval): the chosen
+    # configuration plus the mapping back to item ids, one user per query.
+    ids = [f"i{n}" for n in range(len(items))]
+    t0 = time.perf_counter()
+    nprobe = (settings if settings is not None else Settings.load()).serving.retrieval_nprobe
+    served = RetrievalIndex(ids, items, exact_max_items=0, nprobe=nprobe)
+    build_s = time.perf_counter() - t0
+    position = {item: n for n, item in enumerate(ids)}
+    found, lat = time_queries(lambda q: np.array([position[i] for i, _ in
+                                                  served.search(q[None, :], k)[0]]), qs)
+    rows["served_retrieval_index"] = {
+        "build_s": round(build_s, 2), "kind": served.kind, "nprobe": nprobe,
+        "memory_mb": round(items.nbytes / 2**20, 1), "p50_ms": round(percentile(lat, 50), 3),
+        "p99_ms": round(percentile(lat, 99), 3), "recall_at_k": round(recall(found, truth), 4)}
     if not args.no_hnsw:
         def hnsw() -> Any:
             index = faiss.IndexHNSWFlat(args.dim, 16, faiss.METRIC_INNER_PRODUCT)
@@ -146,10 +165,10 @@ def main(argv: list[str] | None = None, settings: Any = None) -> None:
             return index
 
         measure("faiss_hnsw_flat", hnsw, faiss_search, M=16, ef_search=128)
-    # Within both targets; a rebuild is what a publish costs (rebuild_s when the index keeps
-    # its trained structure, else the full build).
-    ok = {n: r for n, r in rows.items()
-          if r["p99_ms"] <= 5.0 and r.get("rebuild_s", r["build_s"]) <= 10.0}
+    # Within both targets; a publish costs a full build: the scorer builds a new index from
+    # each checkpoint's vectors (rebuild_s, re-assigning items to kept lists, is not used yet).
+    ok = {n: r for n, r in rows.items() if not n.startswith("served")
+          and r["p99_ms"] <= 5.0 and r["build_s"] <= 10.0}
     best = max(ok, key=lambda n: (rows[n]["recall_at_k"], -rows[n]["p99_ms"]), default=None)
     report("retrieval", {
         "items": args.items, "dim": args.dim, "k": k, "queries": args.queries, "threads": 1,

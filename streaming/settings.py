@@ -277,7 +277,7 @@ class ServingSettings:
                                    "(with model.retrieval_dim > 0)")
     retrieval_exact_max_items: int = _f(200_000, "catalogues up to this size are searched "
                                         "exactly; larger ones through a FAISS IVF index")
-    retrieval_nprobe: int = _f(16, "IVF lists searched per user in a large catalogue (recall "
+    retrieval_nprobe: int = _f(64, "IVF lists searched per user in a large catalogue (recall "
                                "against time)")
     top_categories: int = _f(3, "user's top categories that give candidates")
     category_candidates: int = _f(100, "candidates read per category")

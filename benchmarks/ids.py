@@ -41,6 +41,7 @@ from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 from trainer.metrics import auc
 
 MAPPED_TABLES = ("t_user", "t_item")
+ROWS = DEFAULT_SPEC.table_of("user_id").num_embeddings  # the default tables' rows
 
 
 def examples(n_events: int, n_ids: int, seed: int, spec: FeatureSpec) -> list[dict[str, Any]]:
@@ -122,7 +123,8 @@ def main(argv: list[str], settings: Any) -> None:
     p = argparse.ArgumentParser(prog="streamrec bench ids")
     p.add_argument("--events", type=int, default=600_000)
     p.add_argument("--ids", type=int, default=1_000_000, help="users and items in the world")
-    p.add_argument("--rows", type=int, default=100_003, help="rows of the user and item tables")
+    p.add_argument("--rows", type=int, default=ROWS, help="rows of the user and item tables "
+                   "(other than the default: results in ids-rows<R>.json)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     spec = FeatureSpec(tables=(TableSpec("t_user", args.rows, ("user_id",)),
@@ -158,7 +160,7 @@ def main(argv: list[str], settings: Any) -> None:
     held_rows = {t: m.lookup(m.held()) for t, m in maps.items()}
     mapped_collisions = {t: 1.0 - len(np.unique(r)) / max(1, len(r)) for t, r in held_rows.items()}
     admit_ms = np.array(arms["mapped"].admit_s) * 1000
-    report("ids", {
+    report("ids" if args.rows == ROWS else f"ids-rows{args.rows}", {
         "events": args.events, "ids_in_world": args.ids, "rows_per_table": args.rows,
         "examples": len(exs), "batches": len(batches), "batch_size": batch_size,
         "distinct": {"users": len(users), "items": len(items)},

@@ -12,7 +12,7 @@ FAISS IVF-Flat (``nlist`` = sqrt(N) and 4 sqrt(N), trained on 40 points per list
 swept; ``rebuild_s`` re-assigns every item with the trained lists kept) and FAISS HNSW-Flat
 (``M`` = 16). Targets at 1 M items: p99 <= 5 ms per query, rebuild <= 10 s (a full build: the scorer
 builds a new index from each checkpoint). ``chosen`` is the index with the best recall among
-those meeting both. ``served_retrieval_index`` is
+those meeting both, the p99 one with 2x headroom. ``served_retrieval_index`` is
 :class:`streaming.serving.retrieval.RetrievalIndex` as the scorer builds it after a load (a
 full build: sample-trained lists, every item added) and queries it (item ids out).
 """
@@ -20,8 +20,12 @@ full build: sample-trained lists, every item added) and queries it (item ids out
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,8 @@ import numpy as np
 from benchmarks.common import percentile, report
 from streaming.serving.retrieval import RetrievalIndex
 from streaming.settings import Settings
+
+P99_HEADROOM = 2.0  # chosen indexes answer within half the p99 target
 
 
 def catalogue(n_items: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +75,29 @@ def time_queries(search: Callable[[np.ndarray], np.ndarray], qs: np.ndarray
 def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
     """Mean share of the exact top-k that ``found`` contains."""
     return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+def served_rss_mb(items: np.ndarray, nprobe: int) -> float:
+    """What a scorer's RSS grows by when it holds the index (the ids and the IVF lists, which
+    keep their own copy of the vectors; the loaded array itself is dropped), measured in a fresh
+    process: in this one, memory freed by the other indexes would be reused."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "items.npy"
+        np.save(path, items)
+        code = (
+            "import sys, numpy as np\n"
+            "from benchmarks.chaos import rss_mb\n"
+            "from streaming.serving.retrieval import RetrievalIndex\n"
+            "import faiss; faiss.omp_set_num_threads(1)\n"
+            "import os; before = rss_mb(os.getpid())\n"
+            "ids = [f'i{n}' for n in range(int(sys.argv[3]))]\n"
+            "index = RetrievalIndex(ids, np.load(sys.argv[1]), exact_max_items=0,\n"
+            "                       nprobe=int(sys.argv[2]))\n"
+            "print(rss_mb(os.getpid()) - before)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(nprobe),
+                              str(len(items))], check=True,
+                             capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    return round(float(out.stdout.split()[-1]), 1)
 
 
 def main(argv: list[str] | None = None, settings: Any = None) -> None:
@@ -144,9 +173,9 @@ def main(argv: list[str] | None = None, settings: Any = None) -> None:
                 "recall_at_k": round(recall(found, truth), 4), "nprobe": nprobe}
     # The index as the scorer builds and queries it (streaming.serving.retrieval): the chosen
     # configuration plus the mapping back to item ids, one user per query.
+    nprobe = (settings if settings is not None else Settings.load()).serving.retrieval_nprobe
     ids = [f"i{n}" for n in range(len(items))]
     t0 = time.perf_counter()
-    nprobe = (settings if settings is not None else Settings.load()).serving.retrieval_nprobe
     served = RetrievalIndex(ids, items, exact_max_items=0, nprobe=nprobe)
     build_s = time.perf_counter() - t0
     position = {item: n for n, item in enumerate(ids)}
@@ -154,7 +183,8 @@ def main(argv: list[str] | None = None, settings: Any = None) -> None:
                                                   served.search(q[None, :], k)[0]]), qs)
     rows["served_retrieval_index"] = {
         "build_s": round(build_s, 2), "kind": served.kind, "nprobe": nprobe,
-        "memory_mb": round(items.nbytes / 2**20, 1), "p50_ms": round(percentile(lat, 50), 3),
+        "memory_mb": round(items.nbytes / 2**20, 1), "rss_added_mb": served_rss_mb(items, nprobe),
+        "p50_ms": round(percentile(lat, 50), 3),
         "p99_ms": round(percentile(lat, 99), 3), "recall_at_k": round(recall(found, truth), 4)}
     if not args.no_hnsw:
         def hnsw() -> Any:
@@ -167,15 +197,18 @@ def main(argv: list[str] | None = None, settings: Any = None) -> None:
         measure("faiss_hnsw_flat", hnsw, faiss_search, M=16, ef_search=128)
     # Within both targets; a publish costs a full build: the scorer builds a new index from
     # each checkpoint's vectors (rebuild_s, re-assigning items to kept lists, is not used yet).
+    # The p99 target with 2x headroom: a scorer shares its cores, and exact FAISS search at
+    # 1 M items (p99 4.7 ms on a quiet machine, 7-32 ms beside other jobs) is not a choice
+    # that holds under load.
     ok = {n: r for n, r in rows.items() if not n.startswith("served")
-          and r["p99_ms"] <= 5.0 and r["build_s"] <= 10.0}
+          and r["p99_ms"] <= 5.0 / P99_HEADROOM and r["build_s"] <= 10.0}
     best = max(ok, key=lambda n: (rows[n]["recall_at_k"], -rows[n]["p99_ms"]), default=None)
     report("retrieval", {
         "items": args.items, "dim": args.dim, "k": k, "queries": args.queries, "threads": 1,
         "indexes": rows,
         "chosen": best,
         "exact_p99_ms": rows["exact_numpy"]["p99_ms"],
-        "targets": {"p99_ms": 5.0, "rebuild_s": 10.0},
+        "targets": {"p99_ms": 5.0, "rebuild_s": 10.0, "p99_headroom": P99_HEADROOM},
     })
 
 

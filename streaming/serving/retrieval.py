@@ -40,24 +40,25 @@ class RetrievalIndex:
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, exact_max_items: int = 200_000,
                  nprobe: int = 64) -> None:
         self.ids = list(ids)
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._vectors: np.ndarray | None = vectors  # exact search only: IVF keeps its own copy
         self.kind = "exact"
         self._faiss = None
         n = len(self.ids)
         if n > exact_max_items:
             import faiss  # only for large catalogues: a heavy import
 
-            dim = self.vectors.shape[1]
+            dim = vectors.shape[1]
             nlist = max(1, min(n // 39, int(math.sqrt(n))))  # FAISS wants >= 39 points a list
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             # 40 training points per list, as benchmarked (FAISS's minimum; all N would only
             # slow the build down)
             sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
-            index.train(self.vectors[np.sort(sample)])
-            index.add(self.vectors)
+            index.train(vectors[np.sort(sample)])
+            index.add(vectors)
             index.nprobe = nprobe
-            self._faiss, self.kind = index, f"ivf{nlist}"
+            self._faiss, self.kind, self._vectors = index, f"ivf{nlist}", None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,7 +73,8 @@ class RetrievalIndex:
         if self._faiss is not None:
             scores, idx = self._faiss.search(q, k)
         else:
-            sims = q @ self.vectors.T  # Q x N
+            assert self._vectors is not None
+            sims = q @ self._vectors.T  # Q x N
             idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             scores = np.take_along_axis(sims, idx, axis=1)
             order = np.argsort(-scores, axis=1, kind="stable")

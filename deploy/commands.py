@@ -310,7 +310,7 @@ def cmd_dashboard(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _print_models(rows: list[dict[str, Any]]) -> None:
-    print(f"{'VERSION':>7}  {'STATUS':<15} {'CREATED':<19} {'STEP':>7} {'EXAMPLES':>9} "
+    print(f"{'VERSION':>7}  {'STATUS':<15} {'KIND':<14} {'CREATED':<19} {'STEP':>7} {'EXAMPLES':>9} "
           f"{'PREQ-AUC':>8} {'N':>5} {'LL':>7} {'LL-SERVED':>9} {'AUC':>6} {'AUC-SERVED':>10}  "
           "REASON")
 
@@ -324,7 +324,8 @@ def _print_models(rows: list[dict[str, Any]]) -> None:
         v = r.get("verdict") or {}
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at_ms"] / 1000)) \
             if r.get("created_at_ms") else "(not on disk)"
-        print(f"{r['version']:>7}  {r['status']:<15} {created:<19} {num(r.get('step'), 'd'):>7} "
+        print(f"{r['version']:>7}  {r['status']:<15} {r.get('kind', '-'):<14} {created:<19} "
+              f"{num(r.get('step'), 'd'):>7} "
               f"{num(r.get('examples_seen'), 'd'):>9} {num(r.get('prequential_auc'), '.4f'):>8} "
               f"{num(v.get('n'), 'd'):>5} {num(v.get('candidate_logloss'), '.4f'):>7} "
               f"{num(v.get('served_logloss'), '.4f'):>9} {num(v.get('candidate_auc'), '.4f'):>6} "

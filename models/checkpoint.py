@@ -13,6 +13,16 @@ Scorers read ``model.pt`` only (:func:`load_checkpoint`); ``optimizer.pt`` holds
 tables' RowWiseAdagrad accumulators and dense Adagrad's state, which a resumed trainer needs to
 continue exactly where it stopped (:func:`latest_resumable`).
 
+**Deltas.** A version whose manifest has ``delta_of = P`` holds ``model-delta.pt`` and
+``optimizer-delta.pt`` instead: the embedding rows (and their optimizer rows) that changed since
+version ``P``, plus every other tensor in full. A delta's rows of tensor ``K`` are stored as
+``K`` (``n x ...`` values) and ``K@rows`` (``n`` int64 row indices). Version ``P`` is itself a
+full snapshot or a delta, so each version names a chain back to a full snapshot;
+:func:`load_checkpoint`, :func:`load_optimizer_state` and :func:`latest_resumable` rebuild the
+full state through it, verifying every file on the way, and pruning keeps the chains of the
+versions it keeps. A scorer holding version ``P`` applies only the newer deltas
+(:func:`chain`, :func:`load_delta`, :func:`apply_delta`).
+
 A version is written to ``.tmp-v00000007-<pid>/``, every file and the directory are fsync'ed,
 and the directory is renamed into place: a reader sees a complete version or none. Loading
 verifies the manifest, the feature-spec digest and each file's sha256, and reads tensors with
@@ -43,6 +53,9 @@ from streaming.errors import CheckpointError, CorruptCheckpoint
 FORMAT = 1
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
+MODEL_DELTA_FILE = "model-delta.pt"
+OPTIMIZER_DELTA_FILE = "optimizer-delta.pt"
+ROWS_SUFFIX = "@rows"  # delta key of the row indices of the values under the key before it
 HOLDOUT_FILE = "holdout.json"
 RETRIEVAL_FILE = "retrieval.npz"
 _VERSION_DIR = re.compile(r"^v(\d{8})$")
@@ -63,7 +76,8 @@ class Manifest:
     ``examples_seen`` counts the examples consumed (their offsets are behind ``offsets``), of
     which ``examples_held_out`` were held out (never trained on) to judge checkpoints;
     ``promotion`` is the verdict on this checkpoint (see :mod:`trainer.promotion`; empty in
-    manifests written before promotion existed).
+    manifests written before promotion existed). ``delta_of``: the version this one's delta
+    applies to (0 for a full snapshot).
     """
 
     version: int
@@ -79,6 +93,7 @@ class Manifest:
     topic_ids: dict[str, str] = field(default_factory=dict)  # topic name -> id at that time
     examples_held_out: int = 0  # of examples_seen: held out for promotion checks, not trained
     promotion: dict[str, Any] = field(default_factory=dict)  # the verdict (trainer.promotion)
+    delta_of: int = 0  # > 0: a delta on that version (see the module docstring); 0: full
 
     def to_json(self) -> bytes:
         """Indented JSON with sorted keys (the bytes of ``manifest.json``)."""
@@ -134,7 +149,9 @@ def write_checkpoint(
     """Write version ``manifest.version`` atomically (``model.pt``, ``optimizer.pt`` when
     ``optimizer_state`` is given, any ``blobs`` (file name -> bytes), ``manifest.json`` with
     every file's sha256); prune to the newest ``keep`` versions, never removing a version in
-    ``protect`` (the served one and the rollback target)."""
+    ``protect`` (the served one and the rollback target) nor one that a kept version's chain
+    needs. With ``manifest.delta_of`` set, ``state_dict`` and ``optimizer_state`` are deltas
+    (rows as ``K`` and ``K@rows``) and go to ``model-delta.pt`` and ``optimizer-delta.pt``."""
     root.mkdir(parents=True, exist_ok=True)
     final = version_dir(root, manifest.version)
     if final.exists():
@@ -143,9 +160,10 @@ def write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        tensors = {MODEL_FILE: state_dict}
+        delta = manifest.delta_of > 0
+        tensors = {MODEL_DELTA_FILE if delta else MODEL_FILE: state_dict}
         if optimizer_state is not None:
-            tensors[OPTIMIZER_FILE] = optimizer_state
+            tensors[OPTIMIZER_DELTA_FILE if delta else OPTIMIZER_FILE] = optimizer_state
         for name, content in tensors.items():
             torch.save({k: v.detach().cpu().contiguous() for k, v in content.items()}, tmp / name)
         for name, raw in (blobs or {}).items():
@@ -160,10 +178,24 @@ def write_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_versions(root)[:-keep]:
-        if old not in protect:
-            shutil.rmtree(version_dir(root, old), ignore_errors=True)
+    prune(root, keep, protect)
     return final
+
+
+def prune(root: Path, keep: int, protect: Collection[int] = ()) -> list[int]:
+    """Remove all but the newest ``keep`` versions, the ``protect``ed ones and every version
+    their delta chains need; returns the versions removed."""
+    versions = list_versions(root)
+    wanted = set(versions[-keep:]) | (set(protect) & set(versions))
+    needed: set[int] = set()
+    for v in wanted:
+        needed.add(v)
+        with contextlib.suppress(CorruptCheckpoint):  # a damaged link keeps what is before it
+            needed.update(m.version for _, m in chain(version_dir(root, v)))
+    removed = [v for v in versions if v not in needed]
+    for v in removed:
+        shutil.rmtree(version_dir(root, v), ignore_errors=True)
+    return removed
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -206,24 +238,90 @@ def _verified(path: Path, manifest: Manifest, name: str) -> Path:
     return file
 
 
-def load_checkpoint(path: Path, spec_digest: str | None = None) -> tuple[Manifest, dict[str, Any]]:
-    """Verify and load one version directory's manifest and model weights (what a scorer needs;
-    ``optimizer.pt`` is neither read nor hashed). Raises :class:`CorruptCheckpoint`."""
+def _checked_manifest(path: Path, spec_digest: str | None) -> Manifest:
     manifest = read_manifest(path)
     if manifest.format != FORMAT:
         raise CorruptCheckpoint(f"{path}: format {manifest.format}, this build reads {FORMAT}")
     if spec_digest is not None and manifest.spec_digest != spec_digest:
         raise CorruptCheckpoint(
             f"{path}: feature spec {manifest.spec_digest} != this model's {spec_digest}")
-    return manifest, _verified_tensors(path, manifest, MODEL_FILE)
+    return manifest
+
+
+def chain(path: Path, spec_digest: str | None = None) -> list[tuple[Path, Manifest]]:
+    """The versions that make up version directory ``path``, oldest first: a full snapshot,
+    then the deltas on it up to ``path`` itself (just ``[path]`` for a full snapshot). Every
+    link's manifest is read and checked (format, spec); raises :class:`CorruptCheckpoint` for
+    a missing or malformed link."""
+    links: list[tuple[Path, Manifest]] = []
+    while True:
+        manifest = _checked_manifest(path, spec_digest)
+        links.append((path, manifest))
+        if not manifest.delta_of:
+            return links[::-1]
+        if manifest.delta_of >= manifest.version:
+            raise CorruptCheckpoint(f"{path}: delta of v{manifest.delta_of}, not an older version")
+        path = version_dir(path.parent, manifest.delta_of)
+        if not path.is_dir():
+            raise CorruptCheckpoint(f"{links[-1][0]}: delta of v{manifest.delta_of}, which is gone")
+
+
+def load_delta(path: Path, manifest: Manifest, optimizer: bool = False) -> dict[str, Any]:
+    """The verified model delta (``optimizer``: the optimizer delta) of a delta version."""
+    return _verified_tensors(path, manifest, OPTIMIZER_DELTA_FILE if optimizer else MODEL_DELTA_FILE)
+
+
+def apply_delta(state: dict[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> None:
+    """Apply ``delta`` to the full ``state`` in place: rows ``K@rows`` of tensor ``K`` take the
+    delta's values, tensors without rows are replaced whole (copied into place, so a module's
+    parameters behind ``state`` change too). Raises :class:`CorruptCheckpoint` for a key or
+    shape the state does not have."""
+    with torch.no_grad():
+        for key, values in delta.items():
+            if key.endswith(ROWS_SUFFIX):
+                continue
+            target = state.get(key)
+            rows = delta.get(key + ROWS_SUFFIX)
+            if target is None:
+                raise CorruptCheckpoint(f"delta holds {key}, which the model does not have")
+            if rows is None:
+                if tuple(target.shape) != tuple(values.shape):
+                    raise CorruptCheckpoint(f"delta {key}: shape {tuple(values.shape)}, the "
+                                            f"model has {tuple(target.shape)}")
+                target.copy_(values)
+            else:
+                if (len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(target))) \
+                        or tuple(values.shape[1:]) != tuple(target.shape[1:]) \
+                        or len(values) != len(rows):
+                    raise CorruptCheckpoint(f"delta {key}: {len(rows)} rows, values "
+                                            f"{tuple(values.shape)}, the model has "
+                                            f"{tuple(target.shape)}")
+                target.index_copy_(0, rows.long(), values.to(target.dtype))
+
+
+def load_checkpoint(path: Path, spec_digest: str | None = None) -> tuple[Manifest, dict[str, Any]]:
+    """Verify and load one version directory's manifest and model weights (what a scorer needs;
+    optimizer state is neither read nor hashed). A delta is rebuilt through its chain (every
+    link verified). Raises :class:`CorruptCheckpoint`."""
+    links = chain(path, spec_digest)
+    state = _verified_tensors(links[0][0], links[0][1], MODEL_FILE)
+    for link, manifest in links[1:]:
+        apply_delta(state, load_delta(link, manifest))
+    return links[-1][1], state
 
 
 def load_optimizer_state(path: Path, manifest: Manifest) -> dict[str, Any] | None:
-    """The verified optimizer state of a version directory, or None if the checkpoint has none
-    (written before optimizer state was saved). Raises :class:`CorruptCheckpoint`."""
-    if OPTIMIZER_FILE not in manifest.files:
+    """The verified optimizer state of a version directory (rebuilt through its chain for a
+    delta), or None if a version in it has none (written before optimizer state was saved).
+    Raises :class:`CorruptCheckpoint`."""
+    links = chain(path) if manifest.delta_of else [(path, manifest)]
+    if OPTIMIZER_FILE not in links[0][1].files \
+            or any(OPTIMIZER_DELTA_FILE not in m.files for _, m in links[1:]):
         return None
-    return _verified_tensors(path, manifest, OPTIMIZER_FILE)
+    state = _verified_tensors(links[0][0], links[0][1], OPTIMIZER_FILE)
+    for link, m in links[1:]:
+        apply_delta(state, load_delta(link, m, optimizer=True))
+    return state
 
 
 def latest_valid(root: Path, spec_digest: str | None = None) -> tuple[Manifest, dict[str, Any]] | None:

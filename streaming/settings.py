@@ -211,7 +211,11 @@ class TrainerSettings:
     batch_max_wait_ms: int = _f(500, "max wait to fill a micro-batch (ms)")
     publish_interval_s: float = _f(30.0, "publish a checkpoint at least this often (s)")
     publish_every_steps: int = _f(0, "also publish every N steps (0 = time only)")
-    keep_checkpoints: int = _f(5, "number of checkpoint versions kept on disk")
+    keep_checkpoints: int = _f(5, "number of checkpoint versions kept on disk (plus the older "
+                               "versions their delta chains need)")
+    full_every: int = _f(1, "publish a full snapshot every N publishes and deltas between them "
+                         "(the embedding rows trained since the last publish, their optimizer "
+                         "rows, the dense parameters whole); 1 = every publish full")
     seed: int = _f(0, "seed of the model's initial weights (same seed and examples, same model)")
     holdout_share: float = _f(0.02, "share of examples (by a hash of example_id) never trained "
                               "on, kept to judge new checkpoints before they are served "
@@ -233,6 +237,7 @@ class TrainerSettings:
         _positive("trainer.batch_max_wait_ms", self.batch_max_wait_ms)
         _positive("trainer.publish_interval_s", self.publish_interval_s)
         _positive("trainer.keep_checkpoints", self.keep_checkpoints)
+        _positive("trainer.full_every", self.full_every)
         if self.publish_every_steps < 0:
             raise ConfigError("trainer.publish_every_steps must be >= 0")
         if not 0 <= self.holdout_share < 1:

@@ -165,7 +165,8 @@ def rollback(settings: Settings) -> tuple[ModelUpdate, ModelUpdate]:
 
 def model_table(settings: Settings) -> list[dict[str, Any]]:
     """One row per checkpoint on disk (and per served version no longer on disk), newest first:
-    version, created_at_ms, step, examples_seen, prequential AUC, the promotion verdict, and
+    version, ``kind`` (``full``, or ``delta of vN``), created_at_ms, step, examples_seen,
+    prequential AUC, the promotion verdict, and
     ``status``: ``served``, ``rollback target``, ``held back``, ``promoted before`` or
     ``not judged`` (written before promotion existed)."""
     current = read_latest(settings)
@@ -180,7 +181,9 @@ def model_table(settings: Settings) -> list[dict[str, Any]]:
         except CheckpointError as exc:
             rows[version] = {"version": version, "error": str(exc)}
             continue
-        rows[version] = {"version": version, "created_at_ms": m.created_at_ms, "step": m.step,
+        rows[version] = {"version": version,
+                         "kind": f"delta of v{m.delta_of}" if m.delta_of else "full",
+                         "created_at_ms": m.created_at_ms, "step": m.step,
                          "examples_seen": m.examples_seen,
                          "prequential_auc": m.metrics.get("prequential_auc"),
                          "verdict": m.promotion, "on_disk": True}

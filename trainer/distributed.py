@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -30,6 +32,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
+from models.checkpoint import ROWS_SUFFIX
 from models.dlrm import RankingTrain, StreamRecModel
 from models.spec import FeatureSpec
 from streaming.errors import CheckpointError
@@ -236,3 +239,81 @@ def load_optimizer_state(optimizer: Any, state: dict[str, torch.Tensor]) -> None
                 raise CheckpointError(f"optimizer state {key}: shape {tuple(src.shape)}, this "
                                       f"model has {tuple(value.size())}")
             _copy_into(value, src.to(value.dtype))
+
+
+_TABLE_KEY = re.compile(r"embedding_bags\.([^.]+)\.weight(?:::|$)")
+
+
+def table_of_key(key: str) -> str | None:
+    """The embedding table a state key (model ``...embedding_bags.t_item.weight`` or optimizer
+    ``...embedding_bags.t_item.weight::momentum1``) belongs to, else None."""
+    m = _TABLE_KEY.search(key)
+    return m.group(1) if m else None
+
+
+def _local_rows(key: str, value: ShardedTensor, rows: np.ndarray
+                ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(key, global row indices, values)`` of this rank's shards of ``value`` at ``rows``
+    (sorted unique global row indices). Tables are sharded table-wise or row-wise: a shard
+    spanning only some columns would need its columns stitched, which no plan here makes."""
+    out = []
+    for shard in value.local_shards():
+        offs, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+        if any(o != 0 or s != full for o, s, full in
+               zip(offs[1:], sizes[1:], value.size()[1:], strict=True)):
+            raise CheckpointError(f"{key}: a column-wise shard; deltas need whole rows")
+        lo, hi = np.searchsorted(rows, [offs[0], offs[0] + sizes[0]])
+        sel = torch.from_numpy(rows[lo:hi].astype(np.int64))
+        out.append((key, sel, shard.tensor.detach().cpu()[sel - offs[0]].clone()))
+    return out
+
+
+def gather_delta_state(dmp: nn.Module, optimizer: Any, info: DistInfo,
+                       rows: dict[str, np.ndarray]
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    """Collective: rank 0 gets ``(model delta, optimizer delta)`` in the checkpoint's delta
+    form (:mod:`models.checkpoint`): of every embedding table, the rows in ``rows[table]``
+    (sorted unique indices, the same on every rank) as ``K`` / ``K@rows``, for the weights and
+    for the row-wise optimizer state; every other tensor (dense layers, buffers, dense Adagrad)
+    whole. Rows not listed must not have changed since the previous publish: the fused
+    RowWiseAdagrad only updates rows a batch looked up, so the rows the batches held are those.
+
+    Like :func:`gather_full_state`, replicated buffers are broadcast from rank 0 first."""
+    with torch.no_grad():
+        for _, buf in dmp.named_buffers():
+            if not isinstance(buf, ShardedTensor):
+                dist.broadcast(buf, src=0)
+    empty = np.zeros(0, dtype=np.int64)
+    mine: list[tuple[str, str, torch.Tensor, torch.Tensor]] = []
+    model_out: dict[str, torch.Tensor] = {}
+    for key, value in dmp.state_dict().items():
+        name = _export_key(key)
+        if isinstance(value, ShardedTensor):
+            table = table_of_key(key)
+            if name is None or table is None:
+                raise CheckpointError(f"{key}: a sharded tensor outside the embedding tables")
+            mine += [("model", *r) for r in _local_rows(name, value, rows.get(table, empty))]
+        elif name is not None and info.rank == 0:
+            model_out[name] = value.detach().cpu().clone()
+    opt_out: dict[str, torch.Tensor] = {}
+    for key, value in _optimizer_tensors(optimizer).items():
+        if isinstance(value, ShardedTensor):
+            table = table_of_key(key)
+            if table is None:
+                raise CheckpointError(f"optimizer state {key}: sharded outside the tables")
+            mine += [("optimizer", *r) for r in _local_rows(key, value, rows.get(table, empty))]
+        elif info.rank == 0:
+            opt_out[key] = value.detach().cpu().clone()
+    parts: list[Any] | None = [None] * info.world if info.rank == 0 else None
+    dist.gather_object(mine, parts, dst=0)
+    if parts is None:
+        return None
+    pieces: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for rank_part in parts:
+        for kind, key, idx, values in rank_part:
+            pieces.setdefault((kind, key), []).append((idx, values))
+    for (kind, key), found in sorted(pieces.items()):
+        out = model_out if kind == "model" else opt_out
+        out[key] = torch.cat([v for _, v in found])
+        out[key + ROWS_SUFFIX] = torch.cat([i for i, _ in found])
+    return model_out, opt_out

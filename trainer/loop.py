@@ -40,6 +40,7 @@ from models.checkpoint import (
     RETRIEVAL_FILE,
     Manifest,
     latest_resumable,
+    list_versions,
     now_ms,
     pack_item_vectors,
     read_blob,
@@ -61,6 +62,7 @@ from trainer import distributed as D
 from trainer.announcements import AnnouncementLog, announcement, protected, send, with_served
 from trainer.catalogue import ItemCatalogue
 from trainer.dedup import RecentIds
+from trainer.deltas import Published, TouchedRows
 from trainer.metrics import Prequential, PromotionMetrics, auc, log_loss
 from trainer.promotion import Gate, held_out
 from trainer.source import ExampleSource, offset_key, verified_offsets
@@ -123,6 +125,12 @@ class ContinuousTrainer:
         torch.manual_seed(settings.trainer.seed)  # reproducible initial weights on every rank
         self.dmp, self.optimizer = D.build_sharded(spec, self.info)
         self.state = TrainerState()
+        # Delta publishing (trainer.full_every > 1): rows trained since the last publish, and
+        # rank 0's copy of the published state. The first publish of a run is always full, so
+        # every rank knows the same base (_since_full is None until then).
+        self.touched = TouchedRows(spec) if settings.trainer.full_every > 1 else None
+        self._published: Published | None = None
+        self._since_full: int | None = None
         self.metrics = Prequential()
         # (partition, offset, example, held out?) in arrival order; _n_train: not held out
         self._buffer: deque[tuple[int, int, dict[str, Any], bool]] = deque()
@@ -176,13 +184,15 @@ class ContinuousTrainer:
         if found is None:
             return {}
         manifest = found.manifest
+        # Versions newer than the one resumed from (a corrupt one) keep their numbers.
+        newest = max(list_versions(self.root), default=manifest.version)
         D.load_full_state(self.dmp, found.model)
         if found.optimizer is not None:
             D.load_optimizer_state(self.optimizer, found.optimizer)
         else:
             log.warning("rank %d: checkpoint v%d has no optimizer state (an older format); the "
                         "optimizer restarts from zero", self.info.rank, manifest.version)
-        self.state.version = manifest.version
+        self.state.version = max(manifest.version, newest)
         self.state.step = manifest.step
         self.state.examples_base = manifest.examples_seen
         self.state.held_out_base = manifest.examples_held_out
@@ -294,6 +304,8 @@ class ContinuousTrainer:
             self.first_step_at = time.perf_counter()
         taken = self._take(n)
         batch = self.builder.build(taken)
+        if self.touched is not None:
+            self.touched.observe(batch.sparse)
         self._observe_traces(taken)
         if self.catalogue is not None:
             self.catalogue.observe([ex["item_id"] for ex in taken], batch)
@@ -359,8 +371,7 @@ class ContinuousTrainer:
         writes it and announces it, promoted or held back; then all commit offsets."""
         t0 = time.perf_counter()
         self.state.offsets = self.next_offsets()
-        full = D.gather_full_state(self.dmp, self.info)
-        optimizer_state = D.gather_optimizer_state(self.optimizer, self.info)
+        full, optimizer_state, deltas = self._gather()
         gathered: list[Any] = [None] * self.info.world
         probs, labels = self.metrics.arrays()
         dist.all_gather_object(gathered, (self.state.offsets, self.state.examples_seen,
@@ -396,16 +407,18 @@ class ContinuousTrainer:
                 metrics={k: (None if isinstance(v, float) and math.isnan(v) else v)
                          for k, v in metrics.items()},  # type: ignore[misc]
                 spec_digest=self.spec.digest(),
+                delta_of=self.state.version if deltas is not None else 0,
                 **self._identity_fields(),
             )
-            manifest = self._judge_write_announce(manifest, full, optimizer_state)
+            manifest = self._judge_write_announce(manifest, full, optimizer_state, deltas)
             self.prom.checkpoints.inc()
             self.prom.model_version.labels("trainer").set(manifest.version)
             for gauge, name in ((self.prom.auc, "prequential_auc"),
                                 (self.prom.logloss, "prequential_logloss")):
                 if not math.isnan(metrics[name]):
                     gauge.set(metrics[name])
-            log.info("published v%d (step %d, %d examples, auc %s): %s", manifest.version,
+            log.info("published v%d (%s, step %d, %d examples, auc %s): %s", manifest.version,
+                     f"delta of v{manifest.delta_of}" if manifest.delta_of else "full",
                      manifest.step, manifest.examples_seen, metrics["prequential_auc"],
                      "promoted" if manifest.promotion["promoted"] else "HELD BACK")
         dist.barrier()  # the checkpoint is durable before anyone commits offsets
@@ -416,6 +429,31 @@ class ContinuousTrainer:
         self.publish_seconds.append(time.perf_counter() - t0)
         self.prom.stage.labels("checkpoint_publish").observe(self.publish_seconds[-1])
         return manifest
+
+    def _gather(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None,
+                               tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None]:
+        """Collective: ``(full model state, full optimizer state, deltas or None)`` on rank 0
+        (Nones elsewhere). A full snapshot is gathered every ``trainer.full_every``
+        publishes (and first in a run); between them only the rows trained since the last
+        publish (:mod:`trainer.deltas`), applied to rank 0's copy of the published state."""
+        every = self.settings.trainer.full_every
+        if self.touched is None or self._since_full is None or self._since_full + 1 >= every:
+            full = D.gather_full_state(self.dmp, self.info)
+            optimizer_state = D.gather_optimizer_state(self.optimizer, self.info)
+            if self.touched is not None:
+                self.touched.clear()
+                self._since_full = 0
+                if full is not None:
+                    self._published = Published(full, optimizer_state)
+            return full, optimizer_state, None
+        got = D.gather_delta_state(self.dmp, self.optimizer, self.info, self.touched.reduce())
+        self.touched.clear()
+        self._since_full += 1
+        if got is None:
+            return None, None, None
+        assert self._published is not None
+        self._published.apply(*got)
+        return self._published.model, self._published.optimizer, got
 
     def _gather_catalogue(self) -> None:
         """Collective (with a retriever): the items other ranks trained on since the last
@@ -439,10 +477,14 @@ class ContinuousTrainer:
         return pack_item_vectors(held.ids, self.catalogue.embed(self._tower, held),
                                  ItemCatalogue.inputs(held))
 
-    def _judge_write_announce(self, manifest: Manifest, full: dict[str, torch.Tensor],
-                              optimizer_state: dict[str, torch.Tensor] | None) -> Manifest:
+    def _judge_write_announce(
+            self, manifest: Manifest, full: dict[str, torch.Tensor],
+            optimizer_state: dict[str, torch.Tensor] | None,
+            deltas: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    ) -> Manifest:
         """Rank 0: read what is served now, judge ``full`` against it, write the checkpoint
-        (keeping the served version and the rollback target) and announce it."""
+        (``deltas`` instead of the full state when given; keeping the served version and the
+        rollback target) and announce it."""
         assert self.gate is not None and self._announcements is not None
         try:
             current = self._announcements.refresh()
@@ -459,8 +501,9 @@ class ContinuousTrainer:
             if self.gate.examples else {}
         if self._tower is not None and self.catalogue is not None and len(self.catalogue):
             blobs[RETRIEVAL_FILE] = self._item_vectors(full)
-        path = write_checkpoint(self.root, full, manifest, tc.keep_checkpoints, optimizer_state,
-                                protect=protected(current), blobs=blobs)
+        model_file, optimizer_file = deltas if deltas is not None else (full, optimizer_state)
+        path = write_checkpoint(self.root, model_file, manifest, tc.keep_checkpoints,
+                                optimizer_file, protect=protected(current), blobs=blobs)
         history = current.history if current is not None else ()
         if verdict["promoted"]:
             history = with_served(history, ServedVersion(manifest.version, str(path.resolve())),

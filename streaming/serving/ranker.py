@@ -11,6 +11,7 @@ skew), scores several users in one forward pass and keeps each one's top K.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -25,7 +26,16 @@ import redis
 import torch
 
 from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids, hash_optional_ids
-from models.checkpoint import RETRIEVAL_FILE, load_checkpoint, read_blob, unpack_item_vectors
+from models.checkpoint import (
+    RETRIEVAL_FILE,
+    Manifest,
+    apply_delta,
+    chain,
+    load_checkpoint,
+    load_delta,
+    read_blob,
+    unpack_item_vectors,
+)
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.contract.feeds import Feed, FeedItem
@@ -97,10 +107,7 @@ class ModelHolder:
         if cur is not None and version <= cur.version:
             return False
         try:
-            manifest, state = load_checkpoint(Path(path), self.spec.digest())
-            model = StreamRecModel(self.spec)
-            model.load_state_dict(state)
-            model.eval()
+            manifest, model = self._build(Path(path), cur)
             retrieval = None
             if model.retriever is not None:
                 raw = read_blob(Path(path), manifest, RETRIEVAL_FILE)
@@ -120,6 +127,26 @@ class ModelHolder:
         self.loads += 1
         log.info("serving model v%d", manifest.version)
         return True
+
+    def _build(self, path: Path, cur: LoadedModel | None) -> tuple[Manifest, StreamRecModel]:
+        """The model of version directory ``path``. A delta whose chain passes through the
+        version served now (same checkpoint directory) is applied to a copy of the served
+        model: only the newer deltas are read, whatever the tables' size. Anything else is
+        loaded whole (:func:`load_checkpoint` rebuilds a delta through its chain)."""
+        links = chain(path, self.spec.digest())
+        versions = [m.version for _, m in links]
+        if cur is not None and cur.version in versions[:-1] \
+                and Path(cur.path).parent.resolve() == path.parent.resolve():
+            model = copy.deepcopy(cur.model)  # the served one keeps scoring meanwhile
+            state = model.state_dict()
+            for link, manifest in links[versions.index(cur.version) + 1:]:
+                apply_delta(state, load_delta(link, manifest))
+            return links[-1][1], model
+        manifest, full = load_checkpoint(path, self.spec.digest())
+        model = StreamRecModel(self.spec)
+        model.load_state_dict(full)
+        model.eval()
+        return manifest, model
 
 
 @dataclass(slots=True)

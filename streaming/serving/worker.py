@@ -104,7 +104,11 @@ class ScorerWorker:
         try:
             while not stop.is_set():
                 target: ServedVersion | None = None
-                for msg in consumer.consume(100, 0.5):  # the newest record says what is served
+                # poll() returns at the first record; consume(n, t) would wait out t unless n
+                # records came, which is the whole of a model update's latency budget here.
+                first = consumer.poll(0.5)
+                batch = [first, *consumer.consume(100, 0)] if first is not None else []
+                for msg in batch:  # the newest record says what is served
                     if msg.error():
                         continue
                     try:

@@ -3,8 +3,10 @@ parameters and optimizer state, bit for bit, as 2 ranks trained to M without int
 
 Both runs read the same examples from a real topic (one partition per rank, so each rank's
 batches are the same examples in the same order), start from the same seeded weights and
-checkpoint every ``N`` steps. The interrupted run is killed (launcher and ranks, SIGKILL) after
-its first checkpoint and restarted with ``--max-steps M``.
+checkpoint every ``N`` steps. The uninterrupted run publishes full checkpoints only; the
+interrupted one publishes deltas between full snapshots (``trainer.full_every``), so the test
+also shows that a delta chain rebuilds the exact state. It is killed (launcher and ranks,
+SIGKILL) after its first delta and restarted with ``--max-steps M``: it resumes from the delta.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from benchmarks.examples_gen import produce_examples
 from models.checkpoint import (
-    OPTIMIZER_FILE,
+    OPTIMIZER_DELTA_FILE,
     list_versions,
     load_checkpoint,
     load_optimizer_state,
@@ -67,18 +69,19 @@ def test_resume_after_kill_is_bitwise_exact(services: Settings, tmp_path: Path) 
     assert step == FINAL_M
     assert any(k.endswith("momentum1") and float(v.abs().sum()) > 0 for k, v in optimizer.items())
 
-    crashed = stack_for(services, tmp_path / "crashed")
+    crashed = stack_for(services, tmp_path / "crashed").with_values({"trainer.full_every": "3"})
     root = Path(crashed.trainer.checkpoint_dir)
     proc = start_trainer(crashed)  # no step limit: it is killed
     deadline = time.monotonic() + 180
-    while not list_versions(root):
+    while len(list_versions(root)) < 2:  # v1 full, v2 a delta of it
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         assert time.monotonic() < deadline, "no checkpoint"
         time.sleep(0.05)
     kill_tree(proc.pid)
     proc.communicate(timeout=30)
     resumed_from = load_checkpoint(version_dir(root, list_versions(root)[-1]))[0]
-    assert OPTIMIZER_FILE in resumed_from.files
+    assert resumed_from.delta_of == resumed_from.version - 1
+    assert OPTIMIZER_DELTA_FILE in resumed_from.files
     assert resumed_from.step < FINAL_M, "killed too late to test a resume"
 
     out = finish(start_trainer(crashed, "--max-steps", str(FINAL_M)))

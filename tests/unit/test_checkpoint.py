@@ -8,11 +8,14 @@ import torch
 from models.checkpoint import (
     OPTIMIZER_FILE,
     Manifest,
+    apply_delta,
+    chain,
     latest_resumable,
     latest_valid,
     list_versions,
     load_checkpoint,
     load_optimizer_state,
+    prune,
     version_dir,
     write_checkpoint,
 )
@@ -134,3 +137,81 @@ def test_a_checkpoint_without_optimizer_state_still_resumes(tmp_path: Path) -> N
     write_checkpoint(tmp_path, {"w": torch.zeros(1)}, manifest(1), keep=3)
     found = latest_resumable(tmp_path, "abc")
     assert found is not None and found.optimizer is None and "w" in found.model
+
+
+def delta_manifest(v: int, of: int) -> Manifest:
+    return Manifest(
+        version=v, created_at_ms=1, step=v * 10, examples_seen=v * 100,
+        offsets={"training-examples:0": v}, metrics={}, spec_digest="abc", delta_of=of)
+
+
+def rows_delta(key: str, rows: list[int], values: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {key: values, key + "@rows": torch.tensor(rows, dtype=torch.int64)}
+
+
+def test_deltas_rebuild_the_full_state_through_their_chain(tmp_path: Path) -> None:
+    table = torch.zeros(6, 2)
+    write_checkpoint(tmp_path, {"t": table, "b": torch.zeros(1)}, manifest(1), keep=10,
+                     optimizer_state={"t::m": torch.zeros(6)})
+    expected = table.clone()
+    for v, rows in ((2, [0, 4]), (3, [4, 5])):
+        values = torch.full((len(rows), 2), float(v))
+        expected[rows] = values
+        write_checkpoint(tmp_path, {**rows_delta("t", rows, values), "b": torch.full((1,), v)},
+                         delta_manifest(v, v - 1), keep=10,
+                         optimizer_state=rows_delta("t::m", rows, torch.full((len(rows),), v)))
+    path = version_dir(tmp_path, 3)
+    assert sorted(p.name for p in path.iterdir()) == \
+        ["manifest.json", "model-delta.pt", "optimizer-delta.pt"]
+    assert [m.version for _, m in chain(path)] == [1, 2, 3]
+    m, state = load_checkpoint(path, "abc")
+    assert m.version == 3 and m.delta_of == 2
+    assert torch.equal(state["t"], expected) and float(state["b"]) == 3
+    opt = load_optimizer_state(path, m)
+    assert opt is not None and opt["t::m"].tolist() == [2, 0, 0, 0, 3, 3]
+    found = latest_resumable(tmp_path, "abc")
+    assert found is not None and found.manifest.version == 3
+    assert torch.equal(found.model["t"], expected)
+
+
+def test_pruning_keeps_what_the_kept_deltas_need(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, {"t": torch.zeros(3, 1)}, manifest(1), keep=2)
+    for v in (2, 3, 4):
+        write_checkpoint(tmp_path, rows_delta("t", [v % 3], torch.ones(1, 1)),
+                         delta_manifest(v, v - 1), keep=2)
+    assert list_versions(tmp_path) == [1, 2, 3, 4]  # 3 and 4 kept: their chain starts at 1
+    write_checkpoint(tmp_path, {"t": torch.ones(3, 1)}, manifest(5), keep=2)
+    assert list_versions(tmp_path) == [1, 2, 3, 4, 5]  # 4 is still among the newest 2
+    write_checkpoint(tmp_path, rows_delta("t", [0], torch.ones(1, 1)), delta_manifest(6, 5),
+                     keep=2)
+    assert list_versions(tmp_path) == [5, 6]
+    write_checkpoint(tmp_path, {"t": torch.ones(3, 1)}, manifest(7), keep=1, protect=[6])
+    assert list_versions(tmp_path) == [5, 6, 7]  # 6 protected (served): its base 5 stays too
+    assert prune(tmp_path, keep=1) == [5, 6]
+    assert list_versions(tmp_path) == [7]
+
+
+def test_a_broken_chain_or_delta_is_rejected(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, {"t": torch.zeros(3, 2)}, manifest(1), keep=10)
+    write_checkpoint(tmp_path, rows_delta("t", [5], torch.ones(1, 2)), delta_manifest(2, 1),
+                     keep=10)
+    with pytest.raises(CorruptCheckpoint, match="rows"):  # row 5 of a 3-row table
+        load_checkpoint(version_dir(tmp_path, 2))
+    write_checkpoint(tmp_path, {"other": torch.ones(1)}, delta_manifest(3, 1), keep=10)
+    with pytest.raises(CorruptCheckpoint, match="does not have"):
+        load_checkpoint(version_dir(tmp_path, 3))
+    write_checkpoint(tmp_path, rows_delta("t", [0], torch.ones(1, 2)), delta_manifest(5, 4),
+                     keep=10)
+    with pytest.raises(CorruptCheckpoint, match="gone"):
+        load_checkpoint(version_dir(tmp_path, 5))
+    assert latest_valid(tmp_path).__getitem__(0).version == 1  # type: ignore[union-attr]
+
+
+def test_apply_delta_changes_the_listed_rows_only() -> None:
+    state = {"t": torch.zeros(4, 2), "d": torch.zeros(3)}
+    apply_delta(state, {**rows_delta("t", [1, 3], torch.tensor([[1.0, 2], [3, 4]])),
+                        "d": torch.ones(3)})
+    assert state["t"].tolist() == [[0, 0], [1, 2], [0, 0], [3, 4]]
+    assert state["d"].tolist() == [1, 1, 1]
+    with pytest.raises(CorruptCheckpoint, match="shape"):
+        apply_delta(state, {"d": torch.ones(2)})

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
              "--max-steps", str(args.steps)],
             env=env, capture_output=True, text=True, timeout=900)
         summary = _json_line(full.stdout, '{"rank"')
-    report("train", {
+    report("train-idmaps" if settings.model.id_maps else "train", {  # id maps: own file
         "examples_per_s": summary["examples_per_s"],
         "plain_torchrec_examples_per_s": round(plain_rate, 1),
         "ratio": round(summary["examples_per_s"] / plain_rate, 3),

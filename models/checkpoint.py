@@ -7,6 +7,7 @@ Layout under the checkpoint directory::
         optimizer.pt    # the trainer's optimizer state, unsharded (plain tensors; resume only)
         holdout.json    # the examples the promotion check judges with (trainer rank 0 only)
         retrieval.npz   # with a retriever: the catalogue's item ids and item-tower vectors
+        id_maps.npz     # with model.id_maps: each mapped table's IdMap (models.id_map)
         manifest.json   # Manifest below, with the sha256 of every other file
 
 Scorers read ``model.pt`` only (:func:`load_checkpoint`); ``optimizer.pt`` holds the embedding
@@ -48,6 +49,7 @@ import numpy as np
 import orjson
 import torch
 
+from models.id_map import IdMap
 from streaming.errors import CheckpointError, CorruptCheckpoint
 
 FORMAT = 1
@@ -58,6 +60,7 @@ OPTIMIZER_DELTA_FILE = "optimizer-delta.pt"
 ROWS_SUFFIX = "@rows"  # delta key of the row indices of the values under the key before it
 HOLDOUT_FILE = "holdout.json"
 RETRIEVAL_FILE = "retrieval.npz"
+ID_MAPS_FILE = "id_maps.npz"
 _VERSION_DIR = re.compile(r"^v(\d{8})$")
 log = logging.getLogger(__name__)
 
@@ -387,6 +390,30 @@ def unpack_item_vectors(raw: bytes, inputs: Collection[str] = ()
         raise CorruptCheckpoint(f"{RETRIEVAL_FILE}: {len(ids)} ids, vectors "
                                 f"{vectors.shape} {vectors.dtype}")
     return ids, vectors, extra
+
+
+def pack_id_maps(maps: Mapping[str, IdMap]) -> bytes:
+    """The bytes of ``id_maps.npz``: each table's :meth:`IdMap.state` arrays as
+    ``<table>/<name>``, in one uncompressed npz (loads without pickle)."""
+    out = io.BytesIO()
+    np.savez(out, **{f"{table}/{name}": a for table, m in maps.items()
+                     for name, a in m.state().items()})
+    return out.getvalue()
+
+
+def unpack_id_maps(raw: bytes) -> dict[str, IdMap]:
+    """:func:`pack_id_maps` reversed: table -> :class:`IdMap`; raises
+    :class:`CorruptCheckpoint` for anything else."""
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        tables: dict[str, dict[str, np.ndarray]] = {}
+        for key, a in arrays.items():
+            table, _, name = key.partition("/")
+            tables.setdefault(table, {})[name] = a
+        return {table: IdMap.from_state(state) for table, state in tables.items()}
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise CorruptCheckpoint(f"{ID_MAPS_FILE} does not load: {exc}") from None
 
 
 def now_ms() -> int:

@@ -59,6 +59,11 @@ class IdMap:
         """Ids holding a row."""
         return len(self._row_of)
 
+    @property
+    def step(self) -> int:
+        """:meth:`admit` calls so far (restored with the state)."""
+        return self._step
+
     def held(self) -> np.ndarray:
         """Keys of the ids holding a row (int64, in no particular order)."""
         return np.fromiter(self._row_of, np.int64, len(self._row_of))

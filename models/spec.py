@@ -56,6 +56,9 @@ class FeatureSpec:
     retrieval_dim: int = 0
     # Weight of the retriever's in-batch softmax in the training loss (not in the digest).
     retrieval_weight: float = 1.0
+    # Tables whose ids map to rows of their own (models.id_map.IdMap) instead of hashed rows;
+    # the maps travel with each checkpoint.
+    mapped: tuple[str, ...] = ()
 
     @property
     def sparse(self) -> tuple[str, ...]:
@@ -84,6 +87,8 @@ class FeatureSpec:
             doc["interaction"] = [self.interaction, self.dcn_layers, self.dcn_low_rank_dim]
         if self.retrieval_dim:  # digests of specs without a retriever stay what they were
             doc["retrieval_dim"] = self.retrieval_dim
+        if self.mapped:  # the rows' meaning: an id map's, not a hash's
+            doc["mapped"] = sorted(self.mapped)
         return hashlib.sha256(orjson.dumps(doc)).hexdigest()[:16]
 
 
@@ -92,15 +97,22 @@ INTERACTIONS = ("dot", "dcn")
 
 
 def spec_for(interaction: str = "dot", listwise_weight: float = 0.0, retrieval_dim: int = 0,
-             retrieval_weight: float = 1.0) -> FeatureSpec:
+             retrieval_weight: float = 1.0, mapped_tables: tuple[str, ...] = ()) -> FeatureSpec:
     """The default spec with the given feature interaction (``model.interaction``), objective
-    (``model.listwise_weight``) and retriever (``model.retrieval_dim``, ``retrieval_weight``):
-    every process builds its spec here, from ``settings.model.spec_args()``. Raises
-    ``ValueError`` for an unknown interaction or a negative size."""
+    (``model.listwise_weight``), retriever (``model.retrieval_dim``, ``retrieval_weight``) and
+    id-mapped tables (``model.id_maps``): every process builds its spec here, from
+    ``settings.model.spec_args()``. Raises ``ValueError`` for an unknown interaction or table,
+    a negative size, or id maps with a retriever."""
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown interaction {interaction!r}; one of {INTERACTIONS}")
     if retrieval_dim < 0:
         raise ValueError("retrieval_dim must be >= 0")
+    names = {t.name for t in DEFAULT_SPEC.tables}
+    if set(mapped_tables) - names:
+        raise ValueError(f"unknown tables {sorted(set(mapped_tables) - names)}")
+    if mapped_tables and retrieval_dim:
+        raise ValueError("id maps with a retriever are not supported")
     return dataclasses.replace(DEFAULT_SPEC, interaction=interaction,
                                listwise_weight=listwise_weight, retrieval_dim=retrieval_dim,
-                               retrieval_weight=retrieval_weight)
+                               retrieval_weight=retrieval_weight,
+                               mapped=tuple(sorted(mapped_tables)))

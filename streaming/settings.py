@@ -186,8 +186,18 @@ class ModelSettings:
                             "ranker; its item vectors are published with each checkpoint and "
                             "give the 'retrieval' candidates; 0 = no retriever")
     retrieval_weight: float = _f(1.0, "weight of the retriever's in-batch softmax loss")
+    id_maps: str = _f("", "comma-separated tables whose ids get rows of their own "
+                      "(collision-free, LRU-evicted when full) instead of hashed rows: t_user, "
+                      "t_item; empty = all hashed. Not with a retriever")
 
     def __post_init__(self) -> None:
+        if self.id_maps and self.retrieval_dim:
+            raise ConfigError("model.id_maps and model.retrieval_dim cannot be combined yet: "
+                              "the retriever's tables and item catalogue use hashed rows")
+        unknown = set(self.mapped_tables()) - {"t_user", "t_item"}
+        if unknown:
+            raise ConfigError(f"model.id_maps: unknown table(s) {sorted(unknown)}; "
+                              "t_user and/or t_item")
         if self.interaction not in ("dot", "dcn"):  # models.spec.INTERACTIONS
             raise ConfigError(f"model.interaction={self.interaction!r}: dot or dcn")
         if self.listwise_weight < 0:
@@ -199,7 +209,12 @@ class ModelSettings:
         """Keyword arguments of ``models.spec.spec_for``: every process (trainer, scorer,
         evaluation, announcements) builds the model's spec from these, so they agree."""
         return {"interaction": self.interaction, "listwise_weight": self.listwise_weight,
-                "retrieval_dim": self.retrieval_dim, "retrieval_weight": self.retrieval_weight}
+                "retrieval_dim": self.retrieval_dim, "retrieval_weight": self.retrieval_weight,
+                "mapped_tables": self.mapped_tables()}
+
+    def mapped_tables(self) -> tuple[str, ...]:
+        """``id_maps`` as sorted table names."""
+        return tuple(sorted({t.strip() for t in self.id_maps.split(",") if t.strip()}))
 
 
 @dataclass(frozen=True, slots=True)

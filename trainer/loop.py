@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,17 +38,21 @@ import torch.distributed as dist
 from models.batch import BatchBuilder, ExampleBatch
 from models.checkpoint import (
     HOLDOUT_FILE,
+    ID_MAPS_FILE,
     RETRIEVAL_FILE,
     Manifest,
     latest_resumable,
     list_versions,
     now_ms,
+    pack_id_maps,
     pack_item_vectors,
     read_blob,
     remove_stale_tmp,
+    unpack_id_maps,
     unpack_item_vectors,
     write_checkpoint,
 )
+from models.id_map import IdMap
 from models.spec import FeatureSpec, spec_for
 from models.two_tower import TwoTower
 from streaming.contract.updates import ServedVersion
@@ -120,7 +125,11 @@ class ContinuousTrainer:
         self.settings = settings
         self.spec = spec = spec or spec_for(**settings.model.spec_args())
         self.info = info or D.init()
-        self.builder = BatchBuilder(spec)
+        # Collision-free ids (model.id_maps): every rank admits the same all-gathered ids in
+        # the same order each step, so the maps stay identical without a broadcast.
+        self.id_maps = {t.name: IdMap(t.num_embeddings) for t in spec.tables
+                        if t.name in spec.mapped}
+        self.builder = BatchBuilder(spec, self.id_maps)
         self.root = Path(settings.trainer.checkpoint_dir)
         torch.manual_seed(settings.trainer.seed)  # reproducible initial weights on every rank
         self.dmp, self.optimizer = D.build_sharded(spec, self.info)
@@ -200,6 +209,8 @@ class ContinuousTrainer:
             self._restore_holdout(found.path, manifest)
         if self._tower is not None and self.catalogue is not None:
             self._restore_catalogue(found.path, manifest)
+        if self.id_maps:
+            self._restore_id_maps(found.path, manifest)
         log.info("rank %d resumed from checkpoint v%d (step %d, %d examples)", self.info.rank,
                  manifest.version, manifest.step, manifest.examples_seen)
         topic = self.settings.topics.examples
@@ -237,6 +248,37 @@ class ContinuousTrainer:
         except CheckpointError as exc:
             log.warning("item catalogue of checkpoint v%d not restored: %s", manifest.version,
                         exc)
+
+    def _restore_id_maps(self, path: Path, manifest: Manifest) -> None:
+        """Every rank: the id maps saved with the checkpoint resumed from. Without them the
+        rows would mean nothing (a checkpoint of a spec with id maps always has them)."""
+        raw = read_blob(path, manifest, ID_MAPS_FILE)
+        if raw is None:
+            raise CheckpointError(f"checkpoint v{manifest.version} has no {ID_MAPS_FILE}")
+        maps = unpack_id_maps(raw)
+        if set(maps) != set(self.id_maps):
+            raise CheckpointError(f"checkpoint v{manifest.version} maps {sorted(maps)}, this "
+                                  f"model maps {sorted(self.id_maps)}")
+        self.id_maps.update(maps)
+        self.builder = BatchBuilder(self.spec, self.id_maps)
+
+    def _admit(self, examples: list[dict[str, Any]]) -> None:
+        """Collective (with id maps): every rank admits the ids of every rank's batch, in rank
+        order, so the maps stay identical; the rows given to new ids restart from fresh
+        initial values (seeded by table and admission, the same on every rank) and a zero
+        optimizer state instead of the evicted id's."""
+        keys = self.builder.mapped_keys(examples)
+        gathered: list[Any] = [None] * self.info.world
+        dist.all_gather_object(gathered, keys)
+        for table, m in self.id_maps.items():
+            given = m.admit(np.concatenate([g[table] for g in gathered]))
+            if len(given):
+                dim = self.spec.embedding_dim
+                bound = 1.0 / math.sqrt(m.capacity)  # TorchRec's default table init
+                gen = torch.Generator().manual_seed(
+                    self.settings.trainer.seed * 1_000_003 + m.step * 31 + zlib.crc32(table.encode()))
+                values = (torch.rand(len(given), dim, generator=gen) * 2 - 1) * bound
+                D.reset_rows(self.dmp, self.optimizer, table, given, values)
 
     def _read_identity(self, retry_s: float = 30.0) -> ClusterIdentity | None:
         """The cluster id and the examples topic's id, or None (logged) if Kafka cannot say
@@ -303,6 +345,8 @@ class ContinuousTrainer:
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
         taken = self._take(n)
+        if self.id_maps:
+            self._admit(taken)
         batch = self.builder.build(taken)
         if self.touched is not None:
             self.touched.observe(batch.sparse)
@@ -501,6 +545,8 @@ class ContinuousTrainer:
             if self.gate.examples else {}
         if self._tower is not None and self.catalogue is not None and len(self.catalogue):
             blobs[RETRIEVAL_FILE] = self._item_vectors(full)
+        if self.id_maps:  # every version carries the whole maps (scorers and resumes need them)
+            blobs[ID_MAPS_FILE] = pack_id_maps(self.id_maps)
         model_file, optimizer_file = deltas if deltas is not None else (full, optimizer_state)
         path = write_checkpoint(self.root, model_file, manifest, tc.keep_checkpoints,
                                 optimizer_file, protect=protected(current), blobs=blobs)

@@ -27,6 +27,7 @@ import torch
 
 from models.batch import BatchBuilder, ExampleBatch, ScoringRows, hash_ids, hash_optional_ids
 from models.checkpoint import (
+    ID_MAPS_FILE,
     RETRIEVAL_FILE,
     Manifest,
     apply_delta,
@@ -34,6 +35,7 @@ from models.checkpoint import (
     load_checkpoint,
     load_delta,
     read_blob,
+    unpack_id_maps,
     unpack_item_vectors,
 )
 from models.dlrm import StreamRecModel
@@ -67,13 +69,15 @@ _PER_USER = 5  # reads queued per user in read_users: hash, recent, purchased, u
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """The model in service: its version, the module (eval mode), its checkpoint's path, and
-    its retriever with the index of the checkpoint's item vectors (None without one)."""
+    """The model in service: its version, the module (eval mode), its checkpoint's path, its
+    retriever with the index of the checkpoint's item vectors (None without one), and, with id
+    maps (``model.id_maps``), the batch builder that looks ids up in the checkpoint's maps."""
 
     version: int
     model: StreamRecModel
     path: str
     retrieval: Retrieval | None = None
+    builder: BatchBuilder | None = None
 
 
 # Bounds of the scorer's read caches (entries); at the bound they are cut to half, newest kept.
@@ -108,6 +112,13 @@ class ModelHolder:
             return False
         try:
             manifest, model = self._build(Path(path), cur)
+            builder = None
+            if self.spec.mapped:  # the rows mean the maps' ids: serve both or neither
+                raw = read_blob(Path(path), manifest, ID_MAPS_FILE)
+                if raw is None:
+                    raise CorruptCheckpoint(f"{path}: no {ID_MAPS_FILE} for the id-mapped "
+                                            f"tables {list(self.spec.mapped)}")
+                builder = BatchBuilder(self.spec, unpack_id_maps(raw))
             retrieval = None
             if model.retriever is not None:
                 raw = read_blob(Path(path), manifest, RETRIEVAL_FILE)
@@ -123,7 +134,7 @@ class ModelHolder:
                       cur.version if cur else None, exc)
             return False
         with self._lock:
-            self._current = LoadedModel(manifest.version, model, str(path), retrieval)
+            self._current = LoadedModel(manifest.version, model, str(path), retrieval, builder)
         self.loads += 1
         log.info("serving model v%d", manifest.version)
         return True
@@ -342,7 +353,12 @@ class FeedRanker:
         """The model's input batch for one user (as :meth:`read_user` read them) against
         ``items`` at ``now_ms`` (reads the items' state when not cached)."""
         rows = self.scoring_rows(reads, items, self.read_items(items), now_ms)
-        return self.builder.build_for_scoring([rows])
+        return self.builder_for(self.holder.current).build_for_scoring([rows])
+
+    def builder_for(self, loaded: LoadedModel | None) -> BatchBuilder:
+        """The batch builder of ``loaded`` (its id maps), else the hashing one."""
+        return loaded.builder if loaded is not None and loaded.builder is not None \
+            else self.builder
 
     def rank(self, user_id: str, now_ms: int | None = None) -> Feed | None:
         """:meth:`rank_many` for one user: the feed, or None when the user has no candidates."""
@@ -364,12 +380,15 @@ class FeedRanker:
             r.candidates.retrieved = items
 
     def candidate_batch(self, user_ids: Sequence[str], now_ms: int,
-                        retrieval: Retrieval | None = None) -> CandidateBatch:
+                        retrieval: Retrieval | None = None,
+                        loaded: LoadedModel | None = None) -> CandidateBatch:
         """Users' reads, candidates and (for those with any) the model inputs of all their
         candidates in one batch: what a forward pass of any model over them needs. Retrieval
-        candidates come from ``retrieval`` (default: the served model's, if it has one)."""
+        candidates come from ``retrieval`` (default: the served model's, if it has one); ids
+        are looked up in ``loaded``'s id maps when it has them (default: the served model)."""
         reads = self.read_users(user_ids, now_ms)
-        if retrieval is None and (loaded := self.holder.current) is not None:
+        loaded = loaded or self.holder.current
+        if retrieval is None and loaded is not None:
             retrieval = loaded.retrieval
         if retrieval is not None and reads:
             self.retrieve(reads, retrieval, now_ms)
@@ -381,14 +400,15 @@ class FeedRanker:
         scored = [k for k, c in enumerate(cands) if c]
         parts = [self.scoring_rows(reads[k], [i for i, _ in cands[k]], cached, now_ms)
                  for k in scored]
-        return CandidateBatch(reads, cands, scored, parts, self.builder.build_for_scoring(parts))
+        return CandidateBatch(reads, cands, scored, parts,
+                              self.builder_for(loaded).build_for_scoring(parts))
 
     def rank_many(self, user_ids: Sequence[str], now_ms: int | None = None) -> list[Feed | None]:
         """Feeds for ``user_ids`` (``None`` for a user with no candidates at all), scored in one
         forward pass of ``sum(candidates)`` rows."""
         now_ms = now_ms or int(time.time() * 1000)
         loaded = self.holder.current
-        cb = self.candidate_batch(user_ids, now_ms)
+        cb = self.candidate_batch(user_ids, now_ms, loaded=loaded)
         reads, cands, scored = cb.reads, cb.cands, cb.scored
         if loaded is None:
             # No model published yet: rank by the candidate sources' order.

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import orjson
 import pytest
 import torch
 
-from models.batch import BatchBuilder
-from models.spec import DEFAULT_SPEC
+from models.batch import BatchBuilder, id_keys
+from models.checkpoint import ID_MAPS_FILE, Manifest, pack_id_maps, write_checkpoint
+from models.dlrm import StreamRecModel
+from models.id_map import IdMap
+from models.spec import DEFAULT_SPEC, spec_for
 from streaming.contract.feeds import Feed, FeedItem
 from streaming.serving.feed_store import FeedStore
 from streaming.serving.ranker import FeedRanker, ModelHolder
@@ -22,8 +26,26 @@ T0 = 1_732_000_000_000
 W = 60_000
 
 
-def test_scorer_inputs_equal_the_training_example_for_the_same_state(stack: Settings,
-                                                                      redis_client) -> None:
+def served_with_id_maps(tmp_path: Path, users: list[str], items: list[str]
+                        ) -> tuple[ModelHolder, dict[str, IdMap]]:
+    """A scorer's holder serving a checkpoint whose id maps admitted ``users`` and ``items``
+    (as the trainer's would have), and those maps."""
+    spec = spec_for(mapped_tables=("t_user", "t_item"))
+    maps = {"t_user": IdMap(spec.table_of("user_id").num_embeddings),
+            "t_item": IdMap(spec.table_of("item_id").num_embeddings)}
+    maps["t_item"].admit(id_keys(["zz0", "zz1", *items]))  # rows other than a fresh map's
+    maps["t_user"].admit(id_keys(users))
+    path = write_checkpoint(tmp_path, StreamRecModel(spec).state_dict(), Manifest(
+        version=1, created_at_ms=1, step=1, examples_seen=1, offsets={}, metrics={},
+        spec_digest=spec.digest()), keep=2, blobs={ID_MAPS_FILE: pack_id_maps(maps)})
+    holder = ModelHolder(spec)
+    assert holder.load(path, 1), holder.last_error
+    return holder, maps
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["hashed", "id-maps"])
+def test_scorer_inputs_equal_the_training_example_for_the_same_state(
+        stack: Settings, redis_client, mapped: bool, tmp_path: Path) -> None:
     settings = stack.with_values({"stream.attribution_window_ms": str(W),
                                   "stream.allowed_lateness_ms": "1000"})
     h = Harness(settings)
@@ -35,19 +57,27 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(stack: Sett
                 e(4, "view", T0 + 3_000, user="u2", item="i3", category="shoes"),
                 e(5, "purchase", T0 + 4_000, user="u2", item="i3", category="shoes")])
         t_view = T0 + 10_000
-        ranker = FeedRanker(redis_client, settings.redis.key_prefix, ModelHolder())
+        spec, holder, maps = DEFAULT_SPEC, ModelHolder(), {}
+        if mapped:  # rows from the served checkpoint's id maps instead of hashing
+            holder, maps = served_with_id_maps(tmp_path, ["u1", "u2"], ["i1", "i2", "i3"])
+            spec = holder.spec
+        ranker = FeedRanker(redis_client, settings.redis.key_prefix, holder)
         serving = ranker.model_inputs(ranker.read_user("u1", t_view), ["i3"], t_view)
         # Now the event whose example snapshots that same state: u1 views i3 at t_view.
         h.feed([e(6, "view", t_view, item="i3"), e(7, "view", t_view + 10 * W, item="zz")])
         # Windows closed by then: u1's views e1, e3, e6 and u2's view e4 (e7's is still open).
         docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 4)]
         example = next(d for d in docs if d["example_id"] == "e6")
-        training = BatchBuilder(DEFAULT_SPEC).build([example])
+        training = BatchBuilder(spec, maps).build([example])
         assert torch.equal(training.dense, serving.dense)  # bit for bit
         t_kjt, s_kjt = training.sparse.to_dict(), serving.sparse.to_dict()
-        for key in DEFAULT_SPEC.sparse:
+        for key in spec.sparse:
             assert torch.equal(t_kjt[key].values(), s_kjt[key].values()), key
             assert torch.equal(t_kjt[key].lengths(), s_kjt[key].lengths()), key
+        if mapped:  # the maps' own rows (small numbers), not hashed ones nor the unknown row
+            for key, table, ident in (("user_id", "t_user", "u1"), ("item_id", "t_item", "i3")):
+                row = maps[table].lookup(id_keys([ident])).tolist()
+                assert t_kjt[key].values().tolist() == row and 0 < row[0] < 10, key
     finally:
         h.close()
 

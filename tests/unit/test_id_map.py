@@ -109,3 +109,28 @@ def test_training_and_scoring_batches_use_the_same_mapped_rows() -> None:
     assert len(set(item_rows)) == 5 and UNKNOWN_ROW not in item_rows
     with pytest.raises(ValueError, match="rows"):
         BatchBuilder(spec, {"t_user": IdMap(10)})
+
+
+def test_maps_travel_in_a_checkpoint_blob_and_are_part_of_the_spec() -> None:
+    from models.checkpoint import pack_id_maps, unpack_id_maps
+    from models.spec import DEFAULT_SPEC, spec_for
+    from streaming.errors import ConfigError, CorruptCheckpoint
+    from streaming.settings import Settings
+
+    maps = {"t_user": IdMap(50), "t_item": IdMap(70)}
+    maps["t_user"].admit(keys("u1", "u2"))
+    maps["t_item"].admit(keys("i1"))
+    back = unpack_id_maps(pack_id_maps(maps))
+    assert set(back) == {"t_user", "t_item"} and back["t_item"].capacity == 70
+    assert back["t_user"].lookup(keys("u2", "u9")).tolist() == \
+        maps["t_user"].lookup(keys("u2", "u9")).tolist()
+    with pytest.raises(CorruptCheckpoint):
+        unpack_id_maps(b"not an npz")
+
+    settings = Settings.load(overrides={"model.id_maps": "t_item, t_user"})
+    spec = spec_for(**settings.model.spec_args())
+    assert spec.mapped == ("t_item", "t_user") and spec.digest() != DEFAULT_SPEC.digest()
+    with pytest.raises(ConfigError, match="unknown table"):
+        Settings.load(overrides={"model.id_maps": "t_category"})
+    with pytest.raises(ConfigError, match="retriever"):
+        Settings.load(overrides={"model.id_maps": "t_user", "model.retrieval_dim": "8"})

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from models.spec import spec_for
+from streaming.errors import ConfigError
 from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
 from trainer.evaluation.harness import EvalOptions, PrequentialRun, cleanup, run_tag
@@ -45,6 +46,9 @@ def run_eval(settings: Settings, stream: str, *,
     file in the contract's format) on the services ``services(settings)`` provides, at the
     time scales of ``scales`` where given; returns the full result (see :func:`summary`)."""
     opts = opts or EvalOptions()
+    if settings.model.id_maps:  # bench ids measures them; the harness's models hash their ids
+        raise ConfigError("streamrec eval does not support model.id_maps yet (its models hash "
+                          "ids); see `streamrec bench ids` for collision-free ids measured")
     loaded = load_stream(stream, seed, events, scales)
     prof = loaded.profile
     say(f"eval {prof.name}: {len(loaded.events)} events, {via}, seed {seed}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from models.spec import FeatureSpec
+from models.spec import FeatureSpec, position_of
 from streaming.errors import StreamrecError
 
 if TYPE_CHECKING:
@@ -149,7 +149,9 @@ class BatchBuilder:
             "category": lambda: [c for ex in examples if (c := ex.get("category")) is not None],
             "recent_items": lambda: [i for ex in examples for i in ex.get("recent_items") or []],
         }
-        return {t.name: id_keys([i for f in t.features for i in by_feature[f]()])
+        # Positional recent_i keys look up ids that recent_items already holds.
+        return {t.name: id_keys([i for f in t.features if position_of(f) is None
+                                 for i in by_feature[f]()])
                 for t in self.spec.tables if t.name in self.id_maps}
 
     def build(self, examples: Sequence[Mapping[str, Any]]) -> ExampleBatch:
@@ -190,6 +192,7 @@ class BatchBuilder:
             (0, len(spec.dense)), np.float32)
         user_rows = np.repeat(self.rows("user_id", [p.user_id for p in parts]), ns)
         item_rows, cat_values, cat_lengths, recent_values, recent_lengths = [], [], [], [], []
+        recent_by_part: list[tuple[np.ndarray, int]] = []  # (the part's recent rows, k rows)
         for p in parts:
             k = len(p.items)
             item_rows.append(p.item_rows if p.item_rows is not None and not self.id_maps
@@ -205,6 +208,7 @@ class BatchBuilder:
             recent = self.rows("recent_items", list(p.recent))
             recent_values.append(np.tile(recent, k))
             recent_lengths.append(np.full(k, len(recent), np.int32))
+            recent_by_part.append((recent, k))
 
         def cat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
             return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
@@ -215,6 +219,13 @@ class BatchBuilder:
             "category": (cat(cat_values, np.int64), cat(cat_lengths, np.int32)),
             "recent_items": (cat(recent_values, np.int64), cat(recent_lengths, np.int32)),
         }
+        for f in spec.sparse:  # recent_i: the part's i-th newest item on each of its k rows
+            if (pos := position_of(f)) is not None:
+                by_feature[f] = (
+                    cat([np.full(k, r[pos], np.int64) for r, k in recent_by_part if len(r) > pos],
+                        np.int64),
+                    cat([np.full(k, int(len(r) > pos), np.int32) for r, k in recent_by_part],
+                        np.int32))
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=list(spec.sparse),
             values=torch.from_numpy(np.concatenate([by_feature[f][0] for f in spec.sparse])),
@@ -238,6 +249,11 @@ class BatchBuilder:
         }
         values, lengths = [], []
         for feature in self.spec.sparse:
+            if (pos := position_of(feature)) is not None:  # recent_i: the i-th newest item
+                has = [len(r) > pos for r in recent]
+                values.append(self.rows("recent_items", [r[pos] for r in recent if len(r) > pos]))
+                lengths.append(np.array(has, np.int32))
+                continue
             ids, lens = by_feature[feature]
             values.append(self.rows(feature, ids))
             lengths.append(lens)

@@ -13,10 +13,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-from torchrec.models.dlrm import DLRM, DLRM_DCN
+from torchrec.models.dlrm import (
+    DLRM,
+    DLRM_DCN,
+    InteractionArch,
+    InteractionDCNArch,
+    OverArch,
+    choose,
+)
+from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from models.spec import FeatureSpec
+from models.spec import FeatureSpec, position_of
 from models.two_tower import InBatchSoftmax, ItemFrequency, TwoTower
 
 
@@ -45,6 +53,33 @@ class DenseNormArch(nn.Module):
         """``dense: B x D float32`` -> ``B x D``; training mode uses and updates batch statistics
         (needs ``B >= 2``), eval mode the running ones."""
         return self.norm(dense)
+
+
+class TargetAttentionArch(nn.Module):
+    """DIN's activation unit: the user's recent items weighted by their relevance to the
+    candidate item, ``(query: B x E, keys: B x L x E, mask: B x L) -> B x E``.
+
+    Each weight is an MLP of ``[q, k, q - k, q * k]`` (``B x L x 4E`` -> ``B x L``), not
+    normalised by a softmax (as in DIN: the sum keeps how much of the history is relevant,
+    not only which part); padded positions (``mask`` False) weigh 0.
+
+    Args:
+        embedding_dim (int): ``E``.
+        hidden (int): the MLP's hidden width.
+    """
+
+    def __init__(self, embedding_dim: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 * embedding_dim, hidden), nn.PReLU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """``query: B x E``, ``keys: B x L x E``, ``mask: B x L`` bool -> ``B x E``."""
+        q = query.unsqueeze(1).expand_as(keys)  # B x L x E
+        w = self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # B x L
+        w = w * mask.to(w.dtype)
+        return (w.unsqueeze(-1) * keys).sum(dim=1)
 
 
 class StreamRecModel(nn.Module):
@@ -95,12 +130,50 @@ class StreamRecModel(nn.Module):
         # Tables on ``device`` like the ranker's (meta for sharding); dense layers on the default.
         self.retriever: TwoTower | None = TwoTower.for_spec(spec, device) \
             if spec.retrieval_dim else None
+        self.attention: TargetAttentionArch | None = None
+        if spec.sequence == "attention":
+            self._attention_arch(spec, common["dense_device"])
+
+    def _attention_arch(self, spec: FeatureSpec, dense_device: torch.device | None) -> None:
+        """DIN: the sparse arch pools all ``F + L`` keys (``recent_i`` one item each), the
+        attention output takes the recent_items bag's place, so interaction and over arch see
+        the ``F`` vectors of the bag model (rebuilt here for ``F``, as DLRM / DLRM_DCN do)."""
+        names = list(self.dlrm.sparse_arch.sparse_feature_names)
+        self._seq_idx = [i for i, f in enumerate(names) if position_of(f) is not None]
+        self._main_idx = [i for i, f in enumerate(names) if position_of(f) is None]
+        self._bag_at = [names[i] for i in self._main_idx].index("recent_items")
+        self._item_idx = names.index("item_id")
+        n, e = len(self._main_idx), spec.embedding_dim
+        self.attention = TargetAttentionArch(e)
+        if spec.interaction == "dcn":
+            self.dlrm.inter_arch = InteractionDCNArch(  # type: ignore[assignment]
+                num_sparse_features=n, crossnet=LowRankCrossNet(
+                    in_features=(n + 1) * e, num_layers=spec.dcn_layers,
+                    low_rank=spec.dcn_low_rank_dim))
+            over_in = (n + 1) * e
+        else:
+            self.dlrm.inter_arch = InteractionArch(num_sparse_features=n)
+            over_in = e + choose(n, 2) + n
+        self.dlrm.over_arch = OverArch(in_features=over_in, layer_sizes=list(spec.over_arch),
+                                       device=dense_device)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """``dense: B x D float32``, ``sparse``: KeyedJaggedTensor with keys ``spec.sparse``
-        (user_id, item_id, recent_items, category by default) and batch size ``B``.
-        Returns ``B`` logits (apply a sigmoid for P(click))."""
-        return self.dlrm(self.dense_norm(dense), sparse).squeeze(-1)
+        (user_id, item_id, recent_items, category by default; plus recent_0.. with attention)
+        and batch size ``B``. Returns ``B`` logits (apply a sigmoid for P(click))."""
+        if self.attention is None:
+            return self.dlrm(self.dense_norm(dense), sparse).squeeze(-1)
+        d = self.dlrm
+        embedded_dense = d.dense_arch(self.dense_norm(dense))  # B x E
+        pooled = d.sparse_arch(sparse)  # B x (F + L) x E
+        keys = pooled[:, self._seq_idx, :]  # B x L x E
+        lengths = sparse.lengths().view(len(sparse.keys()), -1)  # (F + L) x B, key order
+        mask = lengths[self._seq_idx, :].t() > 0  # B x L
+        history = self.attention(pooled[:, self._item_idx, :], keys, mask)  # B x E
+        main = pooled[:, self._main_idx, :].clone()  # B x F x E
+        main[:, self._bag_at, :] = history
+        concat = d.inter_arch(dense_features=embedded_dense, sparse_features=main)
+        return d.over_arch(concat).squeeze(-1)
 
 
 def group_softmax_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

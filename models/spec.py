@@ -59,6 +59,13 @@ class FeatureSpec:
     # Tables whose ids map to rows of their own (models.id_map.IdMap) instead of hashed rows;
     # the maps travel with each checkpoint.
     mapped: tuple[str, ...] = ()
+    # How the ranker sees the user's recent items: "bag" (the pooled recent_items bag, one
+    # E-vector) or "attention" (DIN: each of the newest sequence_len items looked up alone as
+    # the positional features recent_0.., weighted by an attention unit against the candidate
+    # item; models.dlrm.TargetAttentionArch). Tables are then given those features by
+    # with_sequence().
+    sequence: str = "bag"
+    sequence_len: int = 10
 
     @property
     def sparse(self) -> tuple[str, ...]:
@@ -89,20 +96,36 @@ class FeatureSpec:
             doc["retrieval_dim"] = self.retrieval_dim
         if self.mapped:  # the rows' meaning: an id map's, not a hash's
             doc["mapped"] = sorted(self.mapped)
+        if self.sequence != "bag":  # digests of bag specs stay what they were
+            doc["sequence"] = [self.sequence, self.sequence_len]
         return hashlib.sha256(orjson.dumps(doc)).hexdigest()[:16]
 
 
 DEFAULT_SPEC = FeatureSpec()
 INTERACTIONS = ("dot", "dcn")
+SEQUENCES = ("bag", "attention")
+
+
+def sequence_features(n: int) -> tuple[str, ...]:
+    """The positional KJT keys of the ``n`` newest recent items: ``recent_0`` (the newest).."""
+    return tuple(f"recent_{i}" for i in range(n))
+
+
+def position_of(feature: str) -> int | None:
+    """``i`` for a positional key ``recent_i`` (:func:`sequence_features`), else None."""
+    head, _, tail = feature.rpartition("_")
+    return int(tail) if head == "recent" and tail.isdigit() else None
 
 
 def spec_for(interaction: str = "dot", listwise_weight: float = 0.0, retrieval_dim: int = 0,
-             retrieval_weight: float = 1.0, mapped_tables: tuple[str, ...] = ()) -> FeatureSpec:
+             retrieval_weight: float = 1.0, mapped_tables: tuple[str, ...] = (),
+             sequence: str = "bag", sequence_len: int = 10) -> FeatureSpec:
     """The default spec with the given feature interaction (``model.interaction``), objective
     (``model.listwise_weight``), retriever (``model.retrieval_dim``, ``retrieval_weight``) and
     id-mapped tables (``model.id_maps``): every process builds its spec here, from
-    ``settings.model.spec_args()``. Raises ``ValueError`` for an unknown interaction or table,
-    a negative size, or id maps with a retriever."""
+    ``settings.model.spec_args()``, and the view of the recent items (``model.sequence``,
+    ``model.sequence_len``). Raises ``ValueError`` for an unknown interaction, sequence or
+    table, a bad size, or id maps with a retriever."""
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown interaction {interaction!r}; one of {INTERACTIONS}")
     if retrieval_dim < 0:
@@ -112,7 +135,16 @@ def spec_for(interaction: str = "dot", listwise_weight: float = 0.0, retrieval_d
         raise ValueError(f"unknown tables {sorted(set(mapped_tables) - names)}")
     if mapped_tables and retrieval_dim:
         raise ValueError("id maps with a retriever are not supported")
+    if sequence not in SEQUENCES:
+        raise ValueError(f"unknown sequence {sequence!r}; one of {SEQUENCES}")
+    if sequence_len < 1:
+        raise ValueError("sequence_len must be >= 1")
+    tables = DEFAULT_SPEC.tables
+    if sequence == "attention":  # the item table also serves the positional lookups
+        tables = tuple(dataclasses.replace(t, features=(*t.features, *sequence_features(
+            sequence_len))) if "recent_items" in t.features else t for t in tables)
     return dataclasses.replace(DEFAULT_SPEC, interaction=interaction,
                                listwise_weight=listwise_weight, retrieval_dim=retrieval_dim,
                                retrieval_weight=retrieval_weight,
-                               mapped=tuple(sorted(mapped_tables)))
+                               mapped=tuple(sorted(mapped_tables)), tables=tables,
+                               sequence=sequence, sequence_len=sequence_len)

@@ -186,6 +186,10 @@ class ModelSettings:
                             "ranker; its item vectors are published with each checkpoint and "
                             "give the 'retrieval' candidates; 0 = no retriever")
     retrieval_weight: float = _f(1.0, "weight of the retriever's in-batch softmax loss")
+    sequence: str = _f("bag", "how the ranker sees the user's recent items: bag (one pooled "
+                       "vector) or attention (DIN: each of the newest sequence_len items "
+                       "weighted against the candidate item)")
+    sequence_len: int = _f(10, "recent items the attention looks at (model.sequence=attention)")
     id_maps: str = _f("", "comma-separated tables whose ids get rows of their own "
                       "(collision-free, LRU-evicted when full) instead of hashed rows: t_user, "
                       "t_item; empty = all hashed. Not with a retriever")
@@ -198,6 +202,10 @@ class ModelSettings:
         if unknown:
             raise ConfigError(f"model.id_maps: unknown table(s) {sorted(unknown)}; "
                               "t_user and/or t_item")
+        if self.sequence not in ("bag", "attention"):  # models.spec.SEQUENCES
+            raise ConfigError(f"model.sequence={self.sequence!r}: bag or attention")
+        if self.sequence_len < 1:
+            raise ConfigError("model.sequence_len must be >= 1")
         if self.interaction not in ("dot", "dcn"):  # models.spec.INTERACTIONS
             raise ConfigError(f"model.interaction={self.interaction!r}: dot or dcn")
         if self.listwise_weight < 0:
@@ -210,7 +218,8 @@ class ModelSettings:
         evaluation, announcements) builds the model's spec from these, so they agree."""
         return {"interaction": self.interaction, "listwise_weight": self.listwise_weight,
                 "retrieval_dim": self.retrieval_dim, "retrieval_weight": self.retrieval_weight,
-                "mapped_tables": self.mapped_tables()}
+                "mapped_tables": self.mapped_tables(), "sequence": self.sequence,
+                "sequence_len": self.sequence_len}
 
     def mapped_tables(self) -> tuple[str, ...]:
         """``id_maps`` as sorted table names."""

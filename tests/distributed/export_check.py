@@ -17,7 +17,7 @@ import torch.distributed as dist
 from models.batch import BatchBuilder
 from models.checkpoint import Manifest, load_checkpoint, write_checkpoint
 from models.dlrm import StreamRecModel
-from models.spec import FeatureSpec, TableSpec
+from models.spec import FeatureSpec, TableSpec, sequence_features
 from trainer import distributed as D
 
 SPEC = FeatureSpec(tables=(TableSpec("t_user", 997, ("user_id",)),
@@ -25,8 +25,14 @@ SPEC = FeatureSpec(tables=(TableSpec("t_user", 997, ("user_id",)),
                            TableSpec("t_category", 31, ("category",))))
 
 
-if len(sys.argv) > 2:  # the feature interaction to check (dot or dcn)
-    SPEC = dataclasses.replace(SPEC, interaction=sys.argv[2])
+if len(sys.argv) > 2:  # the feature interaction to check (dot or dcn), "+attention": DIN
+    interaction, _, attention = sys.argv[2].partition("+")
+    SPEC = dataclasses.replace(SPEC, interaction=interaction)
+    if attention:
+        SPEC = dataclasses.replace(
+            SPEC, sequence="attention", sequence_len=3,
+            tables=tuple(dataclasses.replace(t, features=(*t.features, *sequence_features(3)))
+                         if t.name == "t_item" else t for t in SPEC.tables))
 
 
 def examples(seed: int, n: int = 64) -> list[dict]:

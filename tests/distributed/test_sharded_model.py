@@ -29,7 +29,7 @@ def failure(result: subprocess.CompletedProcess[str]) -> str:
     return "\n".join(lines[-60:]) + "\n--- tail ---\n" + result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("interaction", ["dot", "dcn"])
+@pytest.mark.parametrize("interaction", ["dot", "dcn", "dot+attention"])
 def test_export_scores_like_the_sharded_model(tmp_path: Path, interaction: str) -> None:
     result = torchrun(["tests/distributed/export_check.py", str(tmp_path), interaction])
     assert result.returncode == 0, failure(result)

@@ -125,3 +125,39 @@ def test_group_softmax_loss_scores_each_positive_against_its_own_negatives() -> 
     assert math.isclose(float(group_softmax_loss(logits, labels)), (first + second) / 2,
                         rel_tol=1e-6)
     assert float(group_softmax_loss(logits, torch.zeros(7))) == 0.0
+
+
+def test_attention_spec_builds_positional_recent_items_alike_for_training_and_scoring() -> None:
+    from models.dlrm import TargetAttentionArch
+    from models.spec import spec_for
+
+    spec = spec_for(sequence="attention", sequence_len=3)
+    assert spec.sparse == ("user_id", "item_id", "recent_items", "recent_0", "recent_1",
+                           "recent_2", "category")
+    assert spec.digest() != spec_for().digest()
+    builder = BatchBuilder(spec)
+    examples = [{"example_id": f"x{k}", "user_id": "u1", "item_id": f"i{k}", "category": "c",
+                 "labels": {"click": 1, "purchase": 0}, "dense_schema": spec.dense_schema(),
+                 "dense": [0.0] * len(spec.dense), "recent_items": ["a", "b", "c", "d"][:k]}
+                for k in range(5)]
+    kjt = builder.build(examples).sparse.to_dict()
+    assert kjt["recent_0"].lengths().tolist() == [0, 1, 1, 1, 1]
+    assert kjt["recent_2"].lengths().tolist() == [0, 0, 0, 1, 1]  # the 4th item is not seen
+    assert kjt["recent_1"].values().tolist() == builder.rows("recent_items", ["b"] * 3).tolist()
+    for ex in examples:
+        scoring = builder.build_for_scoring([ScoringRows(
+            np.zeros((1, len(spec.dense)), np.float32), "u1", [ex["item_id"]], ["c"],
+            ex["recent_items"])]).sparse.to_dict()
+        training = builder.build([ex]).sparse.to_dict()
+        for key in spec.sparse:
+            assert torch.equal(training[key].values(), scoring[key].values()), key
+            assert torch.equal(training[key].lengths(), scoring[key].lengths()), key
+
+    arch = TargetAttentionArch(4)
+    keys = torch.randn(2, 3, 4)
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    assert arch(torch.randn(2, 4), keys, mask).shape == (2, 4)  # B x E
+    changed = keys.clone()
+    changed[0, 1:] = 100.0  # padded positions of row 0 do not count
+    again = arch(torch.zeros(2, 4), changed, mask)
+    assert torch.allclose(again[0], arch(torch.zeros(2, 4), keys, mask)[0])

@@ -304,13 +304,19 @@ def feature_rows(
     last = user_column("last")
     out[:, col] = np.where(np.isnan(last), -1.0, np.log1p(np.maximum(0.0, at - last) / 1000))
     cats = [c or it.get("cat") for c, it in zip(categories, items, strict=True)]
-    aff_ref = np.fromiter((u.get(f"c.{c}.t", np.nan) if c else np.nan
-                           for u, c in zip(users, cats, strict=True)), np.float64, n)
+
+    def affinity(label: str, default: float) -> np.ndarray:
+        if one_user:  # a few categories over hundreds of rows: look each one up once
+            u = users[0] if n else {}
+            by_cat = {c: u.get(f"c.{c}.{label}", default) if c else default for c in set(cats)}
+            return np.fromiter((by_cat[c] for c in cats), np.float64, n)
+        return np.fromiter((u.get(f"c.{c}.{label}", default) if c else default
+                            for u, c in zip(users, cats, strict=True)), np.float64, n)
+
+    aff_ref = affinity("t", np.nan)
     for j, (label, h) in enumerate((("a", cfg.affinity_half_life_ms),
                                     ("s", cfg.short_affinity_half_life_ms))):
-        aff = np.fromiter((u.get(f"c.{c}.{label}", 0.0) if c else 0.0
-                           for u, c in zip(users, cats, strict=True)), np.float64, n)
-        out[:, col + 1 + j] = np.log1p(decayed(aff, aff_ref, h))
+        out[:, col + 1 + j] = np.log1p(decayed(affinity(label, 0.0), aff_ref, h))
     out[:, col + 3] = np.asarray(recent_counts, dtype=np.float64)
     col += 4
     for t in EVENT_TYPES:

@@ -191,6 +191,13 @@ class ContinuousTrainer:
         dist.barrier()
         found = latest_resumable(self.root, self.spec.digest())
         if found is None:
+            # Versions on disk that are not this model's (another spec: a changed model
+            # setting) keep their numbers; this run's versions come after them.
+            self.state.version = max(list_versions(self.root), default=0)
+            if self.state.version:
+                log.warning("rank %d: no checkpoint of this model (spec %s) under %s; training "
+                            "from scratch, publishing from v%d on", self.info.rank,
+                            self.spec.digest(), self.root, self.state.version + 1)
             return {}
         manifest = found.manifest
         # Versions newer than the one resumed from (a corrupt one) keep their numbers.

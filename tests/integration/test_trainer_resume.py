@@ -76,3 +76,27 @@ def test_offsets_of_a_recreated_topic_are_not_applied(stack: Settings, tmp_path:
     trained_now = last.examples_seen - first.examples_seen
     assert trained_now == 300  # the model went on from the checkpoint ...
     assert sum(last.offsets.values()) == trained_now  # ... reading the new topic from offset 0
+
+
+def test_a_changed_model_starts_fresh_after_the_versions_of_the_old_one(
+        stack: Settings, tmp_path: Path) -> None:
+    """A model setting that changes the spec (here the interaction) makes the old checkpoints
+    unusable: the trainer says so, trains from scratch and numbers its versions after theirs,
+    instead of failing on the first publish because v1 exists."""
+    settings = stack.with_values({
+        "trainer.batch_size": "100", "trainer.batch_max_wait_ms": "200",
+        "trainer.publish_interval_s": "3600", "trainer.publish_every_steps": "2",
+        "trainer.holdout_share": "0"})
+    root = Path(settings.trainer.checkpoint_dir)
+    produce_examples(settings, 1000)
+    train(settings, "--max-steps", "4")
+    old = list_versions(root)
+    assert old and read_manifest(version_dir(root, old[-1])).spec_digest
+
+    out = train(settings.with_values({"model.interaction": "dcn"}), "--max-steps", "2")
+    assert "no checkpoint of this model" in out, out[-3000:]
+    new = [v for v in list_versions(root) if v > old[-1]]
+    assert new, out[-3000:]
+    first_new = read_manifest(version_dir(root, new[0]))
+    assert first_new.step == 2 and first_new.spec_digest != read_manifest(
+        version_dir(root, old[-1])).spec_digest

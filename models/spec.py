@@ -125,7 +125,7 @@ def spec_for(interaction: str = "dot", listwise_weight: float = 0.0, retrieval_d
     id-mapped tables (``model.id_maps``): every process builds its spec here, from
     ``settings.model.spec_args()``, and the view of the recent items (``model.sequence``,
     ``model.sequence_len``). Raises ``ValueError`` for an unknown interaction, sequence or
-    table, a bad size, or id maps with a retriever."""
+    table or a bad size."""
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown interaction {interaction!r}; one of {INTERACTIONS}")
     if retrieval_dim < 0:
@@ -133,8 +133,6 @@ def spec_for(interaction: str = "dot", listwise_weight: float = 0.0, retrieval_d
     names = {t.name for t in DEFAULT_SPEC.tables}
     if set(mapped_tables) - names:
         raise ValueError(f"unknown tables {sorted(set(mapped_tables) - names)}")
-    if mapped_tables and retrieval_dim:
-        raise ValueError("id maps with a retriever are not supported")
     if sequence not in SEQUENCES:
         raise ValueError(f"unknown sequence {sequence!r}; one of {SEQUENCES}")
     if sequence_len < 1:

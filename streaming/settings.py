@@ -192,12 +192,9 @@ class ModelSettings:
     sequence_len: int = _f(10, "recent items the attention looks at (model.sequence=attention)")
     id_maps: str = _f("", "comma-separated tables whose ids get rows of their own "
                       "(collision-free, LRU-evicted when full) instead of hashed rows: t_user, "
-                      "t_item; empty = all hashed. Not with a retriever")
+                      "t_item; empty = all hashed")
 
     def __post_init__(self) -> None:
-        if self.id_maps and self.retrieval_dim:
-            raise ConfigError("model.id_maps and model.retrieval_dim cannot be combined yet: "
-                              "the retriever's tables and item catalogue use hashed rows")
         unknown = set(self.mapped_tables()) - {"t_user", "t_item"}
         if unknown:
             raise ConfigError(f"model.id_maps: unknown table(s) {sorted(unknown)}; "

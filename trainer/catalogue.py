@@ -36,6 +36,13 @@ class CatalogueRows:
     category_rows: np.ndarray
     dense: np.ndarray
 
+    def remapped(self, rows: np.ndarray) -> CatalogueRows:
+        """These items with item rows ``rows`` (``N``, an id map's current rows), without the
+        items whose row is the map's unknown row 0 (evicted: their vector would be another's)."""
+        keep = rows != 0
+        return CatalogueRows([i for i, k in zip(self.ids, keep.tolist(), strict=True) if k],
+                             rows[keep], self.category_rows[keep], self.dense[keep])
+
 
 class ItemCatalogue:
     """Newest item-tower inputs per item id, at most ``capacity`` items.

@@ -320,26 +320,32 @@ def gather_delta_state(dmp: nn.Module, optimizer: Any, info: DistInfo,
 
 
 def reset_rows(dmp: nn.Module, optimizer: Any, table: str, rows: np.ndarray,
-               values: torch.Tensor) -> None:
-    """Rows ``rows`` of embedding table ``table`` take ``values`` (``len(rows) x E``, the same
-    on every rank) and their optimizer state restarts from zero: what an id given a row of its
-    own (:class:`models.id_map.IdMap`) starts from instead of the row's previous id's vector.
-    Each rank writes the rows of the shards it owns; no collective."""
+               seed: int) -> None:
+    """Rows ``rows`` of embedding table ``table`` restart from fresh initial values (TorchRec's
+    default, uniform in +-1/sqrt(table rows), drawn from a generator seeded by ``seed``, so a
+    resumed trainer draws the same ones) and their optimizer state from zero: what an id given a
+    row of its own (:class:`models.id_map.IdMap`) starts from instead of the row's previous
+    id's vector. Each rank writes the rows of the shards it owns; no collective."""
     idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
     with torch.no_grad():
-        targets = [(k, v, values) for k, v in dmp.state_dict().items()
+        targets = [(k, v, True) for k, v in dmp.state_dict().items()
                    if table_of_key(k) == table and _export_key(k) is not None]
-        targets += [(k, v, None) for k, v in _optimizer_tensors(optimizer).items()
+        targets += [(k, v, False) for k, v in _optimizer_tensors(optimizer).items()
                     if table_of_key(k) == table]
-        for key, value, src in targets:
-            shards = value.local_shards() if isinstance(value, ShardedTensor) else None
-            if shards is None:
+        for key, value, weights in targets:
+            if not isinstance(value, ShardedTensor):
                 raise CheckpointError(f"{key}: not sharded; id-mapped tables are sharded")
-            for shard in shards:
+            size = tuple(value.size())
+            fresh = None
+            if weights:
+                gen = torch.Generator().manual_seed(seed)
+                bound = 1.0 / float(np.sqrt(size[0]))
+                fresh = (torch.rand((len(idx), *size[1:]), generator=gen) * 2 - 1) * bound
+            for shard in value.local_shards():
                 lo, n = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
                 mine = (idx >= lo) & (idx < lo + n)
                 local = idx[mine] - lo
-                if src is None:
+                if fresh is None:
                     shard.tensor[local] = 0
                 else:
-                    shard.tensor[local] = src[mine].to(shard.tensor.dtype)
+                    shard.tensor[local] = fresh[mine].to(shard.tensor.dtype)

@@ -35,7 +35,7 @@ import orjson
 import torch
 import torch.distributed as dist
 
-from models.batch import BatchBuilder, ExampleBatch
+from models.batch import BatchBuilder, ExampleBatch, id_keys
 from models.checkpoint import (
     HOLDOUT_FILE,
     ID_MAPS_FILE,
@@ -67,7 +67,7 @@ from trainer import distributed as D
 from trainer.announcements import AnnouncementLog, announcement, protected, send, with_served
 from trainer.catalogue import ItemCatalogue
 from trainer.dedup import RecentIds
-from trainer.deltas import Published, TouchedRows
+from trainer.deltas import Published, TouchedRows, table_features
 from trainer.metrics import Prequential, PromotionMetrics, auc, log_loss
 from trainer.promotion import Gate, held_out
 from trainer.source import ExampleSource, offset_key, verified_offsets
@@ -130,6 +130,10 @@ class ContinuousTrainer:
         self.id_maps = {t.name: IdMap(t.num_embeddings) for t in spec.tables
                         if t.name in spec.mapped}
         self.builder = BatchBuilder(spec, self.id_maps)
+        # mapped table -> every table (ranker's and retriever's) whose keys it maps
+        keys_of = {name: set(keys) for name, (keys, _) in table_features(spec).items()}
+        self._sharing = {t: [o for o, keys in keys_of.items() if keys & keys_of[t]]
+                         for t in self.id_maps}
         self.root = Path(settings.trainer.checkpoint_dir)
         torch.manual_seed(settings.trainer.seed)  # reproducible initial weights on every rank
         self.dmp, self.optimizer = D.build_sharded(spec, self.info)
@@ -279,13 +283,13 @@ class ContinuousTrainer:
         dist.all_gather_object(gathered, keys)
         for table, m in self.id_maps.items():
             given = m.admit(np.concatenate([g[table] for g in gathered]))
-            if len(given):
-                dim = self.spec.embedding_dim
-                bound = 1.0 / math.sqrt(m.capacity)  # TorchRec's default table init
-                gen = torch.Generator().manual_seed(
-                    self.settings.trainer.seed * 1_000_003 + m.step * 31 + zlib.crc32(table.encode()))
-                values = (torch.rand(len(given), dim, generator=gen) * 2 - 1) * bound
-                D.reset_rows(self.dmp, self.optimizer, table, given, values)
+            if not len(given):
+                continue
+            # Every table looking up the same ids (the retriever's mirror the ranker's rows).
+            for other in self._sharing[table]:
+                seed = (self.settings.trainer.seed * 1_000_003 + m.step * 31
+                        + zlib.crc32(other.encode()))
+                D.reset_rows(self.dmp, self.optimizer, other, given, seed)
 
     def _read_identity(self, retry_s: float = 30.0) -> ClusterIdentity | None:
         """The cluster id and the examples topic's id, or None (logged) if Kafka cannot say
@@ -525,6 +529,9 @@ class ContinuousTrainer:
         self._tower.load_state_dict({k[len(prefix):]: v for k, v in full.items()
                                      if k.startswith(prefix)})
         held = self.catalogue.rows()
+        item_map = self.id_maps.get(self.spec.table_of("item_id").name)
+        if item_map is not None:  # rows as the map holds them now; evicted items leave
+            held = held.remapped(item_map.lookup(id_keys(held.ids)))
         return pack_item_vectors(held.ids, self.catalogue.embed(self._tower, held),
                                  ItemCatalogue.inputs(held))
 

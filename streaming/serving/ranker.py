@@ -364,9 +364,11 @@ class FeedRanker:
         """:meth:`rank_many` for one user: the feed, or None when the user has no candidates."""
         return self.rank_many([user_id], now_ms)[0]
 
-    def retrieve(self, reads: Sequence[UserReads], retrieval: Retrieval, now_ms: int) -> None:
+    def retrieve(self, reads: Sequence[UserReads], retrieval: Retrieval, now_ms: int,
+                 builder: BatchBuilder | None = None) -> None:
         """Fill each user's ``candidates.retrieved`` with the retriever's nearest items (the
-        user tower's inputs built from the reads, as for scoring). Asks for the repeat policy's
+        user tower's inputs built from the reads, as for scoring, by ``builder``: the served
+        model's, with its id maps; default the hashing one). Asks for the repeat policy's
         excluded items on top, so that the source is not emptied by them."""
         rows = []
         for r in reads:
@@ -375,7 +377,7 @@ class FeedRanker:
             rows.append(user_rows(r.user_id, dense, [i for i, _ in r.recent]))
         k = self.limits.retrieval_candidates
         excluded = max(len(excluded_items(r.candidates, self.limits.repeat)) for r in reads)
-        found = retrieval.query(self.builder, rows, k + min(excluded, k))
+        found = retrieval.query(builder or self.builder, rows, k + min(excluded, k))
         for r, items in zip(reads, found, strict=True):
             r.candidates.retrieved = items
 
@@ -391,7 +393,7 @@ class FeedRanker:
         if retrieval is None and loaded is not None:
             retrieval = loaded.retrieval
         if retrieval is not None and reads:
-            self.retrieve(reads, retrieval, now_ms)
+            self.retrieve(reads, retrieval, now_ms, self.builder_for(loaded))
         cands = [generate(r.candidates, self.n_candidates, self.limits.repeat,
                           self.limits.covisit_candidates, self.limits.retrieval_candidates)
                  for r in reads]

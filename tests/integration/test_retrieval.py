@@ -35,9 +35,11 @@ def _published(root: Path) -> tuple[int, Path, list[str], np.ndarray]:
     return version, path, ids, vectors
 
 
-def test_item_vectors_are_published_restored_and_served(stack: Settings, redis_client) -> None:
+@pytest.mark.parametrize("id_maps", ["", "t_user,t_item"], ids=["hashed", "id-maps"])
+def test_item_vectors_are_published_restored_and_served(stack: Settings, redis_client,
+                                                        id_maps: str) -> None:
     settings = stack.with_values({
-        "model.retrieval_dim": "8", "trainer.batch_size": "100",
+        "model.retrieval_dim": "8", "model.id_maps": id_maps, "trainer.batch_size": "100",
         "trainer.batch_max_wait_ms": "200", "trainer.publish_interval_s": "3600",
         "trainer.publish_every_steps": "2", "trainer.holdout_share": "0",
         "serving.retrieval_candidates": "7"})
@@ -64,3 +66,5 @@ def test_item_vectors_are_published_restored_and_served(stack: Settings, redis_c
     feed = ranker.rank("newcomer", 1_732_000_000_000)
     assert feed is not None and feed.sources == {"retrieval": 7}
     assert {item.item_id for item in feed.items} <= set(ids)
+    if id_maps:  # the scorer's user tower looked the user up in the served maps
+        assert loaded.builder is not None and loaded.builder.id_maps

@@ -132,5 +132,15 @@ def test_maps_travel_in_a_checkpoint_blob_and_are_part_of_the_spec() -> None:
     assert spec.mapped == ("t_item", "t_user") and spec.digest() != DEFAULT_SPEC.digest()
     with pytest.raises(ConfigError, match="unknown table"):
         Settings.load(overrides={"model.id_maps": "t_category"})
-    with pytest.raises(ConfigError, match="retriever"):
-        Settings.load(overrides={"model.id_maps": "t_user", "model.retrieval_dim": "8"})
+    both = Settings.load(overrides={"model.id_maps": "t_user", "model.retrieval_dim": "8"})
+    assert spec_for(**both.model.spec_args()).mapped == ("t_user",)
+
+
+def test_catalogue_rows_follow_the_item_map() -> None:
+    from trainer.catalogue import CatalogueRows
+
+    rows = CatalogueRows(["a", "b", "c"], np.array([5, 6, 7]), np.array([1, -1, 2]),
+                         np.zeros((3, 2), np.float32))
+    now = rows.remapped(np.array([9, UNKNOWN_ROW, 4]))  # b was evicted
+    assert now.ids == ["a", "c"] and now.item_rows.tolist() == [9, 4]
+    assert now.category_rows.tolist() == [1, 2] and now.dense.shape == (2, 2)

@@ -194,25 +194,22 @@ class ContinuousTrainer:
             remove_stale_tmp(self.root)
         dist.barrier()
         found = latest_resumable(self.root, self.spec.digest())
+        # Versions on disk this run does not resume from (another spec's after a changed model
+        # setting, a corrupt newer one) keep their numbers: this run's come after them.
+        self.state.version = max(list_versions(self.root), default=0)
         if found is None:
-            # Versions on disk that are not this model's (another spec: a changed model
-            # setting) keep their numbers; this run's versions come after them.
-            self.state.version = max(list_versions(self.root), default=0)
             if self.state.version:
                 log.warning("rank %d: no checkpoint of this model (spec %s) under %s; training "
                             "from scratch, publishing from v%d on", self.info.rank,
                             self.spec.digest(), self.root, self.state.version + 1)
             return {}
         manifest = found.manifest
-        # Versions newer than the one resumed from (a corrupt one) keep their numbers.
-        newest = max(list_versions(self.root), default=manifest.version)
         D.load_full_state(self.dmp, found.model)
         if found.optimizer is not None:
             D.load_optimizer_state(self.optimizer, found.optimizer)
         else:
             log.warning("rank %d: checkpoint v%d has no optimizer state (an older format); the "
                         "optimizer restarts from zero", self.info.rank, manifest.version)
-        self.state.version = max(manifest.version, newest)
         self.state.step = manifest.step
         self.state.examples_base = manifest.examples_seen
         self.state.held_out_base = manifest.examples_held_out

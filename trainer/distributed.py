@@ -118,6 +118,16 @@ def _export_key(key: str) -> str | None:
     return key[len("model."):] if key.startswith("model.") else None
 
 
+def _broadcast_buffers(dmp: nn.Module) -> None:
+    """Collective: rank 0's replicated buffers (the dense normalisation's running statistics)
+    to every rank. DDP syncs them only at the start of each training forward, after which
+    every rank updates them with its own batch."""
+    with torch.no_grad():
+        for _, buf in dmp.named_buffers():
+            if not isinstance(buf, ShardedTensor):
+                dist.broadcast(buf, src=0)
+
+
 def gather_full_state(dmp: nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | None:
     """Collective: every rank calls it; rank 0 gets the unsharded StreamRecModel state_dict.
 
@@ -125,10 +135,7 @@ def gather_full_state(dmp: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]
     rank 0: DDP syncs them only at the start of each training forward, after which every rank
     updates them with its own batch. After this call every rank holds exactly the exported model.
     """
-    with torch.no_grad():
-        for _, buf in dmp.named_buffers():
-            if not isinstance(buf, ShardedTensor):
-                dist.broadcast(buf, src=0)
+    _broadcast_buffers(dmp)
     out: dict[str, torch.Tensor] = {}
     for key, value in dmp.state_dict().items():
         name = _export_key(key)
@@ -279,10 +286,7 @@ def gather_delta_state(dmp: nn.Module, optimizer: Any, info: DistInfo,
     RowWiseAdagrad only updates rows a batch looked up, so the rows the batches held are those.
 
     Like :func:`gather_full_state`, replicated buffers are broadcast from rank 0 first."""
-    with torch.no_grad():
-        for _, buf in dmp.named_buffers():
-            if not isinstance(buf, ShardedTensor):
-                dist.broadcast(buf, src=0)
+    _broadcast_buffers(dmp)
     empty = np.zeros(0, dtype=np.int64)
     mine: list[tuple[str, str, torch.Tensor, torch.Tensor]] = []
     model_out: dict[str, torch.Tensor] = {}

@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the stream's profile; other logs: implicit without views, "
                          "else exposure")
     ev.add_argument("--no-plots", action="store_true", help="skip the PNG")
+    ev.add_argument("--dump-candidates", type=Path, metavar="DIR",
+                    help="also write every ranked candidate's dense features, model scores and "
+                         "label to DIR/candidates-<stream>.npz, for offline study")
     _global_options(ev)
 
     model = sub.add_parser("model", help="checkpoints and their verdicts; promote or roll back "

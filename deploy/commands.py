@@ -217,7 +217,8 @@ def cmd_eval(args: argparse.Namespace, settings: Any) -> int:
     result = run_eval(settings, args.stream, services=EmbeddedRuntime, seed=args.seed,
                       via=args.via, events=args.events,
                       out_dir=args.out, plots=not args.no_plots,
-                      opts=EvalOptions(rank_users=args.rank_users, warmup_share=args.warmup),
+                      opts=EvalOptions(rank_users=args.rank_users, warmup_share=args.warmup,
+                                       dump_dir=args.dump_candidates),
                       scales=scales, say=lambda s: print(s, file=sys.stderr, flush=True))
     print(orjson.dumps(summary(result)).decode(), flush=True)
     return 0

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from streaming.contract.events import Event
+from trainer.evaluation.dump import CandidateDump
 from trainer.evaluation.harness import _relevant_by_window, _sample_users
 from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
 from trainer.evaluation.ranking import (
@@ -133,3 +135,18 @@ def test_next_interactions_are_grouped_by_window_and_users_sampled_reproducibly(
     assert _sample_users(many, 10, seed=7, window=3) != _sample_users(many, 10, seed=7, window=4)
     assert len(_sample_users(many, 10, seed=7, window=3)) == 10
     assert _sample_users({"u1": {"i"}}, 10, seed=7, window=0) == ["u1"]
+
+
+def test_candidate_dump_keeps_one_row_per_candidate_and_each_windows_relevant_count(
+        tmp_path: Path) -> None:
+    dump = CandidateDump(("d0", "d1"))
+    dump.add(100, "u1", [("i1", "recent"), ("i2", "again")], {"i2", "i9"},
+             np.array([[1, 2], [3, 4]]), {"continuous": np.array([0.2, 0.7])}, {"i2": 1.5})
+    dump.add(200, "u2", [("i3", "popular")], set(), np.array([[5, 6]]),
+             {"continuous": np.array([0.1])}, {})
+    d = np.load(dump.write(tmp_path / "c.npz"))
+    assert d["label"].tolist() == [0, 1, 0] and d["group"].tolist() == [0, 0, 1]
+    assert d["relevant"].tolist() == [2, 0] and d["buy_again"].tolist() == [0.0, 1.5, 0.0]
+    assert d["dense"].shape == (3, 2) and d["score_continuous"].shape == (3,)
+    assert [str(d["sources"][s]) for s in d["source"]] == ["recent", "again", "popular"]
+    assert d["item"].tolist() == ["i1", "i2", "i3"] and d["user"].tolist() == [0, 0, 1]

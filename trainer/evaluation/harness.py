@@ -40,6 +40,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ from streaming.serving.retrieval import Retrieval, RetrievalIndex
 from streaming.settings import Settings
 from trainer import distributed as D
 from trainer.catalogue import ItemCatalogue
+from trainer.evaluation.dump import CandidateDump
 from trainer.evaluation.ingest import Ingest
 from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
 from trainer.evaluation.profiles import LoadedStream, format_duration_ms
@@ -94,6 +96,8 @@ class EvalOptions:
     warmup_share: float = 0.2
     batch_size: int = 1024  # examples per trainer step (a tick's examples are split)
     rank_batch_users: int = 250  # users whose candidates share one forward pass when ranking
+    # Where to write every ranked candidate's features, scores and label (None: nowhere).
+    dump_dir: Path | None = None
 
 
 @dataclass(slots=True)
@@ -179,6 +183,7 @@ class PrequentialRun:
         self.n_cat = spec.table_of("category").num_embeddings
         self.catalogue = ItemCatalogue(spec.dense, settings.trainer.catalogue_items) \
             if spec.retrieval_dim else None
+        self.dump = CandidateDump(spec.dense) if opts.dump_dir is not None else None
 
     # -- models ---------------------------------------------------------------------------
     def _export(self) -> dict[str, torch.Tensor]:
@@ -239,6 +244,7 @@ class PrequentialRun:
             scores["lightgbm"] = cb.split(self.lgbm.predict(lgbm_matrix(
                 cb.batch.dense.numpy(), cat_rows)))
         top_popular = take(popular, k)
+        dense = cb.split(cb.batch.dense.numpy()) if self.dump is not None and cb.scored else {}
         for j, user in enumerate(users):
             rel = relevant[user]
             reads = cb.reads[j].candidates
@@ -257,6 +263,10 @@ class PrequentialRun:
             lists["popularity"] = top_popular
             lists["popularity_repeat_policy"] = take(popular, k, excluded)
             lists["buy_again"] = self.buy_again.ranking(user, now_ms, k, popular)
+            if self.dump is not None and j in scores.get("continuous", {}):
+                self.dump.add(now_ms, user, cb.cands[j], rel, dense[j],
+                              {name: s[j] for name, s in scores.items()},
+                              self.buy_again.scores(user, now_ms))
             lists["covisit"] = covisit_ranking(reads.recent, reads.covisit, k, exclude=excluded)
             for name in RANKERS:
                 ranked = lists.get(name, [])
@@ -343,6 +353,9 @@ class PrequentialRun:
                 last_lgbm = tick_end
         if not labels:
             raise StreamrecError(_no_examples(events, self.settings, self.ingest.dead_lettered))
+        if self.dump is not None and self.opts.dump_dir is not None:
+            path = self.dump.write(self.opts.dump_dir / f"candidates-{prof.name}.npz")
+            self.say(f"  candidates written to {path}")
         return self._summarise(
             np.concatenate(labels), np.concatenate(example_ts), sweep, frozen,
             np.concatenate(lgbm_probs), ranked, t0, warm_end,

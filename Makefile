@@ -21,7 +21,7 @@ demo: $(STAMP) services
 
 test: lint services
 	@bash deploy/ensure-chromium.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # Refresh docs/dashboard.png from a live run (the browser test, writing into docs/).
 screenshot: $(STAMP) services

@@ -238,6 +238,8 @@ class TrainerSettings:
                          "(the embedding rows trained since the last publish, their optimizer "
                          "rows, the dense parameters whole); 1 = every publish full")
     seed: int = _f(0, "seed of the model's initial weights (same seed and examples, same model)")
+    embedding_lr: float = _f(0.05, "learning rate of the embedding tables' fused RowWiseAdagrad")
+    dense_lr: float = _f(0.01, "learning rate of the dense layers' Adagrad")
     holdout_share: float = _f(0.02, "share of examples (by a hash of example_id) never trained "
                               "on, kept to judge new checkpoints before they are served "
                               "(0 = serve every checkpoint unchecked)")
@@ -258,6 +260,8 @@ class TrainerSettings:
         _positive("trainer.batch_max_wait_ms", self.batch_max_wait_ms)
         _positive("trainer.publish_interval_s", self.publish_interval_s)
         _positive("trainer.keep_checkpoints", self.keep_checkpoints)
+        _positive("trainer.embedding_lr", self.embedding_lr)
+        _positive("trainer.dense_lr", self.dense_lr)
         _positive("trainer.full_every", self.full_every)
         if self.publish_every_steps < 0:
             raise ConfigError("trainer.publish_every_steps must be >= 0")

@@ -90,7 +90,9 @@ def shutdown(timeout_s: float = 30.0) -> None:
 def build_sharded(spec: FeatureSpec, info: DistInfo, lr_sparse: float = 0.05,
                   lr_dense: float = 0.01) -> tuple[nn.Module, Any]:
     """``(DMP-wrapped RankingTrain, combined optimizer)``. Tables are created on the meta device
-    and materialised shard by shard on their owner rank."""
+    and materialised shard by shard on their owner rank. ``lr_sparse`` / ``lr_dense``: the
+    learning rates of the tables' RowWiseAdagrad and the dense layers' Adagrad (the defaults
+    are ``trainer.embedding_lr`` / ``trainer.dense_lr``'s)."""
     train = RankingTrain(StreamRecModel(spec, device=torch.device("meta")))
     # Every embedding table (the ranker's and, with one, the retriever's) is sharded table-wise
     # and updated by the fused RowWiseAdagrad inside backward.

@@ -136,7 +136,9 @@ class ContinuousTrainer:
                          for t in self.id_maps}
         self.root = Path(settings.trainer.checkpoint_dir)
         torch.manual_seed(settings.trainer.seed)  # reproducible initial weights on every rank
-        self.dmp, self.optimizer = D.build_sharded(spec, self.info)
+        self.dmp, self.optimizer = D.build_sharded(spec, self.info,
+                                                   lr_sparse=settings.trainer.embedding_lr,
+                                                   lr_dense=settings.trainer.dense_lr)
         self.state = TrainerState()
         # Delta publishing (trainer.full_every > 1): rows trained since the last publish, and
         # rank 0's copy of the published state. The first publish of a run is always full, so

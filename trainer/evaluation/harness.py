@@ -168,7 +168,9 @@ class PrequentialRun:
         torch.manual_seed(seed)
         np.random.seed(seed)
         self.info = D.init()
-        self.dmp, self.optimizer = D.build_sharded(spec, self.info)
+        self.dmp, self.optimizer = D.build_sharded(spec, self.info,
+                                                   lr_sparse=settings.trainer.embedding_lr,
+                                                   lr_dense=settings.trainer.dense_lr)
         self.builder = BatchBuilder(spec)
         self._redis = connect(settings.redis)
         serving = dataclasses.replace(settings.serving, feed_size=opts.k,

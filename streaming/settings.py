@@ -238,8 +238,8 @@ class TrainerSettings:
                          "(the embedding rows trained since the last publish, their optimizer "
                          "rows, the dense parameters whole); 1 = every publish full")
     seed: int = _f(0, "seed of the model's initial weights (same seed and examples, same model)")
-    embedding_lr: float = _f(0.05, "learning rate of the embedding tables' fused RowWiseAdagrad")
-    dense_lr: float = _f(0.01, "learning rate of the dense layers' Adagrad")
+    embedding_lr: float = _f(0.1, "learning rate of the embedding tables' fused RowWiseAdagrad")
+    dense_lr: float = _f(0.03, "learning rate of the dense layers' Adagrad")
     holdout_share: float = _f(0.02, "share of examples (by a hash of example_id) never trained "
                               "on, kept to judge new checkpoints before they are served "
                               "(0 = serve every checkpoint unchecked)")

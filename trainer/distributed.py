@@ -36,6 +36,7 @@ from models.checkpoint import ROWS_SUFFIX
 from models.dlrm import RankingTrain, StreamRecModel
 from models.spec import FeatureSpec
 from streaming.errors import CheckpointError
+from streaming.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,15 @@ def shutdown(timeout_s: float = 30.0) -> None:
     dist.destroy_process_group()
 
 
-def build_sharded(spec: FeatureSpec, info: DistInfo, lr_sparse: float = 0.05,
-                  lr_dense: float = 0.01) -> tuple[nn.Module, Any]:
+def build_sharded(spec: FeatureSpec, info: DistInfo, lr_sparse: float | None = None,
+                  lr_dense: float | None = None) -> tuple[nn.Module, Any]:
     """``(DMP-wrapped RankingTrain, combined optimizer)``. Tables are created on the meta device
     and materialised shard by shard on their owner rank. ``lr_sparse`` / ``lr_dense``: the
-    learning rates of the tables' RowWiseAdagrad and the dense layers' Adagrad (the defaults
-    are ``trainer.embedding_lr`` / ``trainer.dense_lr``'s)."""
+    learning rates of the tables' RowWiseAdagrad and the dense layers' Adagrad (None:
+    ``trainer.embedding_lr`` / ``trainer.dense_lr``'s defaults)."""
+    defaults = TrainerSettings()
+    lr_sparse = defaults.embedding_lr if lr_sparse is None else lr_sparse
+    lr_dense = defaults.dense_lr if lr_dense is None else lr_dense
     train = RankingTrain(StreamRecModel(spec, device=torch.device("meta")))
     # Every embedding table (the ranker's and, with one, the retriever's) is sharded table-wise
     # and updated by the fused RowWiseAdagrad inside backward.

@@ -66,9 +66,11 @@ def examples(n_events: int, n_ids: int, seed: int, spec: FeatureSpec) -> list[di
 
 
 class Arm:
-    """One model, its optimizers and its batch builder (hashed, or behind id maps)."""
+    """One model, its optimizers (Adagrad at the trainer's learning rates ``lr_sparse`` /
+    ``lr_dense``) and its batch builder (hashed, or behind id maps)."""
 
-    def __init__(self, spec: FeatureSpec, seed: int, maps: dict[str, IdMap] | None) -> None:
+    def __init__(self, spec: FeatureSpec, seed: int, maps: dict[str, IdMap] | None,
+                 lr_sparse: float, lr_dense: float) -> None:
         torch.manual_seed(seed)
         self.train = RankingTrain(StreamRecModel(spec))
         ebc = self.train.model.dlrm.sparse_arch.embedding_bag_collection
@@ -76,9 +78,9 @@ class Arm:
         self.init = {name: bag.weight.detach().clone() for name, bag in self.tables.items()}
         sparse = [p for bag in self.tables.values() for p in bag.parameters()]
         ids = {id(p) for p in sparse}
-        self.opt_sparse = torch.optim.Adagrad(sparse, lr=0.05)
+        self.opt_sparse = torch.optim.Adagrad(sparse, lr=lr_sparse)
         self.opt_dense = torch.optim.Adagrad(
-            [p for p in self.train.parameters() if id(p) not in ids], lr=0.01)
+            [p for p in self.train.parameters() if id(p) not in ids], lr=lr_dense)
         self.maps = maps or {}
         self.builder = BatchBuilder(spec, self.maps)
         self.admit_s: list[float] = []
@@ -134,8 +136,9 @@ def main(argv: list[str], settings: Any) -> None:
     t0 = time.perf_counter()
     exs = examples(args.events, args.ids, args.seed, spec)
     generate_s = time.perf_counter() - t0
-    arms = {"hashed": Arm(spec, args.seed, None),
-            "mapped": Arm(spec, args.seed, {t: IdMap(args.rows) for t in MAPPED_TABLES})}
+    lrs = settings.trainer.embedding_lr, settings.trainer.dense_lr
+    arms = {"hashed": Arm(spec, args.seed, None, *lrs),
+            "mapped": Arm(spec, args.seed, {t: IdMap(args.rows) for t in MAPPED_TABLES}, *lrs)}
     batches = [exs[i:i + batch_size] for i in range(0, len(exs), batch_size)]
     scored: dict[str, list[np.ndarray]] = {name: [] for name in arms}
     unknown: list[float] = []

@@ -433,7 +433,7 @@ def watermark_anomalies(settings: Settings) -> int | None:
     except BrokerError:
         return None
     try:
-        return sum(1 for p in collector.collect() if p.anomaly)
+        return sum(1 for p in collector.collect(ages=False) if p.anomaly)
     except BrokerError:
         return None
     finally:

@@ -37,6 +37,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol
@@ -227,6 +228,7 @@ class EmbeddedRuntime:
         self.run_dir = run_dir or root / "runs" / f"{stamp}-{os.getpid()}"
         self.data_dir = data_path(settings).resolve()
         self.processes: list[Service] = []
+        self._services: list[Service] = []  # the broker and Redis this runtime started itself
         self.broker: BrokerInfo | None = None
         self.redis_embedded = False  # started a redis-server (set by start())
         self.durable = False  # a service it started keeps its data in data_dir (set by start())
@@ -323,6 +325,7 @@ class EmbeddedRuntime:
                              start_timeout_s=max(timeout_s, KAFKA_START_TIMEOUT_S))
         proc = KafkaProcess(broker)
         self.processes.append(proc)
+        self._services.append(proc)
         proc.start()
         # Healthy is "answers metadata"; ready for the pipeline is also "its groups have a
         # coordinator" (on a new cluster, __consumer_offsets is created by the first request).
@@ -347,6 +350,7 @@ class EmbeddedRuntime:
         )
         proc.start()
         self.processes.append(proc)
+        self._services.append(proc)
         bootstrap = f"{self.host}:{port}"
         admin_settings = self.settings.with_values({"kafka.bootstrap_servers": bootstrap})
         admin = KafkaAdmin(admin_settings, timeout_s=2.0, quiet=True)
@@ -385,6 +389,7 @@ class EmbeddedRuntime:
         proc = ManagedProcess("redis", [binary, str(conf_path)], self.run_dir / "redis.log")
         proc.start()
         self.processes.append(proc)
+        self._services.append(proc)
         self.redis_embedded = True
         url = f"redis://{self.host}:{port}/0"
         client = connect(dataclasses.replace(self.settings.redis, url=url))
@@ -412,11 +417,19 @@ class EmbeddedRuntime:
             proc.check_alive()
 
     def stop(self) -> None:
-        """Stop the managed processes (components first, then Redis and the broker)."""
-        # Reverse start order; Redis gets SIGTERM so it finishes its AOF write, the broker a
-        # controlled shutdown.
-        while self.processes:
-            self.processes.pop().stop()
+        """Stop the managed processes: the components first, all at once, then Redis and the
+        broker in reverse start order."""
+        components = [p for p in self.processes if p not in self._services]
+        if components:
+            # Each component takes a second or two to leave its consumer group and close; they
+            # do not depend on each other, so a Ctrl-C waits for the slowest, not for the sum.
+            with ThreadPoolExecutor(len(components), thread_name_prefix="stop") as pool:
+                list(pool.map(lambda p: p.stop(), components))
+        # Redis gets SIGTERM so it finishes its AOF write, the broker a controlled shutdown.
+        for proc in reversed(self._services):
+            proc.stop()
+        self.processes.clear()
+        self._services.clear()
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None

@@ -108,7 +108,7 @@ def consumer_lag(settings: Settings) -> dict[str, int]:
     collector = LagCollector(settings)
     try:
         out: dict[str, int] = {}
-        for p in collector.collect():
+        for p in collector.collect(ages=False):
             out[p.group] = max(out.get(p.group, 0), p.lag)
         return out
     except BrokerError as exc:

@@ -82,8 +82,12 @@ class LagCollector:
         finally:
             self._peek.unassign()
 
-    def collect(self) -> list[PartitionLag]:
-        """One lag sample of every partition of every watched group. Raises :class:`BrokerError`."""
+    def collect(self, ages: bool = True) -> list[PartitionLag]:
+        """One lag sample of every partition of every watched group. Raises :class:`BrokerError`.
+
+        ``ages=False`` skips reading each lagging partition's oldest unconsumed message (its
+        ``seconds`` stay 0): a count of messages is then a few metadata requests, where the
+        ages cost a fetch per lagging partition (seconds on a busy broker)."""
         now_ms = int(time.time() * 1000)
         out = []
         try:
@@ -99,7 +103,7 @@ class LagCollector:
                         timeout=self.timeout_s)
                     start = tp.offset if tp.offset >= 0 else low
                     oldest = self._oldest_ts_ms(g.topic, tp.partition, start) \
-                        if high > start else None
+                        if ages and high > start else None
                     out.append(partition_lag(g.group, g.topic, tp.partition, high, tp.offset,
                                              oldest, now_ms, log_start=low))
         except confluent_kafka.KafkaException as exc:

@@ -70,24 +70,11 @@ def _service_markers(lines: list[str]) -> list[str]:
     return [broker, f"redis-server {redis_addr.group(1)}"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_up_stops_cleanly_on_signal_leaving_no_process(tmp_path: Path, sig: signal.Signals) -> None:
-    proc, lines = _start_up(tmp_path)
-    markers = _service_markers(lines)
-    assert re.search(r"^kafka .*\(Apache Kafka 4\.\d+\.\d+, KRaft, ", "".join(lines), re.M), lines
-    assert all(_pids_matching(m) for m in markers), "embedded services should be running"
-    # This run's worker (other test sessions on the machine may run workers of their own).
-    workers = [pid for pid in _descendants(proc.pid) if pid in _pids_matching("deploy.cli worker")]
-    assert workers, "up should have started a worker"
-    time.sleep(2)
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    summary = orjson.loads(out.strip().splitlines()[-1])
-    assert summary["emitted"] > 0 and summary["arrived"] == summary["delivered"] == summary["emitted"]
-    assert not any(_pids_matching(m) for m in markers)
+def _assert_stopped_cleanly(markers: list[str], workers: list[int], run_dir: Path) -> None:
+    """After ``up`` exited: its broker, Redis and workers are gone, and so is its endpoints file."""
+    assert not any(_pids_matching(m) for m in markers), "broker or Redis left running"
     assert not set(workers) & set(_pids_matching("deploy.cli worker")), "worker left running"
-    assert not (tmp_path / "current.json").exists()
+    assert not (run_dir / "current.json").exists()
 
 
 def test_services_die_with_a_killed_supervisor(tmp_path: Path) -> None:
@@ -123,16 +110,23 @@ def test_up_with_duration_prints_a_summary_and_other_commands_find_it(
 
 def test_a_second_up_continues_where_the_first_stopped(tmp_path: Path) -> None:
     """Two runs on one data directory: the first run's events stay in the topic, its feature
-    state and group commits stay, and the trainer resumes at its checkpoint's offsets."""
+    state and group commits stay, and the trainer resumes at its checkpoint's offsets. The
+    first run is stopped with SIGINT (Ctrl-C), the second with SIGTERM: both leave no process."""
     ckpt = tmp_path / "ckpt"
     args = ("--rate", "150", "--no-dashboard",
             "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300",
             "--set", "trainer.publish_interval_s=3", "--set", "trainer.batch_size=64",
             "--set", f"trainer.checkpoint_dir={ckpt}")
 
-    def run(events: int, processed_total: int) -> tuple[dict, list[str], Manifest]:
+    def run(events: int, processed_total: int, sig: signal.Signals
+            ) -> tuple[dict, list[str], Manifest]:
         proc, lines, settings = start_up(tmp_path, "--events", str(events), *args)
         assert settings is not None
+        assert re.search(r"^kafka .*\(Apache Kafka 4\.\d+\.\d+, KRaft, ", "".join(lines), re.M)
+        markers = _service_markers(lines)
+        # This run's worker (other test sessions on the machine may run workers of their own).
+        workers = [p for p in _descendants(proc.pid) if p in _pids_matching("deploy.cli worker")]
+        assert workers, "up should have started a worker"
         try:
             client = connect(settings.redis)
             wait_for(f"{processed_total} events processed", lambda: read_stats(
@@ -140,19 +134,22 @@ def test_a_second_up_continues_where_the_first_stopped(tmp_path: Path) -> None:
             high = _event_offsets(settings)
             client.close()
         finally:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             out, _ = proc.communicate(timeout=90)
+        # Either signal is a clean stop: exit code 0, nothing left running.
         assert proc.returncode == 0, out[-3000:]
+        _assert_stopped_cleanly(markers, workers, tmp_path)
         versions = list_versions(ckpt)
         assert versions, out[-3000:]
         return ({"summary": orjson.loads(out.strip().splitlines()[-1]), "offsets": high},
                 lines + out.splitlines(keepends=True), read_manifest(version_dir(ckpt, versions[-1])))
 
-    first, _, m1 = run(600, 600)
+    first, _, m1 = run(600, 600, signal.SIGINT)
     assert first["summary"]["emitted"] == first["summary"]["processed"] == 600
+    assert first["summary"]["arrived"] == first["summary"]["delivered"] == 600
     assert sum(first["offsets"]) == 600 and m1.examples_seen > 0
 
-    second, lines2, m2 = run(400, 1000)
+    second, lines2, m2 = run(400, 1000, signal.SIGTERM)
     text = "".join(lines2)
     assert "topics created: none" in text, text  # the first run's topics, not new ones
     # The first run's events are still in the topic: offsets continue from where it ended.
@@ -192,16 +189,29 @@ def _event_offsets(settings: Settings) -> list[int]:
 BURST = 20  # poison messages in the run below
 
 
+def _trainer_ranks(up_pid: int) -> list[int]:
+    """The trainer's rank processes under torchrun (not the launcher, not torchrun itself)."""
+    return [p for p in _descendants(up_pid) if p in _pids_matching("deploy.cli train")
+            and "torch.distributed.run" not in Path(f"/proc/{p}/cmdline").read_text()
+            and any(p in _descendants(q) for q in _pids_matching("torch.distributed.run"))]
+
+
 def test_up_survives_poison_and_restarts_components_killed_with_sigkill(
         tmp_path: Path) -> None:
-    """A burst of messages at the broker's size limit, then kill -9 of the worker, the trainer
-    and the scorer during a run: each comes back (the supervisor's backoff), no event is lost,
-    every poison message is dead-lettered, and the summary counts one restart each."""
+    """A burst of messages at the broker's size limit, then kill -9 of the worker, the scorer
+    and one of two trainer ranks during a run: each comes back (the supervisor's backoff; a
+    killed rank ends its torchrun group, which the supervisor starts again, resuming from its
+    checkpoint), no event is lost, every poison message is dead-lettered, and the summary
+    counts one restart each."""
+    ckpt = tmp_path / "ckpt"
     proc, lines, settings = start_up(
-        tmp_path, "--rate", "150", "--no-dashboard", "--set", "runtime.restart_backoff_s=0.5",
+        tmp_path, "--rate", "150", "--no-dashboard", "--trainer-ranks", "2",
+        "--set", "runtime.restart_backoff_s=0.5", "--set", "trainer.publish_interval_s=3",
+        "--set", f"trainer.checkpoint_dir={ckpt}", "--set", "trainer.batch_size=64",
         "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300")
     assert settings is not None
     out = ""
+    trainer_pids: list[int] = []
     try:
         # First a burst of poison: messages just under the broker's limit (not JSON, so each is
         # dead-lettered, cut to 64 KiB). No component may stop for them.
@@ -211,11 +221,20 @@ def test_up_survives_poison_and_restarts_components_killed_with_sigkill(
             refused = producer.deliver([(settings.topics.events, b"u-poison",
                                          os.urandom(limit - 200), ()) for _ in range(BURST)])
         assert refused == {}
-        for command in ("deploy.cli worker", "deploy.cli train", "deploy.cli score"):
+        for command in ("deploy.cli worker", "deploy.cli score"):
             (pid,) = [p for p in _descendants(proc.pid) if p in _pids_matching(command)]
             os.kill(pid, signal.SIGKILL)
             wait_for(f"a new {command}", lambda c=command, old=pid: [
                 p for p in _descendants(proc.pid) if p in _pids_matching(c) and p != old], 60)
+        wait_for("a first checkpoint", lambda: list_versions(ckpt), 120)
+        ranks = _trainer_ranks(proc.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(max(ranks), signal.SIGKILL)
+        wait_for("the trainer to come back", lambda: len([
+            p for p in _trainer_ranks(proc.pid) if p not in ranks]) >= 2, 90)
+        before = max(list_versions(ckpt))
+        wait_for("a checkpoint from the restarted trainer",
+                 lambda: max(list_versions(ckpt)) > before, 120)
         client = connect(settings.redis)
         try:
             wait_for("the restarted components to consume", lambda: {
@@ -223,47 +242,6 @@ def test_up_survives_poison_and_restarts_components_killed_with_sigkill(
                     health.key("sr:"))), int(time.time() * 1000)), 120)
         finally:
             client.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=90)
-    assert proc.returncode == 0, out[-3000:]
-    text = "".join(lines) + out
-    for name in ("worker-0", "trainer", "scorer-0"):
-        assert f"{name} exited (code -9); restarting it" in text, text[-3000:]
-    summary = orjson.loads(out.strip().splitlines()[-1])
-    assert summary["restarts"] == {"worker-0": 1, "trainer": 1, "scorer-0": 1}
-    # Nothing lost across the worker's restart: every delivered event was processed, and every
-    # poison message was dead-lettered.
-    assert summary["delivered"] == summary["emitted"] > 0
-    assert summary["arrived"] == summary["processed"] == summary["emitted"] + BURST
-    assert summary["dead_lettered"] == BURST
-
-
-def test_up_restarts_the_trainer_when_one_of_its_ranks_is_killed(tmp_path: Path) -> None:
-    """Two trainer ranks under torchrun: kill -9 of rank 1 ends the group (torchrun stops the
-    other rank and exits), the supervisor starts the trainer again, and it resumes from its
-    checkpoint and keeps publishing."""
-    ckpt = tmp_path / "ckpt"
-    proc, lines, settings = start_up(
-        tmp_path, "--rate", "150", "--no-dashboard", "--trainer-ranks", "2",
-        "--set", "runtime.restart_backoff_s=0.5", "--set", "trainer.publish_interval_s=3",
-        "--set", f"trainer.checkpoint_dir={ckpt}", "--set", "trainer.batch_size=64",
-        "--set", "stream.attribution_window_ms=2000", "--set", "stream.allowed_lateness_ms=300")
-    assert settings is not None
-    out = ""
-    try:
-        wait_for("a first checkpoint", lambda: list_versions(ckpt), 120)
-        ranks = [p for p in _descendants(proc.pid) if p in _pids_matching("deploy.cli train")
-                 and "torch.distributed.run" not in Path(f"/proc/{p}/cmdline").read_text()
-                 and any(p in _descendants(q) for q in _pids_matching("torch.distributed.run"))]
-        assert len(ranks) == 2, ranks
-        os.kill(max(ranks), signal.SIGKILL)
-        wait_for("the trainer to come back", lambda: len([
-            p for p in _descendants(proc.pid) if p in _pids_matching("deploy.cli train")
-            and p not in ranks]) >= 2, 90)
-        before = max(list_versions(ckpt))
-        wait_for("a checkpoint from the restarted trainer",
-                 lambda: max(list_versions(ckpt)) > before, 120)
         trainer_pids = [p for p in _descendants(proc.pid)
                         if p in _pids_matching("deploy.cli train")]
     finally:
@@ -273,10 +251,17 @@ def test_up_restarts_the_trainer_when_one_of_its_ranks_is_killed(tmp_path: Path)
     # The launcher, torchrun and both ranks are gone (the ranks live in sessions of their own).
     wait_for("the trainer's processes to exit", lambda: not set(trainer_pids) & set(
         _pids_matching("deploy.cli train")), 30)
-    summary = orjson.loads(out.strip().splitlines()[-1])
-    assert summary["restarts"] == {"worker-0": 0, "trainer": 1, "scorer-0": 0}, summary
     text = "".join(lines) + out
-    assert "trainer exited" in text
+    for name in ("worker-0", "scorer-0"):
+        assert f"{name} exited (code -9); restarting it" in text, text[-3000:]
+    assert "trainer exited" in text, text[-3000:]
+    summary = orjson.loads(out.strip().splitlines()[-1])
+    assert summary["restarts"] == {"worker-0": 1, "trainer": 1, "scorer-0": 1}, summary
+    # Nothing lost across the worker's restart: every delivered event was processed, and every
+    # poison message was dead-lettered.
+    assert summary["delivered"] == summary["emitted"] > 0
+    assert summary["arrived"] == summary["processed"] == summary["emitted"] + BURST
+    assert summary["dead_lettered"] == BURST
     logs = re.search(r"^logs\s+(\S+)", text, re.M)
     assert logs, text[-2000:]
     assert "resumed from checkpoint" in (Path(logs.group(1)) / "trainer.log").read_text()

@@ -427,6 +427,12 @@ class KafkaBroker:
             # or a stray metadata request must not create a 1-partition topic silently.
             "auto.create.topics.enable": "false",
             "group.initial.rebalance.delay.ms": "0",
+            # After a kill -9 the restarted controller keeps the dead broker's registration until
+            # its session expires, and the new broker cannot register before that (9 s by
+            # default: a restart took ~13 s). Both live in this JVM, so heartbeats are cheap;
+            # 3 s still rides out a 2.5 s stall of a busy 2-core machine.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
             # Sized for a 2-core machine and a small heap (the cleaner's default is 128 MiB).
             "num.network.threads": "2",
             "num.io.threads": "4",

@@ -126,7 +126,8 @@ def test_killed_trainer_resumes_from_its_checkpoint(train_settings: Settings) ->
     before = read_manifest(version_dir(root, list_versions(root)[-1]))
     assert offsets_total(before.offsets) == before.examples_seen
 
-    finish(start_trainer(settings, "--duration", "30"))
+    # Six more steps: two more publishes (every 3 steps), well within the 8,000 examples.
+    finish(start_trainer(settings, "--max-steps", str(before.step + 6)))
     after = read_manifest(version_dir(root, list_versions(root)[-1]))
     assert after.version > before.version
     assert after.examples_seen > before.examples_seen

@@ -28,6 +28,11 @@ A version is written to ``.tmp-v00000007-<pid>/``, every file and the directory 
 and the directory is renamed into place: a reader sees a complete version or none. Loading
 verifies the manifest, the feature-spec digest and each file's sha256, and reads tensors with
 ``torch.load(weights_only=True)`` (no pickled code runs).
+
+torch (and :mod:`models.id_map`, which needs torchrec's hashing module) is imported by the
+functions that read or write tensors, not by this module: commands that only read manifests
+(``streamrec model list``, the promotion bookkeeping) start in a fraction of a second instead of
+paying the 4-8 s that importing torch takes here (``tests/unit/test_checkpoint.py`` checks it).
 """
 
 from __future__ import annotations
@@ -43,14 +48,17 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import torch
 
-from models.id_map import IdMap
 from streaming.errors import CheckpointError, CorruptCheckpoint
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.id_map import IdMap
 
 FORMAT = 1
 MODEL_FILE = "model.pt"
@@ -155,6 +163,8 @@ def write_checkpoint(
     ``protect`` (the served one and the rollback target) nor one that a kept version's chain
     needs. With ``manifest.delta_of`` set, ``state_dict`` and ``optimizer_state`` are deltas
     (rows as ``K`` and ``K@rows``) and go to ``model-delta.pt`` and ``optimizer-delta.pt``."""
+    import torch
+
     root.mkdir(parents=True, exist_ok=True)
     final = version_dir(root, manifest.version)
     if final.exists():
@@ -212,6 +222,8 @@ def read_manifest(path: Path) -> Manifest:
 def _verified_tensors(path: Path, manifest: Manifest, name: str) -> dict[str, Any]:
     """Load ``name`` of the version directory ``path`` after checking its sha256 against the
     manifest; raises :class:`CorruptCheckpoint`."""
+    import torch
+
     file = _verified(path, manifest, name)
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
@@ -279,6 +291,8 @@ def apply_delta(state: dict[str, torch.Tensor], delta: Mapping[str, torch.Tensor
     delta's values, tensors without rows are replaced whole (copied into place, so a module's
     parameters behind ``state`` change too). Raises :class:`CorruptCheckpoint` for a key or
     shape the state does not have."""
+    import torch
+
     with torch.no_grad():
         for key, values in delta.items():
             if key.endswith(ROWS_SUFFIX):
@@ -404,6 +418,8 @@ def pack_id_maps(maps: Mapping[str, IdMap]) -> bytes:
 def unpack_id_maps(raw: bytes) -> dict[str, IdMap]:
     """:func:`pack_id_maps` reversed: table -> :class:`IdMap`; raises
     :class:`CorruptCheckpoint` for anything else."""
+    from models.id_map import IdMap
+
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,13 @@ def test_apply_delta_changes_the_listed_rows_only() -> None:
     assert state["d"].tolist() == [1, 1, 1]
     with pytest.raises(CorruptCheckpoint, match="shape"):
         apply_delta(state, {"d": torch.ones(2)})
+
+
+def test_reading_manifests_does_not_import_torch() -> None:
+    """`streamrec model list` and the promotion bookkeeping read manifests only; torch's import
+    (4-8 s on a small machine) waits for the first tensor."""
+    code = ("import sys, models.checkpoint, trainer.announcements\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torchrec')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -139,14 +139,17 @@ def test_next_interactions_are_grouped_by_window_and_users_sampled_reproducibly(
 
 def test_candidate_dump_keeps_one_row_per_candidate_and_each_windows_relevant_count(
         tmp_path: Path) -> None:
-    dump = CandidateDump(("d0", "d1"))
+    empty = np.load(CandidateDump(("d0", "d1"), tmp_path / "empty.npz").write())
+    assert empty["dense"].shape == (0, 2) and empty["label"].shape == (0,)
+    dump = CandidateDump(("d0", "d1"), tmp_path / "c.npz")
     dump.add(100, "u1", [("i1", "recent"), ("i2", "again")], {"i2", "i9"},
              np.array([[1, 2], [3, 4]]), {"continuous": np.array([0.2, 0.7])}, {"i2": 1.5})
     dump.add(200, "u2", [("i3", "popular")], set(), np.array([[5, 6]]),
              {"continuous": np.array([0.1])}, {})
-    d = np.load(dump.write(tmp_path / "c.npz"))
+    d = np.load(dump.write())
     assert d["label"].tolist() == [0, 1, 0] and d["group"].tolist() == [0, 0, 1]
     assert d["relevant"].tolist() == [2, 0] and d["buy_again"].tolist() == [0.0, 1.5, 0.0]
     assert d["dense"].shape == (3, 2) and d["score_continuous"].shape == (3,)
     assert [str(d["sources"][s]) for s in d["source"]] == ["recent", "again", "popular"]
     assert d["item"].tolist() == ["i1", "i2", "i3"] and d["user"].tolist() == [0, 0, 1]
+    assert [str(d["users"][u]) for u in d["user"]] == ["u1", "u1", "u2"]

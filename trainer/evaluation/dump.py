@@ -22,10 +22,12 @@ class CandidateDump:
 
     Args:
         dense_names: the ``D`` dense feature names, in the order of the rows' features.
+        path: the ``.npz`` file :meth:`write` writes.
     """
 
-    def __init__(self, dense_names: Sequence[str]) -> None:
+    def __init__(self, dense_names: Sequence[str], path: Path) -> None:
         self.dense_names = tuple(dense_names)
+        self.path = path
         self._ts: list[np.ndarray] = []
         self._user: list[np.ndarray] = []
         self._item: list[str] = []
@@ -59,14 +61,24 @@ class CandidateDump:
             self._scores.setdefault(name, []).append(np.asarray(s, np.float32))
         self.relevant.append(len(relevant))
 
-    def write(self, path: Path) -> Path:
-        """Write the rows to ``path`` (``.npz``); returns the path."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, ts=np.concatenate(self._ts), user=np.concatenate(self._user),
-                 item=np.array(self._item), source=np.concatenate(self._source),
-                 label=np.concatenate(self._label), dense=np.concatenate(self._dense),
-                 buy_again=np.concatenate(self._again), group=np.concatenate(self._group),
+    def write(self) -> Path:
+        """Write the rows to :attr:`path` and return it. The user ids are in ``users`` (row
+        ``user`` indexes it), so rows can be joined back to the log; a run that ranked nobody
+        writes empty arrays."""
+        d = len(self.dense_names)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(self.path, ts=_cat(self._ts, np.int64), user=_cat(self._user, np.int32),
+                 users=np.array(list(self._users), dtype=str),
+                 item=np.array(self._item, dtype=str), source=_cat(self._source, np.int8),
+                 label=_cat(self._label, np.int8),
+                 dense=np.concatenate(self._dense) if self._dense else np.zeros((0, d), np.float32),
+                 buy_again=_cat(self._again, np.float32), group=_cat(self._group, np.int32),
                  relevant=np.array(self.relevant, np.int32),
                  dense_names=np.array(self.dense_names), sources=np.array(SOURCE_ORDER),
-                 **{f"score_{k}": np.concatenate(v) for k, v in self._scores.items()})
-        return path
+                 **{f"score_{k}": _cat(v, np.float32) for k, v in self._scores.items()})
+        return self.path
+
+
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    """``parts`` end to end (an empty array of ``dtype`` when there are none)."""
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)

@@ -185,7 +185,8 @@ class PrequentialRun:
         self.n_cat = spec.table_of("category").num_embeddings
         self.catalogue = ItemCatalogue(spec.dense, settings.trainer.catalogue_items) \
             if spec.retrieval_dim else None
-        self.dump = CandidateDump(spec.dense) if opts.dump_dir is not None else None
+        self.dump = None if opts.dump_dir is None else CandidateDump(
+            spec.dense, opts.dump_dir / f"candidates-{self.profile.name}.npz")
 
     # -- models ---------------------------------------------------------------------------
     def _export(self) -> dict[str, torch.Tensor]:
@@ -355,9 +356,8 @@ class PrequentialRun:
                 last_lgbm = tick_end
         if not labels:
             raise StreamrecError(_no_examples(events, self.settings, self.ingest.dead_lettered))
-        if self.dump is not None and self.opts.dump_dir is not None:
-            path = self.dump.write(self.opts.dump_dir / f"candidates-{prof.name}.npz")
-            self.say(f"  candidates written to {path}")
+        if self.dump is not None:
+            self.say(f"  candidates written to {self.dump.write()}")
         return self._summarise(
             np.concatenate(labels), np.concatenate(example_ts), sweep, frozen,
             np.concatenate(lgbm_probs), ranked, t0, warm_end,

@@ -191,9 +191,12 @@ class BatchBuilder:
             len(p.items), len(spec.dense)) for p in parts]) if parts else np.zeros(
             (0, len(spec.dense)), np.float32)
         user_rows = np.repeat(self.rows("user_id", [p.user_id for p in parts]), ns)
+        # Every part's recent items in one hashing call (row by row, as each part alone would).
+        recent_rows = self.rows("recent_items", [i for p in parts for i in p.recent])
+        recent_ends = np.cumsum([len(p.recent) for p in parts]).tolist()
         item_rows, cat_values, cat_lengths, recent_values, recent_lengths = [], [], [], [], []
         recent_by_part: list[tuple[np.ndarray, int]] = []  # (the part's recent rows, k rows)
-        for p in parts:
+        for p, end in zip(parts, recent_ends, strict=True):
             k = len(p.items)
             item_rows.append(p.item_rows if p.item_rows is not None and not self.id_maps
                              else self.rows("item_id", list(p.items)))
@@ -205,7 +208,7 @@ class BatchBuilder:
                 cat_values.append(self.rows("category",
                                             [c for c in p.categories if c is not None]))
             cat_lengths.append(present.astype(np.int32))
-            recent = self.rows("recent_items", list(p.recent))
+            recent = recent_rows[end - len(p.recent):end]
             recent_values.append(np.tile(recent, k))
             recent_lengths.append(np.full(k, len(recent), np.int32))
             recent_by_part.append((recent, k))

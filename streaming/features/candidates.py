@@ -16,8 +16,10 @@ items may appear at all: ``allow`` (the model decides how high a repeat ranks),
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, filterfalse, islice, zip_longest
+from operator import itemgetter
 
 from streaming.features.state import decay
 
@@ -77,32 +79,32 @@ def generate(reads: CandidateReads, limit: int, repeat: str = "allow",
     and ``retrieval_limit`` from the retriever (None: no bound of their own)."""
     out: dict[str, str] = {}
     skip = excluded_items(reads, repeat)
+    first = itemgetter(0)
 
-    def add(items: Sequence[tuple[str, float]] | Sequence[str], source: str,
-            cap: int | None = None) -> None:
-        bound = limit if cap is None else min(limit, len(out) + cap)
-        for entry in items:
-            item = entry[0] if isinstance(entry, tuple) else entry
-            if len(out) >= bound:
-                return
-            if item not in out and item not in skip:
-                out[item] = source
+    def add(items: Iterable[str], source: str, cap: int | None = None) -> None:
+        room = (limit if cap is None else min(limit, len(out) + cap)) - len(out)
+        if room <= 0:
+            return
+        # Filtered lazily, item by item: each is checked after the ones before it went in, so
+        # an item listed twice is added once. (C-level iteration: hundreds of items per user.)
+        fresh = filterfalse(out.__contains__, items)
+        if skip:
+            fresh = filterfalse(skip.__contains__, fresh)
+        for item in islice(fresh, room):
+            out[item] = source
 
     add(reads.recent, "recent")
-    add(reads.again, "again")
-    # Interleave co-visitation lists so that every seed (recent items first) contributes.
+    add(map(first, reads.again), "again")
+    # Interleave co-visitation lists so that every seed (recent items first) contributes: every
+    # list's first item, then every list's second, ...
     seeds = list(dict.fromkeys([*reads.recent, *reads.covisit]))
     lists = [reads.covisit.get(i, []) for i in seeds]
-    found = len(out)
-    for rank in range(max((len(x) for x in lists), default=0)):
-        left = None if covisit_limit is None else covisit_limit - (len(out) - found)
-        if left is not None and left <= 0:
-            break
-        add([x[rank] for x in lists if rank < len(x)], "covisit", left)
-    add(reads.retrieved, "retrieval", retrieval_limit)
-    add(reads.trending, "trending")
+    add(map(first, filter(None, chain.from_iterable(zip_longest(*lists)))), "covisit",
+        covisit_limit)
+    add(map(first, reads.retrieved), "retrieval", retrieval_limit)
+    add(map(first, reads.trending), "trending")
     for cat_items in reads.by_category.values():
-        add(cat_items, "category")
-    add(reads.new_items, "new")
-    add(reads.popular, "popular")
+        add(map(first, cat_items), "category")
+    add(map(first, reads.new_items), "new")
+    add(map(first, reads.popular), "popular")
     return list(out.items())

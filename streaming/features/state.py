@@ -254,6 +254,11 @@ def item_columns(items: Sequence[StateFields], cfg: FeatureConfig = DEFAULT_FEAT
     return out
 
 
+def price_values(prices: Iterable[float | None], n: int) -> np.ndarray:
+    """``n`` prices as the features read them: float64, NaN where absent or negative."""
+    return np.fromiter((p if p is not None and p >= 0 else np.nan for p in prices), np.float64, n)
+
+
 def feature_rows(
     users: Sequence[StateFields],
     recent_counts: Sequence[int],
@@ -269,79 +274,154 @@ def feature_rows(
     user ``users[k]`` (with ``recent_counts[k]`` recent items) against ``items[k]`` as of
     ``at_ms[k]``. Counts and times (s) are ``log1p``-compressed, rates in [0, 1], absent
     times -1. The one implementation behind training examples (:class:`streaming.ingest.plan.Snapshots`
-    computes a batch's snapshots in one call) and serving (the scorer, one user x hundreds of items).
-    ``item_cols`` is :func:`item_columns` of ``items`` when the caller already has it (the
-    scorer caches it per item). ``user_items[k]`` is the user's history with the item (``None``:
-    never touched; all ``None`` when not given)."""
+    computes a batch's snapshots in one call) and serving (the scorer, through
+    :func:`indexed_feature_rows`, which this calls). ``item_cols`` is :func:`item_columns` of
+    ``items`` when the caller already has it. ``user_items[k]`` is the user's history with the
+    item (``None``: never touched; all ``None`` when not given)."""
     n = len(items)
     if item_cols is None:
         item_cols = item_columns(items, cfg)
-    icol = {name: item_cols[:, k] for k, (name, _) in enumerate(item_fields(cfg))}
-    at = np.broadcast_to(np.asarray(at_ms, dtype=np.float64), (n,))
+    # A user passed for several rows (the same object) has its fields read once.
+    slot: dict[int, int] = {}
+    distinct: list[StateFields] = []
+    user_index = np.empty(n, dtype=np.intp)
+    for k, u in enumerate(users):
+        j = slot.get(id(u))
+        if j is None:
+            j = slot[id(u)] = len(distinct)
+            distinct.append(u)
+        user_index[k] = j
+    return indexed_feature_rows(
+        distinct, user_index, np.asarray(recent_counts, dtype=np.float64).reshape(n), item_cols,
+        [c or it.get("cat") for c, it in zip(categories, items, strict=True)],
+        price_values(prices, n), np.arange(n), at_ms, cfg, user_items)
+
+
+def indexed_feature_rows(
+    users: Sequence[StateFields],
+    user_index: np.ndarray,
+    recent_counts: np.ndarray,
+    item_cols: np.ndarray,
+    categories: Sequence[str | None],
+    prices: np.ndarray,
+    item_index: np.ndarray,
+    at_ms: Sequence[int] | int,
+    cfg: FeatureConfig = DEFAULT_FEATURES,
+    user_items: Sequence[UserItem | None] | None = None,
+) -> np.ndarray:
+    """:func:`feature_rows` on tables of distinct users and items, ``N x D`` float64: row ``k``
+    is user ``users[user_index[k]]`` (``recent_counts[k]`` recent items) against the item in
+    row ``item_index[k]`` of ``item_cols`` (:func:`item_columns`), ``categories`` and
+    ``prices`` (:func:`price_values`), as of ``at_ms`` (one time or ``N``), with
+    ``user_items[k]`` as in :func:`feature_rows`. Each user's and item's fields are read once
+    however many rows they are in: the scorer's shape (a few users against hundreds of
+    candidates each, the candidates shared between users). Every value is the same
+    element-wise operation on the same inputs as for a row of its own, so the result does not
+    depend on how rows are grouped (training and serving stay bit-identical)."""
+    n = len(item_index)
+    at_rows = np.broadcast_to(np.asarray(at_ms, dtype=np.float64), (n,))
     out = np.empty((n, len(dense_feature_names(cfg.half_lives_ms))), dtype=np.float64)
+    # With one scoring time (the scorer), the user, (user, category) and item columns depend on
+    # the user, the pair or the item alone: computed once per distinct one, then gathered to
+    # the rows. With a time per row (training), they are computed per row.
+    per_entity = np.ndim(at_ms) == 0
 
-    def column(rows: Sequence[StateFields], name: str, default: float = np.nan) -> np.ndarray:
-        return np.fromiter((r.get(name, default) for r in rows), np.float64, n)
+    def block(width: int, index: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | float]:
+        """The array to compute ``width`` columns of an entity's features in (per distinct
+        entity, or per row), the rows' index into it (None: already per row), and the time."""
+        if per_entity:
+            return np.empty((int(index.max()) + 1 if n else 0, width)), index, \
+                np.float64(at_ms)
+        return np.empty((n, width)), None, at_rows
 
-    # The scorer's shape (one user against every row): read the user's fields once.
-    one_user = all(u is users[0] for u in users)
+    def place(col: int, values: np.ndarray, index: np.ndarray | None) -> None:
+        out[:, col:col + values.shape[1]] = values if index is None else values[index]
 
-    def user_column(name: str, default: float = np.nan) -> np.ndarray:
-        if one_user:
-            return np.full(n, users[0].get(name, default) if n else default, dtype=np.float64)
-        return column(users, name, default)
-
-    def decayed(value: np.ndarray, ref: np.ndarray, h: int) -> np.ndarray:
+    def decayed(value: np.ndarray, ref: np.ndarray, h: int, at: np.ndarray | float
+                ) -> np.ndarray:
         elapsed = np.maximum(at - ref, 0.0)  # never grows into the past
         return np.where(np.isnan(ref), 0.0, value * np.exp2(-elapsed / h))
+
+    # User columns: its decayed counters and recency.
+    n_users = len(users)
+    width = len(EVENT_TYPES) * len(cfg.half_lives_ms) + 1
+    vals, gather, at = block(width, user_index)
+
+    def user_column(name: str, default: float = np.nan) -> np.ndarray:
+        values = np.fromiter((u.get(name, default) for u in users), np.float64, n_users)
+        return values[:len(vals)] if gather is not None else values[user_index]
 
     col = 0
     for t in EVENT_TYPES:
         ref = user_column(f"{t}.t")
         for label, h in cfg.half_lives_ms:
-            out[:, col] = np.log1p(decayed(user_column(f"{t}.{label}", 0.0), ref, h))
+            vals[:, col] = np.log1p(decayed(user_column(f"{t}.{label}", 0.0), ref, h, at))
             col += 1
     last = user_column("last")
-    out[:, col] = np.where(np.isnan(last), -1.0, np.log1p(np.maximum(0.0, at - last) / 1000))
-    cats = [c or it.get("cat") for c, it in zip(categories, items, strict=True)]
+    vals[:, col] = np.where(np.isnan(last), -1.0, np.log1p(np.maximum(0.0, at - last) / 1000))
+    place(0, vals, gather)
+    col += 1
+    # Affinity is a (user, category) lookup: each distinct pair among the rows is looked up
+    # once. Codes: 0 = no category, j + 1 = names[j].
+    code_of: dict[str, int] = {}
+    item_codes = np.fromiter((code_of.setdefault(c, len(code_of) + 1) if c else 0
+                              for c in categories), np.int64, len(categories))
+    names = list(code_of)
+    pairs, pair_of_row = np.unique(user_index.astype(np.int64) * (len(names) + 1)
+                                   + item_codes[item_index], return_inverse=True)
+    pair_of_row = pair_of_row.reshape(n)
+    pair_users, pair_codes = np.divmod(pairs, len(names) + 1)
+    pair_list = list(zip(pair_users.tolist(), pair_codes.tolist(), strict=True))
+    vals, gather, at = block(2, pair_of_row)
 
     def affinity(label: str, default: float) -> np.ndarray:
-        if one_user:  # a few categories over hundreds of rows: look each one up once
-            u = users[0] if n else {}
-            by_cat = {c: u.get(f"c.{c}.{label}", default) if c else default for c in set(cats)}
-            return np.fromiter((by_cat[c] for c in cats), np.float64, n)
-        return np.fromiter((u.get(f"c.{c}.{label}", default) if c else default
-                            for u, c in zip(users, cats, strict=True)), np.float64, n)
+        values = np.fromiter((users[u].get(f"c.{names[c - 1]}.{label}", default) if c
+                              else default for u, c in pair_list), np.float64, len(pair_list))
+        return values if gather is not None else values[pair_of_row]
 
     aff_ref = affinity("t", np.nan)
     for j, (label, h) in enumerate((("a", cfg.affinity_half_life_ms),
                                     ("s", cfg.short_affinity_half_life_ms))):
-        out[:, col + 1 + j] = np.log1p(decayed(affinity(label, 0.0), aff_ref, h))
-    out[:, col + 3] = np.asarray(recent_counts, dtype=np.float64)
-    col += 4
+        vals[:, j] = np.log1p(decayed(affinity(label, 0.0), aff_ref, h, at))
+    place(col, vals, gather)
+    out[:, col + 2] = recent_counts
+    col += 3
+    # Item columns: decayed popularity, CTR / CVR, age and price.
+    width = len(EVENT_TYPES) * len(cfg.half_lives_ms) + 4
+    if per_entity:
+        vals, gather, at = np.empty((len(item_cols), width)), item_index, np.float64(at_ms)
+        icol = {name: item_cols[:, k] for k, (name, _) in enumerate(item_fields(cfg))}
+        price = prices
+    else:
+        vals, gather, at = np.empty((n, width)), None, at_rows
+        icol = {name: item_cols[item_index, k] for k, (name, _) in enumerate(item_fields(cfg))}
+        price = prices[item_index]
+    j = 0
     for t in EVENT_TYPES:
         ref = icol[f"{t}.t"]
         for label, h in cfg.half_lives_ms:
-            out[:, col] = np.log1p(decayed(icol[f"{t}.{label}"], ref, h))
-            col += 1
+            vals[:, j] = np.log1p(decayed(icol[f"{t}.{label}"], ref, h, at))
+            j += 1
     views, clicks, buys = (icol[f"n.{t}"] for t in EVENT_TYPES)
     a = cfg.smoothing
-    out[:, col] = (clicks + a * cfg.ctr_prior) / (views + a)
-    out[:, col + 1] = (buys + a * cfg.cvr_prior) / (clicks + a)
+    vals[:, j] = (clicks + a * cfg.ctr_prior) / (views + a)
+    vals[:, j + 1] = (buys + a * cfg.cvr_prior) / (clicks + a)
     first = icol["first"]
-    out[:, col + 2] = np.where(np.isnan(first), -1.0, np.log1p(np.maximum(0.0, at - first) / 1000))
-    price = np.fromiter((p if p is not None and p >= 0 else np.nan for p in prices), np.float64, n)
-    out[:, col + 3] = np.where(np.isnan(price), -1.0, np.log1p(np.nan_to_num(price)))
-    col += 4
+    vals[:, j + 2] = np.where(np.isnan(first), -1.0, np.log1p(np.maximum(0.0, at - first) / 1000))
+    vals[:, j + 3] = np.where(np.isnan(price), -1.0, np.log1p(np.nan_to_num(price)))
+    place(col, vals, gather)
+    col += width
+    # The user's history with the item: per row.
     ui = np.full((n, 5), np.nan)
     if user_items is not None:
-        for k, entry in enumerate(user_items):
-            if entry is not None:
-                ui[k] = entry
+        touched_rows = [k for k, entry in enumerate(user_items) if entry is not None]
+        if touched_rows:
+            ui[touched_rows] = [user_items[k] for k in touched_rows]
     touched = ~np.isnan(ui[:, 3])
     for j in range(3):
         out[:, col + j] = np.where(touched, np.log1p(np.nan_to_num(ui[:, j])), 0.0)
-    since = np.maximum(at - np.nan_to_num(ui[:, 3]), 0.0)
+    since = np.maximum(at_rows - np.nan_to_num(ui[:, 3]), 0.0)
     out[:, col + 3] = np.where(touched, np.log1p(since / 1000), -1.0)
     out[:, col + 4] = np.where(touched, np.log1p(np.nan_to_num(ui[:, 4])
                                                  * np.exp2(-since / cfg.user_item_half_life_ms)), 0.0)

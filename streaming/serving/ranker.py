@@ -12,12 +12,14 @@ skew), scores several users in one forward pass and keeps each one's top K.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +56,13 @@ from streaming.features.state import (
     FeatureConfig,
     UserItem,
     feature_matrix,
+    indexed_feature_rows,
     item_columns,
+    item_fields,
     parse_recent,
     parse_state_hash,
     parse_user_items,
+    price_values,
 )
 from streaming.io.redis_client import as_text
 from streaming.serving.retrieval import Retrieval, RetrievalIndex, user_rows
@@ -169,6 +174,8 @@ class CachedItem:
     cols: np.ndarray  # F float64: the item's row of streaming.features.state.item_columns
     row: int  # hash_ids(item_id) in the item table
     category_row: int  # hash_ids(category) in the category table, -1 when absent
+    category: str | None  # state["cat"]
+    price: float  # price_values of state["price"]: NaN when absent or negative
 
 
 @dataclass(slots=True)
@@ -311,10 +318,10 @@ class FeedRanker:
 
     def read_items(self, items: Sequence[str]) -> dict[str, CachedItem]:
         """Item state (cached for ``cache_s``), with its feature columns and hashed rows."""
+        distinct = list(dict.fromkeys(items))
         now = time.monotonic()
-        cache = self._items
-        missing = [i for i in dict.fromkeys(items)
-                   if i not in cache or now - cache[i].read_at > self.cache_s]
+        cache, ttl = self._items, self.cache_s
+        missing = [i for i in distinct if (hit := cache.get(i)) is None or now - hit.read_at > ttl]
         if missing:
             try:
                 with self.r.pipeline(transaction=False) as pipe:
@@ -325,29 +332,52 @@ class FeedRanker:
                 raise StoreError(f"Redis item read failed: {exc}") from None
             spec = self.holder.spec
             cols = item_columns(states, self.fc)
-            rows = hash_ids(missing, spec.table_of("item_id").num_embeddings)
-            cat_rows = hash_optional_ids([st.get("cat") for st in states],
-                                         spec.table_of("category").num_embeddings)
+            rows = hash_ids(missing, spec.table_of("item_id").num_embeddings).tolist()
+            cats = [st.get("cat") for st in states]
+            cat_rows = hash_optional_ids(cats, spec.table_of("category").num_embeddings).tolist()
+            prices = price_values((st.get("price") for st in states), len(states)).tolist()
             for k, item in enumerate(missing):
-                cache[item] = CachedItem(now, states[k], cols[k], int(rows[k]), int(cat_rows[k]))
-        return {i: cache[i] for i in items}
+                cache[item] = CachedItem(now, states[k], cols[k], rows[k], cat_rows[k], cats[k],
+                                         prices[k])
+        return {i: cache[i] for i in distinct}
 
     def scoring_rows(self, reads: UserReads, items: Sequence[str], cached: dict[str, CachedItem],
                      now_ms: int) -> ScoringRows:
         """The exact inputs the model sees for (user, items) now: the functions that built the
         training examples (feature_rows, hash_ids), on the state read from Redis. The price
         is the item's last seen price (training used the event's price)."""
-        entries = [cached[i] for i in items]
-        states = [c.state for c in entries]
-        cats = [st.get("cat") for st in states]
-        cols = np.stack([c.cols for c in entries]) if entries else None
-        dense = feature_matrix(reads.state, reads.recent, states, cats,
-                               [st.get("price") for st in states], now_ms, self.fc, cols,
-                               [reads.user_items.get(i) for i in items])
-        return ScoringRows(dense, reads.user_id, items, cats, [i for i, _ in reads.recent],
-                           item_rows=np.fromiter((c.row for c in entries), np.int64, len(entries)),
-                           category_rows=np.fromiter((c.category_row for c in entries), np.int64,
-                                                     len(entries)))
+        return self.scoring_parts([reads], [items], cached, now_ms)[0]
+
+    def scoring_parts(self, reads: Sequence[UserReads], items: Sequence[Sequence[str]],
+                      cached: Mapping[str, CachedItem], now_ms: int) -> list[ScoringRows]:
+        """:meth:`scoring_rows` of ``reads[j]`` against ``items[j]`` for every ``j``, with the
+        dense features of all of them computed in one :func:`indexed_feature_rows` call: an
+        item several users share is gathered from ``cached`` once."""
+        counts = [len(x) for x in items]
+        flat = list(itertools.chain.from_iterable(items))
+        distinct = list(dict.fromkeys(flat))
+        slot = {item: k for k, item in enumerate(distinct)}
+        index = np.fromiter(map(slot.__getitem__, flat), np.intp, len(flat))
+        entries = [cached[i] for i in distinct]
+        cols = np.stack([c.cols for c in entries]) if entries else \
+            np.empty((0, len(item_fields(self.fc))), np.float64)
+        cats = [c.category for c in entries]
+        user_items: list[UserItem | None] = []
+        for r, x in zip(reads, items, strict=True):
+            user_items.extend(map(r.user_items.get, x))
+        owner = np.repeat(np.arange(len(reads)), counts)
+        dense = indexed_feature_rows(
+            [r.state for r in reads], owner,
+            np.array([len(r.recent) for r in reads], np.float64)[owner], cols, cats,
+            np.array([c.price for c in entries], np.float64), index, now_ms, self.fc, user_items)
+        item_rows = np.array([c.row for c in entries], np.int64)[index]
+        cat_rows = np.array([c.category_row for c in entries], np.int64)[index]
+        bounds = np.cumsum([0, *counts]).tolist()
+        return [ScoringRows(dense[a:b], r.user_id, list(x),
+                            list(map(cats.__getitem__, index[a:b].tolist())),
+                            [i for i, _ in r.recent], item_rows=item_rows[a:b],
+                            category_rows=cat_rows[a:b])
+                for r, x, a, b in zip(reads, items, bounds, bounds[1:], strict=False)]
 
     def model_inputs(self, reads: UserReads, items: Sequence[str], now_ms: int) -> ExampleBatch:
         """The model's input batch for one user (as :meth:`read_user` read them) against
@@ -398,10 +428,10 @@ class FeedRanker:
                           self.limits.covisit_candidates, self.limits.retrieval_candidates)
                  for r in reads]
         self.last_candidates = sum(map(len, cands))
-        cached = self.read_items([i for c in cands for i, _ in c])
         scored = [k for k, c in enumerate(cands) if c]
-        parts = [self.scoring_rows(reads[k], [i for i, _ in cands[k]], cached, now_ms)
-                 for k in scored]
+        items = [list(map(itemgetter(0), cands[k])) for k in scored]
+        parts = self.scoring_parts([reads[k] for k in scored], items,
+                                   self.read_items(list(itertools.chain.from_iterable(items))), now_ms)
         return CandidateBatch(reads, cands, scored, parts,
                               self.builder_for(loaded).build_for_scoring(parts))
 
@@ -422,17 +452,18 @@ class FeedRanker:
         generated = int(time.time() * 1000)
         feeds: list[Feed | None] = [None] * len(reads)
         for k in scored:
-            top = np.argsort(-scores[k], kind="stable")[:self.feed_size].tolist()
+            top = np.argsort(-scores[k], kind="stable")[:self.feed_size]
             user_cands = cands[k]
+            picked = [user_cands[j] for j in top.tolist()]
             last = reads[k].state.get("last")
             feeds[k] = Feed(
                 user_id=reads[k].user_id,
-                items=[FeedItem(user_cands[j][0], round(float(scores[k][j]), 6), user_cands[j][1])
-                       for j in top],
+                items=[FeedItem(item, round(score, 6), source) for (item, source), score
+                       in zip(picked, scores[k][top].tolist(), strict=True)],
                 model_version=loaded.version if loaded else None,
                 generated_at_ms=generated,
                 source_event_ts_ms=int(last) if last is not None else None,
-                sources=dict(Counter(user_cands[j][1] for j in top)),
+                sources=dict(Counter(source for _, source in picked)),
             )
         return feeds
 

@@ -65,3 +65,14 @@ def test_retrieved_items_follow_covisitation_within_their_own_bound() -> None:
         ("a", "recent"), ("c", "covisit"), ("r1", "retrieval"), ("r2", "retrieval"),
         ("t", "trending")]
     assert ("r3", "retrieval") in generate(r, 100)  # no bound of its own: all of them
+
+
+def test_an_item_listed_twice_is_added_once_and_the_limit_stops_mid_list() -> None:
+    r = reads(recent=["a", "b"], again=[("b", 3.0), ("z", 1.0)],
+              covisit={"a": [("c", 5.0), ("z", 4.0), ("e", 1.0)], "b": [("c", 2.0), ("d", 1.0)]},
+              popular=[("d", 9.0), ("p1", 5.0), ("p2", 4.0)], interacted={"e"})
+    # The policy keeps out "e" and the recent items; "c", "z" and "d" come once, first found.
+    assert generate(r, 100, repeat="exclude_interacted") == [
+        ("z", "again"), ("c", "covisit"), ("d", "covisit"), ("p1", "popular"), ("p2", "popular")]
+    assert generate(r, 6) == [("a", "recent"), ("b", "recent"), ("z", "again"),
+                              ("c", "covisit"), ("d", "covisit"), ("e", "covisit")]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,12 @@ from streaming.features.state import (
     decay,
     decayed_add,
     decayed_value,
+    feature_rows,
     feature_values,
+    indexed_feature_rows,
+    item_columns,
+    item_fields,
+    price_values,
 )
 
 H = 3_600_000
@@ -84,3 +90,55 @@ def test_user_item_entries_count_touches_and_decay_their_weight() -> None:
     untouched = feature_values({}, [], {}, None, None, T0)
     assert (untouched["ui_view_count"], untouched["ui_recency_s"], untouched["ui_weight"]) == (
         0.0, -1.0, 0.0)
+
+
+def _grouping_case(seed: int) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Users and items with some fields absent, categories shared, missing or empty."""
+    rnd = random.Random(seed)
+    users: list[dict[str, object]] = []
+    for _ in range(4):
+        u: dict[str, object] = {}
+        for t in ("view", "click", "purchase"):
+            if rnd.random() < 0.7:
+                u[f"{t}.t"] = float(T0 - rnd.randrange(48 * H))
+                u.update({f"{t}.{label}": rnd.random() * 9 for label, _ in FeatureConfig().half_lives_ms})
+        for c in ("shoes", "hats"):
+            if rnd.random() < 0.7:
+                u.update({f"c.{c}.a": rnd.random() * 5, f"c.{c}.s": rnd.random(),
+                          f"c.{c}.t": float(T0 - rnd.randrange(H))})
+        users.append(u)
+    items: list[dict[str, object]] = []
+    for _ in range(9):
+        it: dict[str, object] = {name: rnd.random() * 50 for name, _ in item_fields()
+                                 if rnd.random() < 0.7}
+        cat = rnd.choice(["shoes", "hats", "", None])
+        if cat is not None:
+            it["cat"] = cat
+        items.append(it)
+    return users, items
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.booleans())
+def test_grouped_rows_equal_rows_computed_alone(seed: int, one_time: bool) -> None:
+    """The scorer's shape (users against shared items, one time: each user, pair and item
+    computed once) gives, bit for bit, what each row computed on its own gives (training)."""
+    users, items = _grouping_case(seed)
+    rnd = random.Random(seed)
+    n = 40
+    user_index = np.array([rnd.randrange(len(users)) for _ in range(n)])
+    item_index = np.array([rnd.randrange(len(items)) for _ in range(n)])
+    counts = np.array([float(rnd.randrange(20)) for _ in range(n)])
+    prices = [rnd.choice([None, -1.0, 0.0, 12.5]) for _ in items]
+    times = T0 if one_time else [T0 - rnd.randrange(H) for _ in range(n)]
+    own = [rnd.choice([None, (1.0, 2.0, 0.0, float(T0 - H), 3.0)]) for _ in range(n)]
+    grouped = indexed_feature_rows(users, user_index, counts, item_columns(items),
+                                   [it.get("cat") for it in items],  # type: ignore[misc]
+                                   price_values(prices, len(prices)), item_index, times,
+                                   user_items=own)
+    for k in range(n):
+        alone = feature_rows([users[user_index[k]]], [int(counts[k])], [items[item_index[k]]],
+                             [None], [prices[item_index[k]]],
+                             times if one_time else [times[k]],  # type: ignore[index]
+                             user_items=[own[k]])
+        assert alone[0].tobytes() == grouped[k].tobytes()

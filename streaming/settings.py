@@ -232,6 +232,9 @@ class TrainerSettings:
     batch_max_wait_ms: int = _f(500, "max wait to fill a micro-batch (ms)")
     publish_interval_s: float = _f(30.0, "publish a checkpoint at least this often (s)")
     publish_every_steps: int = _f(0, "also publish every N steps (0 = time only)")
+    agree_every_steps: int = _f(8, "steps the ranks train per agreement (one all-reduce of "
+                                "buffer sizes and stop/publish flags); a stop or a time-due "
+                                "publish waits at most this many steps; 1 = agree every step")
     keep_checkpoints: int = _f(5, "number of checkpoint versions kept on disk (plus the older "
                                "versions their delta chains need)")
     full_every: int = _f(1, "publish a full snapshot every N publishes and deltas between them "
@@ -263,6 +266,7 @@ class TrainerSettings:
         _positive("trainer.embedding_lr", self.embedding_lr)
         _positive("trainer.dense_lr", self.dense_lr)
         _positive("trainer.full_every", self.full_every)
+        _positive("trainer.agree_every_steps", self.agree_every_steps)
         if self.publish_every_steps < 0:
             raise ConfigError("trainer.publish_every_steps must be >= 0")
         if not 0 <= self.holdout_share < 1:

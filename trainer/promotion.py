@@ -21,11 +21,10 @@ is not worse than the model being served by more than the configured margins.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.batch import BatchBuilder
+from models.batch import BatchBuilder, hash64
 from models.checkpoint import load_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import FeatureSpec
@@ -44,13 +43,24 @@ from trainer.metrics import auc, log_loss
 log = logging.getLogger(__name__)
 
 
+def held_out_mask(example_ids: Sequence[Any], share: float) -> np.ndarray:
+    """Which of ``example_ids`` are held out (bool, one per id): those whose 64-bit hash
+    (:func:`models.batch.hash64`, FNV-1a with murmur3's finaliser, the same on every host and
+    in every process), as a fraction of 2**64, is below ``share``. Ids that are not non-empty
+    strings are never held out. Vectorised: one call per polled chunk, not one hash per id."""
+    out = np.zeros(len(example_ids), dtype=bool)
+    if share <= 0:
+        return out
+    keep = [k for k, i in enumerate(example_ids) if isinstance(i, str) and i]
+    if keep:
+        fraction = hash64([example_ids[k] for k in keep]).astype(np.float64) / 2.0 ** 64
+        out[keep] = fraction < share
+    return out
+
+
 def held_out(example_id: Any, share: float) -> bool:
-    """Whether the example with this id is held out: its blake2b hash, as a fraction of 2**64,
-    is below ``share``. Examples without a string id are never held out."""
-    if share <= 0 or not isinstance(example_id, str) or not example_id:
-        return False
-    digest = hashlib.blake2b(example_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0 ** 64 < share
+    """Whether the example with this id is held out (:func:`held_out_mask` of one id)."""
+    return bool(held_out_mask([example_id], share)[0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,8 @@ def test_two_ranks_train_from_a_topic_and_publish(train_settings: Settings) -> N
     assert versions[-1] >= 4
     m = read_manifest(version_dir(root, versions[-1]))
     # examples_seen counts the examples consumed: trained, or held out for the promotion check
-    # (trainer.holdout_share, 2%); a batch is the next 128 per rank minus those held out.
+    # (trainer.holdout_share, 2%); a step trains 128 per rank (a full batch of examples to
+    # train while every rank holds one).
     trained = m.examples_seen - m.examples_held_out
     assert m.step == 20 and 0.9 * 20 * 256 < trained <= 20 * 256
     assert 0 < m.examples_held_out < 0.05 * m.examples_seen

@@ -16,7 +16,7 @@ from streaming.contract.updates import ModelUpdate, ServedVersion
 from streaming.serving.worker import ServedModelHolder
 from streaming.settings import TrainerSettings
 from trainer.announcements import protected, with_served
-from trainer.promotion import Gate, held_out, judge
+from trainer.promotion import Gate, held_out, held_out_mask, judge
 
 CFG = TrainerSettings(holdout_share=0.1, promotion_min_examples=100,
                       promotion_logloss_margin=0.01, promotion_auc_margin=0.01)
@@ -29,6 +29,27 @@ def test_hold_out_is_a_stable_share_of_example_ids() -> None:
     assert chosen == [i for i in ids if held_out(i, 0.02)]  # same ids every time (no salt)
     assert set(chosen) <= {i for i in ids if held_out(i, 0.1)}  # nested shares
     assert not held_out("x1", 0.0) and not held_out(None, 0.5) and not held_out("", 0.5)
+
+
+def test_hold_out_mask_is_held_out_per_id_and_the_same_in_every_process() -> None:
+    import subprocess
+    import sys
+
+    ids: list[object] = [f"{k:08x}-e:n{k % 3}" for k in range(50_000)] + [None, "", 7]
+    mask = held_out_mask(ids, 0.02)
+    assert mask.dtype == bool and len(mask) == len(ids)
+    assert 0.018 < mask[:50_000].mean() < 0.022  # the configured share
+    assert not mask[-3:].any()  # ids that are not non-empty strings are never held out
+    assert [held_out(i, 0.02) for i in ids[:2000]] == mask[:2000].tolist()
+    assert not held_out_mask(ids, 0.0).any() and len(held_out_mask([], 0.5)) == 0
+    # No per-process salt: another interpreter (another PYTHONHASHSEED) picks the same ids.
+    code = ("from trainer.promotion import held_out_mask; "
+            "print(held_out_mask([f'x{k}' for k in range(5000)], 0.02).nonzero()[0].tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={"PYTHONHASHSEED": "123", "PATH": ""},
+                         cwd=Path(__file__).resolve().parents[2])
+    here = held_out_mask([f"x{k}" for k in range(5000)], 0.02).nonzero()[0].tolist()
+    assert out.stdout.strip() == str(here)
 
 
 def test_verdicts() -> None:

@@ -52,6 +52,7 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
     try:
         report = KafkaAdmin(settings).ensure_topics(topic_specs(settings))
         say_services(settings, runtime, report, say)
+        started_ms = int(time.time() * 1000)  # the components' beats count from here
         metrics_urls, components = start_components(settings, runtime, opts)
         watch = Supervision.start(settings, runtime, components, metrics_urls, say)
         if opts.dashboard:
@@ -61,7 +62,7 @@ def run_up(settings: Settings, opts: UpOptions, stop: threading.Event,
                         dashboard=dashboard.url if dashboard else None)
         redis_client = connect(settings.redis)
         wait_consuming(redis_client, settings, runtime, ("ingest", "scorer", "trainer"),
-                       opts.ready_timeout_s, stop, say, watch.check)
+                       opts.ready_timeout_s, stop, say, watch.check, since_ms=started_ms)
         started = time.monotonic()  # the run's duration counts from the first event
         # Counters in Redis outlive a run (its state is durable): the summary counts this run's.
         baseline = pipeline_stats(redis_client, settings)

@@ -174,17 +174,21 @@ def ingest_caught_up(redis_client: Any, settings: Settings, ends: dict[int, int]
 
 def wait_consuming(client: Any, settings: Settings, runtime: EmbeddedRuntime,
                     components: tuple[str, ...], timeout_s: float, stop: threading.Event,
-                    say: Callable[[str], None], check: Callable[[], None]) -> None:
+                    say: Callable[[str], None], check: Callable[[], None],
+                    since_ms: int = 0) -> None:
     """Block until every component beats with partitions assigned (streaming.ops.health), so that
-    the first events are not measured against process start-up and group joins. ``check`` runs
-    every 0.25 s meanwhile (the supervisor's poll)."""
+    the first events are not measured against process start-up and group joins. Only beats
+    written since ``since_ms`` count: Redis keeps the beats of a run stopped seconds ago, which
+    would pass for components still importing torch. ``check`` runs every 0.25 s meanwhile (the
+    supervisor's poll)."""
     say(f"waiting for {', '.join(components)} to join their consumer groups ...")
     deadline = time.monotonic() + timeout_s
     missing = set(components)
     while missing and not stop.is_set():
         check()
         beats = health.parse(client.hgetall(health.key(settings.redis.key_prefix)))
-        missing = set(components) - health.consuming(beats, int(time.time() * 1000))
+        missing = set(components) - health.consuming(beats, int(time.time() * 1000),
+                                                     since_ms=since_ms)
         if missing and time.monotonic() > deadline:
             raise StreamrecError(f"{', '.join(sorted(missing))} not consuming after "
                                  f"{timeout_s:g} s; see the logs in {runtime.run_dir}")

@@ -82,7 +82,11 @@ def parse(raw: dict[Any, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def consuming(beats: Iterable[dict[str, Any]], now_ms: int, stale_ms: int = STALE_MS) -> set[str]:
-    """Components with a recent beat that own at least one partition."""
+def consuming(beats: Iterable[dict[str, Any]], now_ms: int, stale_ms: int = STALE_MS,
+              since_ms: int = 0) -> set[str]:
+    """Components with a recent beat that own at least one partition; with ``since_ms``, only
+    beats written at or after it (a process started then, not one of an earlier run whose
+    beats are still recent)."""
     return {b["component"] for b in beats
-            if b.get("assigned", 0) > 0 and now_ms - int(b.get("ts_ms", 0)) <= stale_ms}
+            if b.get("assigned", 0) > 0 and now_ms - int(b.get("ts_ms", 0)) <= stale_ms
+            and int(b.get("ts_ms", 0)) >= since_ms}

@@ -237,9 +237,11 @@ def test_up_survives_poison_and_restarts_components_killed_with_sigkill(
                  lambda: max(list_versions(ckpt)) > before, 120)
         client = connect(settings.redis)
         try:
+            # Beats since the trainer came back: the killed processes' beats are still recent.
+            since_ms = int(time.time() * 1000)
             wait_for("the restarted components to consume", lambda: {
                 "ingest", "trainer", "scorer"} <= health.consuming(health.parse(client.hgetall(
-                    health.key("sr:"))), int(time.time() * 1000)), 120)
+                    health.key("sr:"))), int(time.time() * 1000), since_ms=since_ms), 120)
         finally:
             client.close()
         trainer_pids = [p for p in _descendants(proc.pid)

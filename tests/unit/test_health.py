@@ -14,3 +14,6 @@ def test_only_recent_beats_with_partitions_count_as_consuming() -> None:
     assert {b["id"] for b in beats} == {"ingest:h:1", "scorer:h:2", "trainer:h:3"}
     assert health.consuming(beats, now_ms=101_000) == {"ingest"}
     assert health.consuming(beats, now_ms=101_000, stale_ms=30_000) == {"ingest", "trainer"}
+    # `up` counts only beats of the processes it started: a run stopped seconds before left
+    # beats that are still recent.
+    assert health.consuming(beats, now_ms=101_000, stale_ms=30_000, since_ms=90_000) == {"ingest"}

@@ -21,7 +21,10 @@ if [ "${STREAMREC_INSTALLER:-uv}" = uv ] && "${PIP[@]}" install "uv>=0.5" 2>/dev
     # uv reads its own variables; carry over pip's extra wheel directory when one is set.
     export UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}
     [ -n "$UV_FIND_LINKS" ] || unset UV_FIND_LINKS
-    PIP=(env VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip --quiet)
+    # Bytecode compiled at install, as pip does: with PYTHONDONTWRITEBYTECODE set (as on CI
+    # machines) nothing else writes it, and every process then compiles torch from source
+    # (importing it took 12 s instead of 5 s here).
+    PIP=(env VIRTUAL_ENV="$VENV" UV_COMPILE_BYTECODE=1 "$VENV/bin/uv" pip --quiet)
     echo "[bootstrap] installing with uv"
 fi
 # torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.

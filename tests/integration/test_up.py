@@ -26,23 +26,29 @@ from tests.integration.helpers import cli_env, start_up, wait_for
 pytestmark = pytest.mark.integration
 
 
+def _cmdline(pid: int) -> str:
+    """The command line of `pid`, or "" once it has exited (processes come and go mid-scan)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _pids_matching(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
+    return [int(proc.name) for proc in Path("/proc").iterdir()
+            if proc.name.isdigit() and text in _cmdline(int(proc.name))]
 
 
 def _descendants(pid: int) -> set[int]:
     found: set[int] = set()
     todo = [pid]
     while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+        try:
+            # A process may exit between being found and being scanned: it then has no children.
+            tasks = list(Path(f"/proc/{todo.pop()}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
             try:
                 children = {int(c) for c in (task / "children").read_text().split()}
             except OSError:
@@ -192,7 +198,7 @@ BURST = 20  # poison messages in the run below
 def _trainer_ranks(up_pid: int) -> list[int]:
     """The trainer's rank processes under torchrun (not the launcher, not torchrun itself)."""
     return [p for p in _descendants(up_pid) if p in _pids_matching("deploy.cli train")
-            and "torch.distributed.run" not in Path(f"/proc/{p}/cmdline").read_text()
+            and "torch.distributed.run" not in _cmdline(p)
             and any(p in _descendants(q) for q in _pids_matching("torch.distributed.run"))]
 
 

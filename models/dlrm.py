@@ -24,6 +24,7 @@ from torchrec.models.dlrm import (
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from models.norm import Standardise
 from models.spec import FeatureSpec, position_of
 from models.two_tower import InBatchSoftmax, ItemFrequency, TwoTower
 
@@ -47,11 +48,11 @@ class DenseNormArch(nn.Module):
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm1d(in_features, affine=False, momentum=0.01)
+        self.norm = Standardise(in_features)
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """``dense: B x D float32`` -> ``B x D``; training mode uses and updates batch statistics
-        (needs ``B >= 2``), eval mode the running ones."""
+        (a batch of one uses the running ones), eval mode the running ones."""
         return self.norm(dense)
 
 

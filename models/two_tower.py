@@ -30,6 +30,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from models.norm import Standardise
 from models.spec import FeatureSpec
 
 __all__ = ["InBatchSoftmax", "ItemFrequency", "TowerSpec", "TwoTower", "tower_columns"]
@@ -69,7 +70,7 @@ class _Tower(nn.Module):
         super().__init__()
         self.features = list(features)
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
-        self.norm = nn.BatchNorm1d(dense_in, affine=False, momentum=0.01) if dense_in else None
+        self.norm = Standardise(dense_in) if dense_in else None
         sizes = [len(features) * spec.embedding_dim + dense_in, *spec.hidden, spec.output_dim]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):

@@ -88,13 +88,13 @@ def plan_steps(buffered: int, cap: int, step: int, *, publish: bool, publish_eve
     ``buffered`` is the smallest number of examples to train any rank holds, ``cap`` the
     examples per rank and step, ``step`` the steps trained so far, ``agree_every_steps`` the
     longest plan (``trainer.agree_every_steps``: agreeing before every step cost about a
-    quarter of a step's wall time in bench train). Full batches while every
-    rank holds one, else one step of what all hold (none under 2: the dense normalisation's
-    batch statistics need 2). One step when a publish follows (as every step did before
-    plans), and the plan ends where a ``publish_every_steps`` publish falls due or at
-    ``max_steps``, so publishes keep their steps whatever the plan length."""
+    quarter of a step's wall time in bench train). Full batches while every rank holds one,
+    else one step of what all hold (even one example: a stream gone quiet trains its last one
+    rather than holding it, and its offset, back). One step when a publish follows (as every
+    step did before plans), and the plan ends where a ``publish_every_steps`` publish falls
+    due or at ``max_steps``, so publishes keep their steps whatever the plan length."""
     n = min(buffered, cap)
-    if n < 2:
+    if n < 1:
         return 0, 0
     k = 1 if publish else min(buffered // n, agree_every_steps)
     if publish_every_steps:
@@ -375,6 +375,7 @@ class ContinuousTrainer:
         self._n_train += len(fresh) - sum(held)
         self._buffer.extend((part, off, ex, h)
                             for (part, off, ex), h in zip(fresh, held, strict=True))
+        self._release_held()
 
     def _agree(self, stop: bool, max_steps: int | None = None) -> tuple[int, int, bool, bool]:
         """``(batch size n, steps k, stop, publish)`` agreed by all ranks: train ``k`` steps of
@@ -396,9 +397,13 @@ class ContinuousTrainer:
 
     def _publish_due(self) -> bool:
         tc = self.settings.trainer
-        if not self.state.loss_n:  # nothing trained since the last publish
-            return False
-        if time.monotonic() - self._last_publish >= tc.publish_interval_s:
+        interval_over = time.monotonic() - self._last_publish >= tc.publish_interval_s
+        if not self.state.loss_n:
+            # Nothing trained since the last publish. Examples consumed without training (held
+            # out, duplicates) at a quiet stream's tail still get their offsets committed, by a
+            # publish of the unchanged model, so that the trainer's lag reaches 0.
+            return interval_over and self.next_offsets() != self.state.offsets
+        if interval_over:
             return True
         return bool(tc.publish_every_steps and self.state.step
                     and self.state.step % tc.publish_every_steps == 0 and self.state.loss_n)
@@ -443,10 +448,20 @@ class ContinuousTrainer:
             else:
                 taken.append(ex)
         self._n_train -= n
+        self._release_held()
+        return taken
+
+    def _release_held(self) -> None:
+        """Held-out examples at the head of the buffer leave it for the promotion check now,
+        not when the next step passes them: at a quiet stream's tail no step may follow, and
+        their offsets (hence the group's lag) would wait for one. Keeps the newest
+        ``trainer.holdout_kept``."""
+        while self._buffer and self._buffer[0][3]:
+            self._held_new.append(self._buffer.popleft()[2])
+            self.state.held_out += 1
         keep = self.settings.trainer.holdout_kept
         if len(self._held_new) > keep:
             del self._held_new[:-keep]
-        return taken
 
     def _observe_traces(self, examples: list[dict[str, Any]]) -> None:
         """Stage latencies from each example's trace (ms): event -> example (the label window

@@ -161,3 +161,32 @@ def test_attention_spec_builds_positional_recent_items_alike_for_training_and_sc
     changed[0, 1:] = 100.0  # padded positions of row 0 do not count
     again = arch(torch.zeros(2, 4), changed, mask)
     assert torch.allclose(again[0], arch(torch.zeros(2, 4), keys, mask)[0])
+
+
+def test_a_batch_of_one_trains_and_leaves_the_running_statistics_alone() -> None:
+    """The trainer trains a stream's last lone example (it would otherwise hold back its offset):
+    a one-row training batch is standardised with the running statistics, which it does not
+    move, and still updates the weights; the state dict is BatchNorm's (checkpoints unchanged)."""
+    from dataclasses import replace
+
+    from models.dlrm import RankingTrain
+    from models.norm import Standardise
+
+    spec = replace(DEFAULT_SPEC, retrieval_dim=8)
+    torch.manual_seed(0)
+    train = RankingTrain(StreamRecModel(spec))
+    train.train()
+    norm = train.model.dense_norm.norm
+    assert isinstance(norm, Standardise)
+    assert set(norm.state_dict()) == set(torch.nn.BatchNorm1d(3, affine=False).state_dict())
+    running = norm.running_mean.clone()
+    before = [p.detach().clone() for p in train.parameters()]
+    batch = BatchBuilder(spec).build([example(1, ["i1"])])
+    optimizer = torch.optim.SGD(train.parameters(), lr=0.1)
+    loss, logits = train(batch.dense, batch.sparse, batch.labels)
+    loss.backward()
+    optimizer.step()
+    assert logits.shape == (1,) and torch.isfinite(loss)
+    assert torch.equal(norm.running_mean, running)
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, train.parameters(),
+                                                               strict=True))

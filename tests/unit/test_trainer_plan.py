@@ -11,7 +11,7 @@ import pytest
 
 from streaming.settings import TrainerSettings
 from trainer.dedup import RecentIds
-from trainer.loop import ContinuousTrainer, plan_steps
+from trainer.loop import ContinuousTrainer, TrainerState, plan_steps
 from trainer.promotion import held_out
 
 AGREE = TrainerSettings().agree_every_steps  # the default plan length
@@ -21,7 +21,8 @@ AGREE = TrainerSettings().agree_every_steps  # the default plan length
     (10 * 128, 0, False, 0, None, (128, AGREE)),  # full batches, a whole plan
     (3 * 128 + 5, 0, False, 0, None, (128, 3)),  # only the full batches every rank holds
     (100, 0, False, 0, None, (100, 1)),  # short of a batch: one step of what all hold
-    (1, 0, False, 0, None, (0, 0)),  # under 2 (batch statistics): no step
+    (1, 0, False, 0, None, (1, 1)),  # a lone example trains too (see models.norm)
+    (0, 0, False, 0, None, (0, 0)),  # nothing to train: no step
     (0, 0, True, 0, None, (0, 0)),  # a publish with nothing to train: no step
     (10 * 128, 7, True, 0, None, (128, 1)),  # publish due: one step, then the publish
     (10 * 128, 6, False, 4, None, (128, 2)),  # ends at step 8, where a publish falls due
@@ -75,7 +76,8 @@ def trainer_with(source: FakeSource, batch_size: int, share: float) -> Continuou
         batch_size=batch_size, batch_max_wait_ms=50, holdout_share=share)})()
     t.info = type("I", (), {"world": 2, "rank": 0})()
     t.source = source  # type: ignore[assignment]
-    t._buffer, t._n_train, t._polled = deque(), 0, {}
+    t.state = TrainerState()
+    t._buffer, t._n_train, t._polled, t._held_new = deque(), 0, {}, []
     t._seen_ids, t.duplicates = RecentIds(1000), 0
     return t
 
@@ -89,11 +91,15 @@ def test_fill_waits_for_one_batch_then_takes_only_what_is_there() -> None:
     waits = [max_n for max_n, timeout in source.calls if timeout > 0]
     assert waits[0] == 100 and sum(waits) < 100 + 30 and source.ready == 0
     assert all(timeout == 0.0 for _, timeout in source.calls[len(waits):])
-    entries = list(t._buffer)
-    assert [off for _, off, _, _ in entries] == list(range(len(entries)))  # in order, none lost
+    # Held-out examples at the head left the buffer for the promotion check at once.
+    released, entries = t._held_new, list(t._buffer)
+    assert all(held_out(ex["example_id"], 0.1) for ex in released) and not entries[0][3]
+    assert t.state.held_out == len(released)
+    offsets = [off for _, off, _, _ in entries]
+    assert offsets == list(range(len(released), 300))  # in order, none lost
     assert [h for *_, h in entries] == [held_out(ex["example_id"], 0.1) for *_, ex, _ in entries]
     assert t._n_train == sum(not h for *_, h in entries) >= 100
-    assert t._polled == {0: len(entries)} and len(entries) == 300  # all it held, no more
+    assert t._polled == {0: 300}  # all it held, no more
     # Topped up to a whole plan when the consumer holds enough (no duplicates until then).
     source.ready = 10_000
     t._fill()
@@ -105,3 +111,27 @@ def test_fill_drops_duplicates() -> None:
     t = trainer_with(source, batch_size=2 * 1000, share=0.0)
     t._fill()
     assert t.duplicates == 3 and t._n_train == 47 and t._polled == {0: 50}
+
+
+def test_a_tail_of_held_out_examples_leaves_the_buffer_and_moves_the_offsets() -> None:
+    """At a quiet stream's tail the examples after the last one trained may all be held out:
+    they leave the buffer when the step before them is taken (or when they arrive behind an
+    empty buffer), so the offsets the next publish commits are past them."""
+    ids = [f"y{i}" for i in range(400)]
+    train = [i for i in ids if not held_out(i, 0.5)][:6]
+    held = [i for i in ids if held_out(i, 0.5)][:5]
+    source = FakeSource(n=20, ready=20)
+    source.examples = [(0, off, {"example_id": eid}) for off, eid in enumerate(
+        [*train[:3], held[0], *train[3:], *held[1:3]])]
+    t = trainer_with(source, batch_size=2 * 100, share=0.5)
+    t.source.topic = "examples"  # type: ignore[attr-defined]
+    t._fill()
+    assert t._n_train == 6 and len(t._buffer) == 9 and not t._held_new
+    t._take(6)  # the step trains all 6; the 3 held out met or left behind go with it
+    assert not t._buffer and t.state.held_out == 3 and t._n_train == 0
+    assert t.next_offsets() == {"examples:0": 9}
+    source.examples = [(0, 9 + k, {"example_id": eid}) for k, eid in enumerate(held[3:])]
+    source.ready = 2
+    t._fill()  # arrive behind an empty buffer: released at once
+    assert not t._buffer and t.state.held_out == 5
+    assert t.next_offsets() == {"examples:0": 11}

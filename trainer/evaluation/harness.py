@@ -336,9 +336,8 @@ class PrequentialRun:
                     self.builder.build(examples[start:start + opts.batch_size])
                     for start in range(0, len(examples), opts.batch_size)]
                 for chunk in chunks:
-                    if len(chunk) >= 2:  # batch statistics need two rows
-                        sgd_step(self.dmp, self.optimizer, chunk, self.info.device)
-                        steps += 1
+                    sgd_step(self.dmp, self.optimizer, chunk, self.info.device)
+                    steps += 1
                 examples_total += len(examples)
                 if self.catalogue is not None:
                     self.catalogue.observe([ex["item_id"] for ex in examples], batch)

@@ -91,14 +91,18 @@ def start_up(run_dir: Path, *args: str, ready_timeout_s: float = 180.0
     raise AssertionError("streamrec up did not become ready:\n" + "".join(lines))
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float,
+             show: Callable[[], Any] | None = None) -> Any:
+    """Poll ``check`` until truthy (returned) or ``timeout_s``; on a timeout the error names
+    ``what`` and, with ``show``, what it returns then (the state that never got there)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    seen = f": {show()!r}" if show is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{seen}")
 
 
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

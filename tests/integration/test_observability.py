@@ -128,7 +128,7 @@ def test_lag_monitor_and_dashboard_on_a_live_run(tmp_path: Path) -> None:
 
         wait_for("lag to fall to 0 after the input stops",
                  lambda: (lag := lag_by_group()) and set(lag) == set(GROUPS)
-                 and all(v == 0 for v in lag.values()), 120)
+                 and all(v == 0 for v in lag.values()), 120, show=lag_by_group)
         status = get_json(f"{base}/api/series")["points"][-1]["lag_status"]
         assert status == {g: "OK" for g in GROUPS}
 

@@ -11,19 +11,25 @@ from streaming.io.producer import RecordProducer
 from streaming.settings import Settings
 
 
+def example_record(rng: random.Random, k: int) -> tuple[bytes, bytes]:
+    """``(key, value)`` of example ``x{k}``: its click label depends on two dense features."""
+    names = DEFAULT_SPEC.dense
+    feats = {name: rng.gauss(0, 1) for name in names}
+    click = int(feats["item_ctr"] + feats["user_category_affinity"] + rng.gauss(0, .5) > 1)
+    user = f"u{rng.randrange(5000)}"
+    return user.encode(), orjson.dumps({
+        "example_id": f"x{k}", "user_id": user, "item_id": f"i{rng.randrange(8000)}",
+        "category": f"c{rng.randrange(20)}", "ts": 1_732_000_000_000 + k,
+        "labels": {"click": click, "purchase": 0}, "sampled": False,
+        "dense_schema": DEFAULT_SPEC.dense_schema(), "dense": [feats[n] for n in names],
+        "recent_items": [f"i{rng.randrange(8000)}" for _ in range(3)], "trace": {},
+    })
+
+
 def produce_examples(settings: Settings, n: int, seed: int = 0) -> None:
     """``n`` examples whose click label depends on two dense features (a learnable signal)."""
     rng = random.Random(seed)
-    names = DEFAULT_SPEC.dense
     with RecordProducer(settings, topic=settings.topics.examples, linger_ms=20) as producer:
         for k in range(n):
-            feats = {name: rng.gauss(0, 1) for name in names}
-            click = int(feats["item_ctr"] + feats["user_category_affinity"] + rng.gauss(0, .5) > 1)
-            user = f"u{rng.randrange(5000)}"
-            producer.send_raw(user.encode(), orjson.dumps({
-                "example_id": f"x{k}", "user_id": user, "item_id": f"i{rng.randrange(8000)}",
-                "category": f"c{rng.randrange(20)}", "ts": 1_732_000_000_000 + k,
-                "labels": {"click": click, "purchase": 0}, "sampled": False,
-                "dense_schema": DEFAULT_SPEC.dense_schema(), "dense": [feats[n] for n in names],
-                "recent_items": [f"i{rng.randrange(8000)}" for _ in range(3)], "trace": {},
-            }), topic=settings.topics.examples)
+            key, value = example_record(rng, k)
+            producer.send_raw(key, value, topic=settings.topics.examples)

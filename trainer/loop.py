@@ -82,21 +82,30 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 5
 
 def plan_steps(buffered: int, cap: int, step: int, *, publish: bool, publish_every_steps: int,
-               max_steps: int | None, agree_every_steps: int) -> tuple[int, int]:
+               max_steps: int | None, agree_every_steps: int, most: int = 0) -> tuple[int, int]:
     """``(n, k)``: train ``k`` steps of ``n`` examples each until the next agreement.
 
-    ``buffered`` is the smallest number of examples to train any rank holds, ``cap`` the
-    examples per rank and step, ``step`` the steps trained so far, ``agree_every_steps`` the
-    longest plan (``trainer.agree_every_steps``: agreeing before every step cost about a
-    quarter of a step's wall time in bench train). Full batches while every rank holds one,
-    else one step of what all hold (even one example: a stream gone quiet trains its last one
-    rather than holding it, and its offset, back). One step when a publish follows (as every
-    step did before plans), and the plan ends where a ``publish_every_steps`` publish falls
-    due or at ``max_steps``, so publishes keep their steps whatever the plan length."""
+    ``buffered`` is the smallest number of examples to train any rank holds, ``most`` the
+    largest, ``cap`` the examples per rank and step, ``step`` the steps trained so far,
+    ``agree_every_steps`` the longest plan (``trainer.agree_every_steps``: agreeing before every
+    step cost about a quarter of a step's wall time in bench train). Full batches while every
+    rank holds one, else one step of what all hold (even one example: a stream gone quiet trains
+    its last one rather than holding it, and its offset, back). One step when a publish follows
+    (as every step did before plans), and the plan ends where a ``publish_every_steps`` publish
+    falls due or at ``max_steps``, so publishes keep their steps whatever the plan length.
+
+    When some rank holds nothing and another holds examples (the stream's tail reached only
+    some partitions), one step of up to ``min(most, cap)``: each rank trains what it holds of
+    that, and a rank with none takes part with a row that learns nothing
+    (:meth:`ContinuousTrainer.train_step`); TorchRec's all-to-alls take a different batch size
+    on every rank."""
     n = min(buffered, cap)
     if n < 1:
-        return 0, 0
-    k = 1 if publish else min(buffered // n, agree_every_steps)
+        if most < 1:
+            return 0, 0
+        n, k = min(most, cap), 1
+    else:
+        k = 1 if publish else min(buffered // n, agree_every_steps)
     if publish_every_steps:
         k = min(k, publish_every_steps - step % publish_every_steps)
     if max_steps is not None:
@@ -121,15 +130,19 @@ class TrainerState:
 
 
 def sgd_step(dmp: torch.nn.Module, optimizer: Any, batch: ExampleBatch,
-             device: torch.device) -> tuple[float, np.ndarray]:
+             device: torch.device, learn: bool = True) -> tuple[float, np.ndarray]:
     """One optimizer step on ``batch`` (``B`` examples: ``dense: B x D``, KJT, ``labels: B``);
     returns ``(loss, probs: B float32)``, the loss a mean over the batch. The probabilities come
     from the parameters *before* this update (prequential). ``dmp`` is the DMP-wrapped
     :class:`~models.dlrm.RankingTrain` of :func:`trainer.distributed.build_sharded`; with several
-    ranks the step is collective."""
+    ranks the step is collective. ``learn=False``: take part in the step's collectives with a
+    zero loss (every gradient 0, so Adagrad moves nothing; a batch of one leaves the dense
+    normalisation's running statistics alone)."""
     dmp.train()
     loss, logits = dmp(batch.dense.to(device), batch.sparse.to(device), batch.labels.to(device))
     probs = torch.sigmoid(logits).cpu().numpy()
+    if not learn:
+        loss = loss * 0.0  # still connected to every parameter, as DDP needs on every rank
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -176,6 +189,8 @@ class ContinuousTrainer:
         self._buffer: deque[tuple[int, int, dict[str, Any], bool]] = deque()
         self._n_train = 0
         self._held_new: list[dict[str, Any]] = []  # held out since the last publish
+        # The last example polled: the row this rank steps with when it holds none (a tail).
+        self._stand_in: dict[str, Any] | None = None
         self._polled: dict[int, int] = {}  # partition -> offset after the last polled message
         self._seen_ids = RecentIds(settings.trainer.dedup_window)  # drops outbox duplicates
         self.duplicates = 0
@@ -370,6 +385,8 @@ class ContinuousTrainer:
                 self.duplicates += 1
                 continue
             fresh.append((part, off, ex))
+        if fresh:
+            self._stand_in = fresh[-1][2]
         held = held_out_mask([ex.get("example_id") for _, _, ex in fresh],
                              self.settings.trainer.holdout_share).tolist()
         self._n_train += len(fresh) - sum(held)
@@ -383,17 +400,38 @@ class ContinuousTrainer:
         every rank holds at least ``k * n`` examples to train, and every input to ``k`` (the
         step count, ``max_steps``, ``trainer.publish_every_steps``) is the same on all ranks."""
         due = self._publish_due()
-        # MIN over [n, -stop, -publish]: the smallest buffer, and any rank's stop/publish flag.
-        t = torch.tensor([self._n_train, -int(stop), -int(due)], dtype=torch.int64)
+        able = self._n_train > 0 or self._stand_in is not None
+        # MIN over [n, -n, able, -stop, -publish]: the smallest and the largest buffer, whether
+        # every rank can take part in a step, and any rank's stop/publish flag.
+        t = torch.tensor([self._n_train, -self._n_train, int(able), -int(stop), -int(due)],
+                         dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        halt, publish = bool(t[1] < 0), bool(t[2] < 0)
+        halt, publish = bool(t[3] < 0), bool(t[4] < 0)
         if halt:
             return 0, 0, True, publish
-        n, k = plan_steps(int(t[0]), self._cap(), self.state.step, publish=publish,
+        least, most = int(t[0]), -int(t[1])
+        if least == 0 and most > 0 and not t[2]:
+            self._share_stand_in()  # every rank knows this branch: the collective matches
+        n, k = plan_steps(least, self._cap(), self.state.step, publish=publish,
                           publish_every_steps=self.settings.trainer.publish_every_steps,
                           max_steps=max_steps,
-                          agree_every_steps=self.settings.trainer.agree_every_steps)
+                          agree_every_steps=self.settings.trainer.agree_every_steps, most=most)
         return n, k, False, publish
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """Collective: whether ``flag`` is set on any rank."""
+        t = torch.tensor([int(flag)], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t[0])
+
+    def _share_stand_in(self) -> None:
+        """Collective: a rank that never polled an example (its partitions have been empty
+        since it started) borrows another rank's last one to stand in with; see
+        :meth:`_stand_in_step`. Happens at most once per process and rank."""
+        gathered: list[Any] = [None] * self.info.world
+        dist.all_gather_object(gathered, self._stand_in)
+        if self._stand_in is None:
+            self._stand_in = next(ex for ex in gathered if ex is not None)
 
     def _publish_due(self) -> bool:
         tc = self.settings.trainer
@@ -409,10 +447,15 @@ class ContinuousTrainer:
                     and self.state.step % tc.publish_every_steps == 0 and self.state.loss_n)
 
     def train_step(self, n: int) -> float:
-        """Train on the ``n`` oldest buffered examples (one ``B = n`` batch), scoring them first
-        (prequential); returns the batch's mean loss."""
+        """Train on the ``n`` oldest buffered examples (one ``B = n`` batch; fewer when the plan
+        is a tail step and this rank holds fewer), scoring them first (prequential); returns
+        the batch's mean loss. A rank holding none takes part without learning (0.0)."""
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
+        n = min(n, self._n_train)
+        if n == 0:
+            self._stand_in_step()
+            return 0.0
         taken = self._take(n)
         if self.id_maps:
             self._admit(taken)
@@ -435,6 +478,18 @@ class ContinuousTrainer:
         self.prom.examples.inc(n)
         self.prom.loss.set(loss_value)
         return loss_value
+
+    def _stand_in_step(self) -> None:
+        """Collective: this rank's part in a step it has no example for (a tail plan). It runs
+        the step on one copy of the last example it polled with a zero loss, so the others'
+        collectives match; nothing is learned, trained or counted but the step."""
+        assert self._stand_in is not None  # see _share_stand_in
+        if self.id_maps:
+            self._admit([])  # collective: the others admit their batches' ids
+        batch = self.builder.build([self._stand_in])
+        sgd_step(self.dmp, self.optimizer, batch, self.info.device, learn=False)
+        self.state.step += 1
+        self.prom.steps.inc()
 
     def _take(self, n: int) -> list[dict[str, Any]]:
         """The ``n`` oldest buffered examples to train on; held-out ones met on the way leave
@@ -671,7 +726,9 @@ class ContinuousTrainer:
         gc.freeze()
         try:
             self._loop(stop, max_steps)
-            if publish_on_exit and self.state.loss_n:
+            # Collective: a rank that only stood in since the last publish trained nothing,
+            # yet must take part in the publish the others make.
+            if publish_on_exit and self._on_any_rank(self.state.loss_n > 0):
                 self.publish()
         finally:
             gc.unfreeze()

@@ -35,6 +35,21 @@ def test_plan_steps(buffered: int, step: int, publish: bool, every: int, max_ste
                       max_steps=max_steps, agree_every_steps=AGREE) == expected
 
 
+@pytest.mark.parametrize(("buffered", "most", "max_steps", "expected"), [
+    (0, 500, None, (128, 1)),  # a rank holds none: one step, up to a batch, it stands in
+    (0, 40, None, (40, 1)),
+    (0, 40, 7, (40, 1)),
+    (0, 40, 6, (40, 0)),  # max_steps reached
+    (0, 0, None, (0, 0)),  # nothing anywhere
+    (3, 500, None, (3, 1)),  # every rank holds some: what all hold, as before
+])
+def test_a_tail_on_some_ranks_only_still_trains(buffered: int, most: int,
+                                                max_steps: int | None,
+                                                expected: tuple[int, int]) -> None:
+    assert plan_steps(buffered, 128, 6, publish=False, publish_every_steps=0,
+                      max_steps=max_steps, agree_every_steps=AGREE, most=most) == expected
+
+
 def test_publishes_fall_on_the_same_steps_as_with_a_plan_per_step() -> None:
     """With ``publish_every_steps`` a publish follows the step after each multiple (the due
     check sees the steps trained so far); plans of any length keep exactly those steps."""

@@ -99,6 +99,13 @@ class BatchProcessor:
                 parsed.append((m, exc))
         events = [e for _, e in parsed if isinstance(e, Event)]
         implicit = cfg.labels.mode == "implicit"
+        # Exposure labelling needs a user's x item entry only for the items of the user's own
+        # events; implicit labelling samples negatives among all of the user's items.
+        user_items_of: dict[str, set[str]] | None = None
+        if not implicit:
+            user_items_of = {}
+            for e in events:
+                user_items_of.setdefault(e.user_id, set()).add(e.item_id)
         reads = await self.store.read_batch(
             partition,
             event_ids=[e.event_id for e in events],
@@ -109,6 +116,7 @@ class BatchProcessor:
             trending_n=cfg.negative_pool if implicit else 0,
             batch_max_ts=max((e.ts for e in events), default=None),
             lateness_ms=None if implicit else cfg.labels.allowed_lateness_ms,
+            user_items_of=user_items_of,
         )
         fresh = [(m, e) for m, e in parsed if m.offset > reads.applied_offset]
         if not fresh:

@@ -18,7 +18,7 @@ in one slot via a ``{tag}`` in the key prefix).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from streaming.contract.names import Keys
 from streaming.errors import StoreError
 from streaming.features.labels import Exposure
-from streaming.features.state import parse_state_hash, parse_user_items
+from streaming.features.state import UserItem, parse_state_hash, parse_user_items
 from streaming.ingest.types import BatchReads, OutMessage
 from streaming.io.redis_client import as_text
 
@@ -42,6 +42,16 @@ def _lua(name: str) -> str:
 def _pairs(flat: Sequence[bytes]) -> dict[str, Any]:
     """A Lua HGETALL reply (flat field, value, ...) as :func:`parse_state_hash` does it."""
     return parse_state_hash(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _user_items(flat: Sequence[bytes], only: Collection[str] | None) -> dict[str, UserItem]:
+    """A Lua HGETALL reply of a ``ui:`` hash as :func:`parse_user_items` does it; with ``only``,
+    just those items' entries (the others are dropped unparsed)."""
+    fields: Iterable[tuple[bytes, bytes]] = zip(flat[::2], flat[1::2], strict=True)
+    if only is not None:
+        wanted = {item.encode() for item in only}
+        fields = ((name, value) for name, value in fields if name in wanted)
+    return parse_user_items(fields)
 
 
 def read_stats(client: redis.Redis, key_prefix: str, partitions: Iterable[int]) -> dict[str, int]:
@@ -81,6 +91,7 @@ class StateStore:
         trending_n: int = 0,
         batch_max_ts: int | None = None,
         lateness_ms: int | None = None,
+        user_items_of: Mapping[str, Collection[str]] | None = None,
     ) -> BatchReads:
         """Everything a batch needs, in one server-side script (one round trip; hundreds of
         keys per batch would otherwise cost more in client-side command handling than in Redis).
@@ -88,6 +99,15 @@ class StateStore:
         With ``lateness_ms`` (exposure labelling), also the pending exposures whose window the
         batch's new watermark (``max(stored, batch_max_ts) - lateness_ms``) closes, and the
         follow-up pairs it expires.
+
+        With ``user_items_of`` (user -> items), only those entries of each user's user x item
+        state are parsed; None: all of them. A user's ``ui:`` hash keeps up to 2 x
+        ``stream.user_items_kept`` entries and fills over the first half hour of a soak. Parsed
+        whole for every user of every batch, it became the largest part of a batch's small
+        Python objects, and the worker's RSS grew with it (CPython gives an object arena back
+        to the OS only when it is completely empty): at 250 events/s the entries read per event
+        rose from 74 to 166 in 20 minutes and the worker's RSS by 14%; parsing only the batch's
+        own entries, by 2.5%.
         """
         users, items, pairs = list(users), list(items), list(pairs)
         k = self.keys
@@ -112,7 +132,8 @@ class StateStore:
             users={u: _pairs(h) for u, h in zip(users, user_h, strict=True)},
             recent={u: [as_text(x) for x in r] for u, r in zip(users, recent_l, strict=True)},
             items={i: _pairs(h) for i, h in zip(items, item_h, strict=True)},
-            user_items={u: parse_user_items(zip(h[::2], h[1::2], strict=True))
+            user_items={u: _user_items(h, None if user_items_of is None
+                                       else user_items_of.get(u, ()))
                         for u, h in zip(users, ui, strict=True)},
             pending={}, followups={},
             expired_followups=[as_text(p) for p in exp],

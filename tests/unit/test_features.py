@@ -142,3 +142,19 @@ def test_grouped_rows_equal_rows_computed_alone(seed: int, one_time: bool) -> No
                              times if one_time else [times[k]],  # type: ignore[index]
                              user_items=[own[k]])
         assert alone[0].tobytes() == grouped[k].tobytes()
+
+
+def test_a_batch_parses_only_the_user_x_item_entries_it_asked_for() -> None:
+    """Exposure labelling reads a user's x item entry only for the items of the user's own
+    events in the batch; the rest of the hash (up to 400 entries) is dropped unparsed (the
+    worker's RSS grew with it), and what is kept parses as the whole hash does."""
+    from streaming.features.state import USER_ITEM_T0, parse_user_items
+    from streaming.ingest.state_store import _user_items
+
+    flat = [USER_ITEM_T0.encode(), b"1700000000000"]
+    for k in range(50):
+        flat += [f"i{k}".encode(), f"{k} 1 0 {1_700_000_000_000 + k} 0.5".encode()]
+    whole = parse_user_items(zip(flat[::2], flat[1::2], strict=True))
+    assert _user_items(flat, None) == whole and len(whole) == 50
+    assert _user_items(flat, {"i3", "i7", "absent"}) == {"i3": whole["i3"], "i7": whole["i7"]}
+    assert _user_items(flat, ()) == {}

@@ -136,6 +136,12 @@ class StreamSettings:
                              "the trending pool: proportional (every own or trending item "
                              "equally likely, so scores rank the scorer's candidates without "
                              "a correction) or a fixed share in [0, 1]")
+    negative_sources: str = _f("trending", "implicit mode: where negatives come from besides "
+                               "the user's own items: trending (the trending pool only) or "
+                               "candidates (also the scorer's other candidate sources for the "
+                               "user: co-visitation of the recent items, top categories, new "
+                               "and popular, with the serving.* sizes), so that no candidate "
+                               "the scorer ranks is unseen as a negative in training")
     min_event_ts_ms: int = _f(946_684_800_000, "events with an earlier time are rejected "
                               "(ts_out_of_range); lower it to replay historical logs")
     batch_size: int = _f(500, "max events per processing batch")
@@ -170,6 +176,13 @@ class StreamSettings:
             raise ConfigError(f"stream.negative_sampling={self.negative_sampling!r}: "
                               "uniform or popularity")
         _positive("stream.negative_pool", self.negative_pool)
+        if self.negative_sources not in ("trending", "candidates"):
+            raise ConfigError(f"stream.negative_sources={self.negative_sources!r}: "
+                              "trending or candidates")
+        if self.negative_sources == "candidates" and self.negative_sampling != "uniform":
+            raise ConfigError("stream.negative_sources=candidates samples uniformly: the other "
+                              "sources' items have no trending weight (stream.negative_sampling"
+                              "=uniform)")
         if self.allowed_lateness_ms < 0 or self.negatives < 0:
             raise ConfigError("stream.allowed_lateness_ms and stream.negatives must be >= 0")
 

@@ -16,12 +16,16 @@ items may appear at all: ``allow`` (the model decides how high a repeat ranks),
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, filterfalse, islice, zip_longest
 from operator import itemgetter
+from typing import TYPE_CHECKING
 
 from streaming.features.state import decay
+
+if TYPE_CHECKING:
+    from streaming.settings import ServingSettings
 
 
 @dataclass(slots=True)
@@ -69,6 +73,36 @@ def top_categories(user: Mapping[str, object], at_ms: int, half_life_ms: int, n:
             if ref is not None:
                 scores.append((decay(float(value), int(float(ref)), at_ms, half_life_ms), cat))  # type: ignore[arg-type]
     return [cat for _, cat in sorted(scores, reverse=True)[:n]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSizes:
+    """How many items the scorer takes from each list-backed candidate source (``serving.*``);
+    the ingest worker reads the same lists to sample implicit-mode negatives from them."""
+
+    covisit_seeds: int = 5  # recent items whose co-visitation lists give candidates
+    covisit_per_item: int = 50
+    top_categories: int = 3
+    category_candidates: int = 100  # per category
+    new_candidates: int = 50
+    popular_candidates: int = 200
+
+
+def source_sizes(s: ServingSettings) -> SourceSizes:
+    """The list-backed sources' sizes the serving settings ask for: the one place the scorer
+    (candidates) and the ingest worker (negatives from the candidates) take them from."""
+    return SourceSizes(covisit_seeds=s.covisit_seeds, covisit_per_item=s.covisit_per_item,
+                       top_categories=s.top_categories, category_candidates=s.category_candidates,
+                       new_candidates=s.new_candidates, popular_candidates=s.popular_candidates)
+
+
+def source_seeds(user: Mapping[str, object], recent_items: Sequence[str], at_ms: int,
+                 half_life_ms: int, sizes: SourceSizes) -> tuple[list[str], list[str]]:
+    """``(co-visitation seeds, categories)``: the user's newest distinct recent items whose
+    co-visitation lists, and the top categories whose item lists, give the user's candidates.
+    ``recent_items`` newest first; the categories by decayed affinity at ``at_ms``."""
+    seeds = list(dict.fromkeys(recent_items))[:sizes.covisit_seeds]
+    return seeds, top_categories(user, at_ms, half_life_ms, sizes.top_categories)
 
 
 def generate(reads: CandidateReads, limit: int, repeat: str = "allow",

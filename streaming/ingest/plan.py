@@ -28,6 +28,7 @@ from streaming.contract.events import DEFAULT_LIMITS, EVENT_TYPES, Event, Limits
 from streaming.contract.examples import Example, dense_feature_names
 from streaming.contract.names import Keys
 from streaming.errors import InvalidEvent
+from streaming.features.candidates import SourceSizes
 from streaming.features.labels import (
     Exposure,
     JoinState,
@@ -88,6 +89,9 @@ class ProcessorConfig:
     # Share of negatives from the user's own items; None: proportional to their number (every
     # own or pool item equally likely; see streaming.features.labels.sample_mixed_negatives).
     hard_negatives: float | None = None
+    # Implicit mode: the scorer's list-backed candidate sources (co-visitation, categories, new,
+    # popular) whose items join the trending pool as negatives; None: the trending pool only.
+    negative_sources: SourceSizes | None = None
     # DLQ values beyond this are cut (the headers keep size and SHA-256): the record must fit
     # the broker's message.max.bytes, or it would block the partition's outbox.
     dlq_max_value_bytes: int = 65_536

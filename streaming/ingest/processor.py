@@ -30,12 +30,13 @@ import redis.asyncio as aioredis
 
 from streaming.contract.events import Event, Limits, parse_event
 from streaming.errors import InvalidEvent, StoreError
+from streaming.features.candidates import source_seeds, source_sizes
 from streaming.features.labels import LabelConfig, pair_key, sample_mixed_negatives
 from streaming.features.state import SEP, feature_config
 from streaming.ingest.dlq import is_metadata_only, metadata_only
 from streaming.ingest.plan import ProcessorConfig, plan_batch
 from streaming.ingest.state_store import StateStore
-from streaming.ingest.types import OutboxSink, OutMessage, RawMessage, Undeliverable
+from streaming.ingest.types import BatchReads, OutboxSink, OutMessage, RawMessage, Undeliverable
 from streaming.io.producer import RecordProducer
 from streaming.io.redis_client import client_kwargs
 from streaming.settings import Settings
@@ -125,14 +126,16 @@ class BatchProcessor:
         # so the watermark the read computed from the whole batch is still the right one.
         negatives: dict[str, list[str]] = {}
         if implicit:
-            for _, e in fresh:
-                if isinstance(e, Event) and e.event_type != "view":
-                    # Sorted: the draw must not depend on the order Redis returned them in.
-                    own = sorted({*reads.user_items.get(e.user_id, {}), *(
-                        entry.rpartition(SEP)[0] for entry in reads.recent.get(e.user_id, []))})
-                    negatives[e.event_id] = sample_mixed_negatives(
-                        e.event_id, e.item_id, own, reads.trending, cfg.labels.negatives,
-                        cfg.hard_negatives, weighted=cfg.labels.negative_sampling == "popularity")
+            positives = [e for _, e in fresh if isinstance(e, Event) and e.event_type != "view"]
+            pools = await self._negative_pools(reads, positives)
+            for e in positives:
+                # Sorted: the draw must not depend on the order Redis returned them in.
+                own = sorted({*reads.user_items.get(e.user_id, {}), *(
+                    entry.rpartition(SEP)[0] for entry in reads.recent.get(e.user_id, []))})
+                negatives[e.event_id] = sample_mixed_negatives(
+                    e.event_id, e.item_id, own, pools.get(e.user_id, reads.trending),
+                    cfg.labels.negatives, cfg.hard_negatives,
+                    weighted=cfg.labels.negative_sampling == "popularity")
             wanted = {i for items in negatives.values() for i in items} - set(reads.items)
             if wanted:
                 reads.items.update(await self.store.read_items(sorted(wanted)))
@@ -150,6 +153,34 @@ class BatchProcessor:
             # Records left by a run that died between its commit and its produce come first.
             counts.update(await self._flush_outbox(partition))
         return BatchResult(counts, plan.examples, applied=True)
+
+    async def _negative_pools(self, reads: BatchReads, positives: Sequence[Event]
+                              ) -> dict[str, list[tuple[str, float]]]:
+        """Per user with a positive in the batch: the trending pool plus the items of the
+        scorer's list-backed candidate sources for that user (``negative_sources``), each such
+        item once, as of the batch's start. Empty (the trending pool alone) when not set."""
+        sizes = self.cfg.negative_sources
+        if sizes is None or not positives:
+            return {}
+        keys, fc = self.store.keys, self.cfg.features
+        at_ms = max(e.ts for e in positives)
+        wanted = {keys.new_items: sizes.new_candidates, keys.popular: sizes.popular_candidates}
+        per_user: dict[str, list[str]] = {}
+        for user in sorted({e.user_id for e in positives}):
+            recent = [entry.rpartition(SEP)[0] for entry in reads.recent.get(user, [])]
+            seeds, cats = source_seeds(reads.users.get(user, {}), recent, at_ms,
+                                       fc.affinity_half_life_ms, sizes)
+            wanted.update({keys.covisit(i): sizes.covisit_per_item for i in seeds})
+            wanted.update({keys.category_items(c): sizes.category_candidates for c in cats})
+            per_user[user] = [*map(keys.covisit, seeds), *map(keys.category_items, cats),
+                              keys.new_items, keys.popular]
+        lists = await self.store.read_lists(wanted)
+        trending = {i for i, _ in reads.trending}
+        pools = {}
+        for user, user_keys in per_user.items():
+            extra = dict.fromkeys(i for k in user_keys for i in lists[k] if i not in trending)
+            pools[user] = [*reads.trending, *((i, 1.0) for i in extra)]
+        return pools
 
     async def flush_outbox(self, partition: int) -> Counter[str]:
         """Produce whatever a previous run committed but did not produce (after a crash).
@@ -227,6 +258,8 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         dedup_window=s.dedup_window,
         negative_pool=s.negative_pool,
         hard_negatives=None if s.hard_negatives == "proportional" else float(s.hard_negatives),
+        negative_sources=(source_sizes(settings.serving) if s.negative_sources == "candidates"
+                          else None),
         dlq_max_value_bytes=s.dlq_max_value_bytes,
         parked_kept=s.parked_kept,
     )

@@ -163,6 +163,20 @@ class StateStore:
             raise StoreError(f"Redis item read failed: {exc}") from None
         return {i: parse_state_hash(h.items()) for i, h in zip(items, res, strict=True)}
 
+    async def read_lists(self, wanted: Mapping[str, int]) -> dict[str, list[str]]:
+        """The first ``n`` members of each sorted set ``key -> n`` in ``wanted``, highest score
+        first, in one pipeline (implicit mode's negatives from the candidate sources' lists).
+        Raises :class:`StoreError`."""
+        keys = list(wanted)
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrevrange(key, 0, wanted[key] - 1)
+                res = await pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis list read failed: {exc}") from None
+        return {key: [as_text(m) for m in members] for key, members in zip(keys, res, strict=True)}
+
     async def apply(
         self,
         partition: int,

@@ -49,7 +49,8 @@ from streaming.features.candidates import (
     CandidateReads,
     excluded_items,
     generate,
-    top_categories,
+    source_seeds,
+    source_sizes,
 )
 from streaming.features.state import (
     DEFAULT_FEATURES,
@@ -229,6 +230,7 @@ class FeedRanker:
         self.n_candidates = limits.candidates
         self.fc = features
         self.builder = BatchBuilder(holder.spec)
+        self.sizes = source_sizes(limits)
 
     @staticmethod
     def _zlist(raw: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
@@ -282,12 +284,11 @@ class FeedRanker:
             for k, u in enumerate(user_ids):
                 state = parse_state_hash(res[n * k].items())
                 recent = parse_recent([as_text(x) for x in res[n * k + 1]])
-                recent_items = list(dict.fromkeys(i for i, _ in recent))[:lim.covisit_seeds]
+                recent_items, cats = source_seeds(state, [i for i, _ in recent], now_ms,
+                                                  self.fc.affinity_half_life_ms, self.sizes)
                 again = self._zlist(res[n * k + 4])
                 seeds = list(dict.fromkeys(
                     [*recent_items, *(i for i, _ in again[:lim.covisit_own_seeds])]))
-                cats = top_categories(state, now_ms, self.fc.affinity_half_life_ms,
-                                      lim.top_categories)
                 wanted.update({k_.covisit(i): lim.covisit_per_item for i in seeds})
                 wanted.update({k_.category_items(c): lim.category_candidates for c in cats})
                 users.append((u, state, recent, recent_items, seeds, cats,

@@ -257,6 +257,38 @@ def test_trending_list_orders_by_decayed_count_and_is_the_negative_pool(stack: S
         h.close()
 
 
+@pytest.mark.parametrize("sources", ["trending", "candidates"])
+def test_negatives_come_from_the_scorers_candidate_sources_when_asked(
+        stack: Settings, sources: str) -> None:
+    settings = stack.with_values({
+        "stream.label_mode": "implicit", "stream.negatives": "3", "stream.negative_pool": "1",
+        "stream.negative_sources": sources, "serving.new_candidates": "1",
+        "serving.popular_candidates": "1"})
+    h = Harness(settings)
+    try:
+        # "hot": trending and popular; "c1": co-visited with "s"; "newest": the newest item;
+        # "cold*": in no list the buyer's candidates come from.
+        h.feed([e(n, "purchase", T0 + n, user=f"w{n}", item="hot") for n in range(10)]
+               + [e(20 + n, "purchase", T0 + 20, user=f"v{n}", item=f"cold{n}") for n in range(3)]
+               + [e(30, "view", T0 + 30, user="x", item="s"),
+                  e(31, "view", T0 + 31, user="x", item="c1"),
+                  e(32, "view", T0 + 40, user="y", item="newest")])
+        h.feed([e(40, "view", T0 + 50, user="b", item="s")])
+        h.feed([e(50 + n, "purchase", T0 + 60, user="b", item=f"p{n}") for n in range(5)])
+        # 13 + 5 positives; 3 negatives per purchase of "b" (2 when only "hot" and "s" exist)
+        expected = 13 + 5 + (10 if sources == "trending" else 15)
+        docs = [orjson.loads(m.value())
+                for m in consume_all(settings, settings.topics.examples, expected)]
+        assert len(docs) == expected
+        negatives = [d["item_id"] for d in docs if d["user_id"] == "b" and d["sampled"]]
+        if sources == "trending":  # own items and the trending pool only
+            assert sorted(set(negatives)) == ["hot", "s"] and len(negatives) == 10
+        else:  # also co-visitation of the recent items, the new and the popular lists
+            assert set(negatives) == {"c1", "hot", "newest", "s"} and len(negatives) == 15
+    finally:
+        h.close()
+
+
 def test_user_item_state_matches_the_python_rule_and_stays_bounded(stack: Settings) -> None:
     from streaming.features.state import DEFAULT_FEATURES, parse_user_items, touch_user_item
 

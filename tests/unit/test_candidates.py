@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from streaming.features.candidates import CandidateReads, generate, top_categories
+from streaming.features.candidates import (
+    CandidateReads,
+    SourceSizes,
+    generate,
+    source_seeds,
+    source_sizes,
+    top_categories,
+)
+from streaming.settings import Settings
 
 H = 3_600_000
 
@@ -76,3 +84,18 @@ def test_an_item_listed_twice_is_added_once_and_the_limit_stops_mid_list() -> No
         ("z", "again"), ("c", "covisit"), ("d", "covisit"), ("p1", "popular"), ("p2", "popular")]
     assert generate(r, 6) == [("a", "recent"), ("b", "recent"), ("z", "again"),
                               ("c", "covisit"), ("d", "covisit"), ("e", "covisit")]
+
+
+def test_source_seeds_are_the_newest_distinct_recent_items_and_the_top_categories() -> None:
+    user = {"c.a.a": 1.0, "c.a.t": 0, "c.b.a": 5.0, "c.b.t": 0, "c.c.a": 3.0, "c.c.t": 0}
+    sizes = SourceSizes(covisit_seeds=2, top_categories=2)
+    seeds, cats = source_seeds(user, ["x", "x", "y", "z"], 0, 1000, sizes)
+    assert seeds == ["x", "y"] and cats == ["b", "c"]
+
+
+def test_source_sizes_follow_the_serving_settings() -> None:
+    s = Settings.load(env={}, overrides={"serving.covisit_seeds": "7",
+                                         "serving.popular_candidates": "9"}).serving
+    sizes = source_sizes(s)
+    assert (sizes.covisit_seeds, sizes.popular_candidates) == (7, 9)
+    assert sizes.category_candidates == s.category_candidates

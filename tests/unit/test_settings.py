@@ -44,6 +44,9 @@ def test_precedence_default_env_override() -> None:
         ({"redis.url": "http://x"}, "redis://"),
         ({"nope.field": "1"}, "unknown setting"),
         ({"topics.dlq": "events"}, "distinct"),
+        ({"stream.negative_sources": "all"}, "trending or candidates"),
+        ({"stream.negative_sources": "candidates", "stream.negative_sampling": "popularity"},
+         "samples uniformly"),
     ],
 )
 def test_invalid_settings_are_rejected_with_the_key(overrides: dict[str, str], message: str) -> None:

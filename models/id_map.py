@@ -3,7 +3,8 @@
 Hashing every id into a table's ``N`` rows (:func:`models.batch.hash_ids`) makes distinct ids
 share rows: 2.5-5% of a few thousand ids, most of them at a million. An :class:`IdMap` gives
 each admitted id its own row of a bounded table and, when the table is full, takes back the
-rows of the ids used least recently (LRU), so the rows follow the active users and items.
+rows of the ids used least recently (LRU) or least often for their age (LFU), so the rows
+follow the active users and items.
 Row 0 is kept for ids the map does not hold (e.g. a user the trainer has not admitted yet).
 
 Why not TorchRec's ``MCHManagedCollisionModule`` (LRU policy), which was tried first: on this
@@ -26,9 +27,10 @@ import numpy as np
 
 from models.batch import id_keys
 
-__all__ = ["UNKNOWN_ROW", "IdMap", "id_keys"]
+__all__ = ["POLICIES", "UNKNOWN_ROW", "IdMap", "id_keys"]
 
 UNKNOWN_ROW = 0  # the row shared by ids a map does not hold
+POLICIES = ("lru", "lfu")  # eviction policies (IdMap's ``policy``)
 
 
 class IdMap:
@@ -38,15 +40,24 @@ class IdMap:
         capacity (int): the table's rows; ``capacity - 1`` ids can hold a row at once.
         evict_share (float): share of the table freed at once when it is full (the least
             recently used rows), so that an eviction scan is not paid at every admission.
+        policy (str): which ids give up their rows: ``"lru"`` (used least recently) or
+            ``"lfu"`` (used least often for their age: TorchRec's distance-LFU, the number of
+            :meth:`admit` calls that used the id since it got its row over the calls since its
+            last use; ties go to the least recently used). LFU keeps the rows of ids that come
+            back (heavy users, popular items) through a stream of ids seen once.
     """
 
-    def __init__(self, capacity: int, evict_share: float = 0.01) -> None:
+    def __init__(self, capacity: int, evict_share: float = 0.01, policy: str = "lru") -> None:
         if capacity < 2:
             raise ValueError("an IdMap needs at least 2 rows (row 0 is the unknown-id row)")
         if not 0 < evict_share <= 1:
             raise ValueError("evict_share must be in (0, 1]")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown eviction policy {policy!r}; one of {POLICIES}")
         self.capacity = capacity
         self.evict_share = evict_share
+        self.policy = policy
+        self._uses = np.zeros(capacity, np.int64)  # admit() calls that used the row's id
         self._row_of: dict[int, int] = {}
         self._owner = np.full(capacity, -1, np.int64)  # key held by each row, -1 = free
         self._last_used = np.zeros(capacity, np.int64)  # admit() call that last used the row
@@ -84,6 +95,7 @@ class IdMap:
         rows = self.lookup(uniq)
         known = rows != UNKNOWN_ROW
         self._last_used[rows[known]] = self._step
+        self._uses[rows[known]] += 1
         new = uniq[~known]
         if len(new) > self._n_free:
             self._evict(len(new) - self._n_free)
@@ -94,6 +106,7 @@ class IdMap:
         self._n_free -= len(new)
         self._owner[given] = new
         self._last_used[given] = self._step
+        self._uses[given] = 1
         self._row_of.update(zip(new.tolist(), given.tolist(), strict=True))
         return given
 
@@ -105,7 +118,12 @@ class IdMap:
         if k == 0:
             return
         if k < len(held):
-            held = held[np.argpartition(self._last_used[held], k - 1)[:k]]
+            if self.policy == "lru":
+                rank = self._last_used[held].astype(np.float64)
+            else:  # uses per call since the last use; + last use / step breaks ties by LRU
+                last = self._last_used[held]
+                rank = self._uses[held] / (self._step - last) + last / (self._step * 1e6)
+            held = held[np.argpartition(rank, k - 1)[:k]]
         held = np.sort(held)[::-1]  # the stack hands out the lowest freed row first
         for key in self._owner[held].tolist():
             del self._row_of[key]
@@ -119,13 +137,19 @@ class IdMap:
         return {"owner": self._owner.copy(), "last_used": self._last_used.copy(),
                 "free": self._free[:self._n_free].copy(),
                 "meta": np.array([self._step, self.evicted], np.int64),
-                "evict_share": np.array([self.evict_share], np.float64)}
+                "evict_share": np.array([self.evict_share], np.float64),
+                "uses": self._uses.copy(),
+                "policy": np.array([POLICIES.index(self.policy)], np.int64)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, np.ndarray]) -> IdMap:
         """The map :meth:`state` saved; further admissions give the rows the saved map would."""
         owner = np.asarray(state["owner"], np.int64)
-        m = cls(len(owner), float(state["evict_share"][0]))
+        # Maps saved before the policy existed were LRU and kept no use counts.
+        policy = POLICIES[int(state["policy"][0])] if "policy" in state else "lru"
+        m = cls(len(owner), float(state["evict_share"][0]), policy)
+        if "uses" in state:
+            m._uses = np.asarray(state["uses"], np.int64).copy()
         m._owner = owner.copy()
         m._last_used = np.asarray(state["last_used"], np.int64).copy()
         free = np.asarray(state["free"], np.int64)

@@ -206,12 +206,17 @@ class ModelSettings:
     id_maps: str = _f("", "comma-separated tables whose ids get rows of their own "
                       "(collision-free, LRU-evicted when full) instead of hashed rows: t_user, "
                       "t_item; empty = all hashed")
+    id_map_policy: str = _f("lru", "which ids give up their rows when a mapped table is full: "
+                            "lru (used least recently) or lfu (used least often for their "
+                            "age: keeps returning users and items through one-off ids)")
 
     def __post_init__(self) -> None:
         unknown = set(self.mapped_tables()) - {"t_user", "t_item"}
         if unknown:
             raise ConfigError(f"model.id_maps: unknown table(s) {sorted(unknown)}; "
                               "t_user and/or t_item")
+        if self.id_map_policy not in ("lru", "lfu"):  # models.id_map.POLICIES
+            raise ConfigError(f"model.id_map_policy={self.id_map_policy!r}: lru or lfu")
         if self.sequence not in ("bag", "attention"):  # models.spec.SEQUENCES
             raise ConfigError(f"model.sequence={self.sequence!r}: bag or attention")
         if self.sequence_len < 1:

@@ -165,8 +165,8 @@ class ContinuousTrainer:
         self.info = info or D.init()
         # Collision-free ids (model.id_maps): every rank admits the same all-gathered ids in
         # the same order each step, so the maps stay identical without a broadcast.
-        self.id_maps = {t.name: IdMap(t.num_embeddings) for t in spec.tables
-                        if t.name in spec.mapped}
+        self.id_maps = {t.name: IdMap(t.num_embeddings, policy=settings.model.id_map_policy)
+                        for t in spec.tables if t.name in spec.mapped}
         self.builder = BatchBuilder(spec, self.id_maps)
         # mapped table -> every table (ranker's and retriever's) whose keys it maps
         keys_of = {name: set(keys) for name, (keys, _) in table_features(spec).items()}

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from models.batch import BatchBuilder, ScoringRows, collision_rate
-from models.id_map import UNKNOWN_ROW, IdMap, id_keys
+from models.id_map import POLICIES, UNKNOWN_ROW, IdMap, id_keys
 from models.spec import FeatureSpec, TableSpec
+from streaming.settings import Settings
 
 
 def keys(*ids: str) -> np.ndarray:
@@ -144,3 +145,38 @@ def test_catalogue_rows_follow_the_item_map() -> None:
     now = rows.remapped(np.array([9, UNKNOWN_ROW, 4]))  # b was evicted
     assert now.ids == ["a", "c"] and now.item_rows.tolist() == [9, 4]
     assert now.category_rows.tolist() == [1, 2] and now.dense.shape == (2, 2)
+
+
+def test_lfu_keeps_an_id_that_comes_back_through_a_stream_of_one_off_ids() -> None:
+    lru, lfu = IdMap(11, evict_share=0.1), IdMap(11, evict_share=0.1, policy="lfu")  # rows 1..10
+    for m in (lru, lfu):
+        for _ in range(5):
+            m.admit(keys("heavy"))
+        for n in range(30):  # 30 one-off ids, 1 per call; "heavy" is not used meanwhile
+            m.admit(keys(f"once{n}"))
+    assert lru.lookup(keys("heavy"))[0] == UNKNOWN_ROW
+    assert lfu.lookup(keys("heavy"))[0] != UNKNOWN_ROW
+    assert lfu.evicted == lru.evicted == 21 and len(lfu) == len(lru) == 10
+
+
+def test_lfu_state_round_trips_and_an_lru_state_without_counts_still_loads() -> None:
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(0, 400, 60) for _ in range(30)]
+    a = IdMap(200, evict_share=0.1, policy="lfu")
+    for batch in batches[:15]:
+        a.admit(batch)
+    c = IdMap.from_state(a.state())
+    assert c.policy == "lfu"
+    for batch in batches[15:]:
+        assert (a.admit(batch) == c.admit(batch)).all()
+    old = IdMap(10).state()
+    del old["uses"], old["policy"]
+    assert IdMap.from_state(old).policy == "lru"
+    with pytest.raises(ValueError, match="policy"):
+        IdMap(10, policy="fifo")
+
+
+def test_every_policy_is_a_valid_setting() -> None:
+    for policy in POLICIES:
+        assert Settings.load(env={}, overrides={"model.id_map_policy": policy}
+                             ).model.id_map_policy == policy

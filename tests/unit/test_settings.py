@@ -45,6 +45,7 @@ def test_precedence_default_env_override() -> None:
         ({"nope.field": "1"}, "unknown setting"),
         ({"topics.dlq": "events"}, "distinct"),
         ({"stream.negative_sources": "all"}, "trending or candidates"),
+        ({"model.id_map_policy": "fifo"}, "lru or lfu"),
         ({"stream.negative_sources": "candidates", "stream.negative_sampling": "popularity"},
          "samples uniformly"),
     ],
@@ -109,3 +110,4 @@ def test_training_and_serving_take_feature_rules_from_one_place() -> None:
     fc = feature_config(s)
     assert (fc.recent_items, fc.affinity_half_life_ms) == (7, 1_800_000)
     assert processor_config(s).features == fc
+

@@ -432,6 +432,9 @@ class PrequentialRun:
             "label_mode": self.settings.stream.label_mode,
             "relevant_types": list(prof.relevant),
             "repeat_policy": self.repeat,
+            # What this run changed of the model, labelling and serving defaults (its --set
+            # flags and the profile's own), so that a result file says what it measured.
+            "settings_changed": _changed(self.settings, ("stream", "model", "trainer", "serving")),
             "events": len(self.stream.events),
             "dead_lettered": self.ingest.dead_lettered,
             **counts,
@@ -440,6 +443,13 @@ class PrequentialRun:
     def close(self) -> None:
         """Close the Redis connection (the caller closes the ingest and deletes the keys)."""
         self._redis.close()
+
+
+def _changed(settings: Settings, sections: Sequence[str]) -> dict[str, Any]:
+    """Settings of ``sections`` whose values differ from the defaults, by dotted key."""
+    default = dict((key, value) for key, value, _ in Settings.default().items())
+    return {key: value for key, value, _ in settings.items()
+            if key.split(".")[0] in sections and value != default[key]}
 
 
 def _rnd(x: float) -> float | None:

@@ -34,12 +34,13 @@ POLICIES = ("lru", "lfu")  # eviction policies (IdMap's ``policy``)
 
 
 class IdMap:
-    """Keys (:func:`id_keys`) -> rows ``[1, capacity)`` of one embedding table, LRU-evicted.
+    """Keys (:func:`id_keys`) -> rows ``[1, capacity)`` of one embedding table, evicted by
+    ``policy`` (LRU or LFU) when full.
 
     Args:
         capacity (int): the table's rows; ``capacity - 1`` ids can hold a row at once.
-        evict_share (float): share of the table freed at once when it is full (the least
-            recently used rows), so that an eviction scan is not paid at every admission.
+        evict_share (float): share of the table freed at once when it is full (the rows the
+            policy ranks last), so that an eviction scan is not paid at every admission.
         policy (str): which ids give up their rows: ``"lru"`` (used least recently) or
             ``"lfu"`` (used least often for their age: TorchRec's distance-LFU, the number of
             :meth:`admit` calls that used the id since it got its row over the calls since its
@@ -86,7 +87,7 @@ class IdMap:
 
     def admit(self, keys: np.ndarray) -> np.ndarray:
         """Mark ``keys`` used now and give each key without a row a row of its own, evicting
-        the least recently used ids when the table is full. If more new keys arrive at once
+        the ids the policy ranks last when the table is full. If more new keys arrive at once
         than there are rows not used in this call, the smallest keys get rows and the rest stay
         unknown. Returns the rows given to new keys (their embeddings are another id's or
         untrained: a trainer resets them)."""
@@ -111,7 +112,7 @@ class IdMap:
         return given
 
     def _evict(self, at_least: int) -> None:
-        """Free the ``max(at_least, evict_share x capacity)`` least recently used rows among
+        """Free the ``max(at_least, evict_share x capacity)`` rows the policy ranks last among
         those not used in the current call."""
         held = np.flatnonzero((self._owner >= 0) & (self._last_used < self._step))
         k = min(len(held), max(at_least, int(self.capacity * self.evict_share)))
@@ -119,11 +120,10 @@ class IdMap:
             return
         if k < len(held):
             if self.policy == "lru":
-                rank = self._last_used[held].astype(np.float64)
-            else:  # uses per call since the last use; + last use / step breaks ties by LRU
+                held = held[np.argpartition(self._last_used[held], k - 1)[:k]]
+            else:  # uses per call since the last use; ties go to the least recently used
                 last = self._last_used[held]
-                rank = self._uses[held] / (self._step - last) + last / (self._step * 1e6)
-            held = held[np.argpartition(rank, k - 1)[:k]]
+                held = held[np.lexsort((last, self._uses[held] / (self._step - last)))[:k]]
         held = np.sort(held)[::-1]  # the stack hands out the lowest freed row first
         for key in self._owner[held].tolist():
             del self._row_of[key]
@@ -150,6 +150,8 @@ class IdMap:
         m = cls(len(owner), float(state["evict_share"][0]), policy)
         if "uses" in state:
             m._uses = np.asarray(state["uses"], np.int64).copy()
+            if len(m._uses) != len(owner):
+                raise ValueError("IdMap state is inconsistent: use counts != capacity")
         m._owner = owner.copy()
         m._last_used = np.asarray(state["last_used"], np.int64).copy()
         free = np.asarray(state["free"], np.int64)

@@ -138,10 +138,10 @@ class StreamSettings:
                              "a correction) or a fixed share in [0, 1]")
     negative_sources: str = _f("trending", "implicit mode: where negatives come from besides "
                                "the user's own items: trending (the trending pool only) or "
-                               "candidates (also the scorer's other candidate sources for the "
-                               "user: co-visitation of the recent items, top categories, new "
-                               "and popular, with the serving.* sizes), so that no candidate "
-                               "the scorer ranks is unseen as a negative in training")
+                               "candidates (also the scorer's list-backed candidate sources for "
+                               "the user: co-visitation of the recent items, top categories, "
+                               "new and popular, with the serving.* sizes; not the retriever's "
+                               "or serving.covisit_own_seeds' items)")
     min_event_ts_ms: int = _f(946_684_800_000, "events with an earlier time are rejected "
                               "(ts_out_of_range); lower it to replay historical logs")
     batch_size: int = _f(500, "max events per processing batch")
@@ -204,8 +204,8 @@ class ModelSettings:
                        "weighted against the candidate item)")
     sequence_len: int = _f(10, "recent items the attention looks at (model.sequence=attention)")
     id_maps: str = _f("", "comma-separated tables whose ids get rows of their own "
-                      "(collision-free, LRU-evicted when full) instead of hashed rows: t_user, "
-                      "t_item; empty = all hashed")
+                      "(collision-free, evicted by model.id_map_policy when full) instead of "
+                      "hashed rows: t_user, t_item; empty = all hashed")
     id_map_policy: str = _f("lru", "which ids give up their rows when a mapped table is full: "
                             "lru (used least recently) or lfu (used least often for their "
                             "age: keeps returning users and items through one-off ids)")

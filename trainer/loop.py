@@ -136,8 +136,10 @@ def sgd_step(dmp: torch.nn.Module, optimizer: Any, batch: ExampleBatch,
     from the parameters *before* this update (prequential). ``dmp`` is the DMP-wrapped
     :class:`~models.dlrm.RankingTrain` of :func:`trainer.distributed.build_sharded`; with several
     ranks the step is collective. ``learn=False``: take part in the step's collectives with a
-    zero loss (every gradient 0, so Adagrad moves nothing; a batch of one leaves the dense
-    normalisation's running statistics alone)."""
+    zero loss: this rank's gradients are 0, so its sparse rows do not move, while the dense
+    layers still take DDP's average, the other ranks' gradient over the world size, which
+    keeps them in sync; a batch of one leaves the dense normalisation's running statistics
+    alone."""
     dmp.train()
     loss, logits = dmp(batch.dense.to(device), batch.sparse.to(device), batch.labels.to(device))
     probs = torch.sigmoid(logits).cpu().numpy()
@@ -309,6 +311,12 @@ class ContinuousTrainer:
         if set(maps) != set(self.id_maps):
             raise CheckpointError(f"checkpoint v{manifest.version} maps {sorted(maps)}, this "
                                   f"model maps {sorted(self.id_maps)}")
+        policy = self.settings.model.id_map_policy
+        for table, m in maps.items():
+            if m.policy != policy:  # the settings say how to evict from now on
+                log.info("id map %s: eviction policy %s -> %s (model.id_map_policy)", table,
+                         m.policy, policy)
+                m.policy = policy
         self.id_maps.update(maps)
         self.builder = BatchBuilder(self.spec, self.id_maps)
 
@@ -397,8 +405,9 @@ class ContinuousTrainer:
     def _agree(self, stop: bool, max_steps: int | None = None) -> tuple[int, int, bool, bool]:
         """``(batch size n, steps k, stop, publish)`` agreed by all ranks: train ``k`` steps of
         ``n`` examples each, then publish if asked. One all-reduce per plan instead of per step:
-        every rank holds at least ``k * n`` examples to train, and every input to ``k`` (the
-        step count, ``max_steps``, ``trainer.publish_every_steps``) is the same on all ranks."""
+        every rank holds at least ``k * n`` examples to train, except in a tail plan (one step,
+        see :func:`plan_steps`), and every input to ``k`` (the step count, ``max_steps``,
+        ``trainer.publish_every_steps``) is the same on all ranks."""
         due = self._publish_due()
         able = self._n_train > 0 or self._stand_in is not None
         # MIN over [n, -n, able, -stop, -publish]: the smallest and the largest buffer, whether
@@ -481,8 +490,9 @@ class ContinuousTrainer:
 
     def _stand_in_step(self) -> None:
         """Collective: this rank's part in a step it has no example for (a tail plan). It runs
-        the step on one copy of the last example it polled with a zero loss, so the others'
-        collectives match; nothing is learned, trained or counted but the step."""
+        the step on one copy of the last example it polled (or, if it never polled one, another
+        rank's: :meth:`_share_stand_in`) with a zero loss, so the others' collectives match;
+        nothing is learned, trained or counted but the step."""
         assert self._stand_in is not None  # see _share_stand_in
         if self.id_maps:
             self._admit([])  # collective: the others admit their batches' ids

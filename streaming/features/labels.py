@@ -228,7 +228,8 @@ def sample_mixed_negatives(
     item, never one item twice; a short own list is topped up from the pool."""
     own = [i for i in dict.fromkeys(own_items) if i != positive_item]
     if hard_share is None:
-        pool_n = sum(1 for i, w in pool if w > 0 and i != positive_item and i not in own)
+        own_set = set(own)  # pools hold thousands of items, own lists hundreds
+        pool_n = sum(1 for i, w in pool if w > 0 and i != positive_item and i not in own_set)
         draws = random.Random(_seed(event_id + ":mix")).random
         n_hard = sum(draws() < len(own) / max(1, len(own) + pool_n) for _ in range(k))
     else:

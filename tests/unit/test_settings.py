@@ -110,4 +110,3 @@ def test_training_and_serving_take_feature_rules_from_one_place() -> None:
     fc = feature_config(s)
     assert (fc.recent_items, fc.affinity_half_life_ms) == (7, 1_800_000)
     assert processor_config(s).features == fc
-

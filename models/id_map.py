@@ -80,6 +80,10 @@ class IdMap:
         """Keys of the ids holding a row (int64, in no particular order)."""
         return np.fromiter(self._row_of, np.int64, len(self._row_of))
 
+    def held_rows(self) -> np.ndarray:
+        """Rows (int64, ascending) that an id holds."""
+        return np.flatnonzero(self._owner >= 0)
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Rows (int64) of ``keys``; :data:`UNKNOWN_ROW` for keys the map does not hold."""
         get = self._row_of.get

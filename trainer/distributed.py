@@ -330,13 +330,20 @@ def gather_delta_state(dmp: nn.Module, optimizer: Any, info: DistInfo,
 
 
 def reset_rows(dmp: nn.Module, optimizer: Any, table: str, rows: np.ndarray,
-               seed: int) -> None:
+               seed: int, held: np.ndarray | None = None) -> None:
     """Rows ``rows`` of embedding table ``table`` restart from fresh initial values (TorchRec's
     default, uniform in +-1/sqrt(table rows), drawn from a generator seeded by ``seed``, so a
-    resumed trainer draws the same ones) and their optimizer state from zero: what an id given a
-    row of its own (:class:`models.id_map.IdMap`) starts from instead of the row's previous
-    id's vector. Each rank writes the rows of the shards it owns; no collective."""
+    resumed trainer draws the same ones): what an id given a row of its own
+    (:class:`models.id_map.IdMap`) starts from instead of the row's previous id's vector.
+
+    Their optimizer state starts from the mean state of the ``held`` rows (the rows other ids
+    hold) of the same shard, or from zero without any: from zero, Adagrad's first step moves
+    every weight of a new row by the full learning rate on one example's gradient, while a
+    hashed row shared with older ids takes damped steps (measured in ``bench ids``). Each rank
+    writes the rows of the shards it owns; no collective."""
     idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    others = torch.from_numpy(np.setdiff1d(np.asarray([] if held is None else held, np.int64),
+                                           idx.numpy()))
     with torch.no_grad():
         targets = [(k, v, True) for k, v in dmp.state_dict().items()
                    if table_of_key(k) == table and _export_key(k) is not None]
@@ -356,6 +363,7 @@ def reset_rows(dmp: nn.Module, optimizer: Any, table: str, rows: np.ndarray,
                 mine = (idx >= lo) & (idx < lo + n)
                 local = idx[mine] - lo
                 if fresh is None:
-                    shard.tensor[local] = 0
+                    peers = others[(others >= lo) & (others < lo + n)] - lo
+                    shard.tensor[local] = shard.tensor[peers].mean(0) if len(peers) else 0
                 else:
                     shard.tensor[local] = fresh[mine].to(shard.tensor.dtype)

@@ -45,6 +45,7 @@ from trainer.metrics import auc
 
 MAPPED_TABLES = ("t_user", "t_item")
 ROWS = DEFAULT_SPEC.table_of("user_id").num_embeddings  # the default tables' rows
+EVENTS = 600_000
 
 
 def examples(n_events: int, n_ids: int, seed: int, spec: FeatureSpec) -> list[dict[str, Any]]:
@@ -135,7 +136,8 @@ class Arm:
 def main(argv: list[str], settings: Any) -> None:
     """``streamrec bench ids [--events N] [--ids N] [--rows R] [--seed S]``."""
     p = argparse.ArgumentParser(prog="streamrec bench ids")
-    p.add_argument("--events", type=int, default=600_000)
+    p.add_argument("--events", type=int, default=EVENTS,
+                   help="(other than the default: results in ids-events<N>.json)")
     p.add_argument("--ids", type=int, default=1_000_000, help="users and items in the world")
     p.add_argument("--rows", type=int, default=ROWS, help="rows of the user and item tables "
                    "(other than the default: results in ids-rows<R>.json)")
@@ -178,7 +180,9 @@ def main(argv: list[str], settings: Any) -> None:
         (t, m.lookup(m.held())) for t, m in arms[name].maps.items())} for name in mapped}
     admit_ms = {name: np.array(arms[name].admit_s) * 1000 for name in mapped}
     gain = {name: round(aucs[name] - aucs["hashed"], 5) for name in mapped}
-    report("ids" if args.rows == ROWS else f"ids-rows{args.rows}", {
+    name = "ids" + (f"-rows{args.rows}" if args.rows != ROWS else "") + (
+        f"-events{args.events}" if args.events != EVENTS else "")
+    report(name, {
         "events": args.events, "ids_in_world": args.ids, "rows_per_table": args.rows,
         "examples": len(exs), "batches": len(batches), "batch_size": batch_size,
         "distinct": {"users": len(users), "items": len(items)},

@@ -206,7 +206,7 @@ class ModelSettings:
     id_maps: str = _f("", "comma-separated tables whose ids get rows of their own "
                       "(collision-free, evicted by model.id_map_policy when full) instead of "
                       "hashed rows: t_user, t_item; empty = all hashed")
-    id_map_policy: str = _f("lru", "which ids give up their rows when a mapped table is full: "
+    id_map_policy: str = _f("lfu", "which ids give up their rows when a mapped table is full: "
                             "lru (used least recently) or lfu (used least often for their "
                             "age: keeps returning users and items through one-off ids)")
 

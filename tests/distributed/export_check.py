@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import torch
@@ -48,17 +49,24 @@ def examples(seed: int, n: int = 64) -> list[dict]:
     return out
 
 
-def main() -> None:
-    out_dir = Path(sys.argv[1])
-    info = D.init()
+def trained(info: D.DistInfo, steps: int) -> tuple[BatchBuilder, torch.nn.Module, Any]:
+    """A builder and the sharded model with its optimizer after ``steps`` steps on
+    :func:`examples` (each rank its own)."""
     builder = BatchBuilder(SPEC)
     dmp, opt = D.build_sharded(SPEC, info)
-    for step in range(15):
+    for step in range(steps):
         b = builder.build(examples(100 * step + info.rank))
         loss, _ = dmp(b.dense, b.sparse, b.labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return builder, dmp, opt
+
+
+def main() -> None:
+    out_dir = Path(sys.argv[1])
+    info = D.init()
+    builder, dmp, _ = trained(info, 15)
     full = D.gather_full_state(dmp, info)
     probe = builder.build(examples(9999 + info.rank))
     dmp.eval()

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import torch
-from export_check import SPEC, examples  # this script's directory is on sys.path
+from export_check import trained  # this script's directory is on sys.path
 
-from models.batch import BatchBuilder
 from trainer import distributed as D
 
 
@@ -29,14 +28,7 @@ def momentum(opt: object, table: str) -> list[tuple[int, torch.Tensor]]:
 def main() -> None:
     out_dir = Path(sys.argv[1])
     info = D.init()
-    builder = BatchBuilder(SPEC)
-    dmp, opt = D.build_sharded(SPEC, info)
-    for step in range(5):
-        b = builder.build(examples(100 * step + info.rank))
-        loss, _ = dmp(b.dense, b.sparse, b.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _, dmp, opt = trained(info, 5)
     given, held = np.array([3, 5, 700]), np.arange(1, 800)
     before = momentum(opt, "t_user")
     D.reset_rows(dmp, opt, "t_user", given, seed=1, held=held)

@@ -332,11 +332,12 @@ class ContinuousTrainer:
             given = m.admit(np.concatenate([g[table] for g in gathered]))
             if not len(given):
                 continue
+            held = m.held_rows()
             # Every table looking up the same ids (the retriever's mirror the ranker's rows).
             for other in self._sharing[table]:
                 seed = (self.settings.trainer.seed * 1_000_003 + m.step * 31
                         + zlib.crc32(other.encode()))
-                D.reset_rows(self.dmp, self.optimizer, other, given, seed, m.held_rows())
+                D.reset_rows(self.dmp, self.optimizer, other, given, seed, held)
 
     def _read_identity(self, retry_s: float = 30.0) -> ClusterIdentity | None:
         """The cluster id and the examples topic's id, or None (logged) if Kafka cannot say

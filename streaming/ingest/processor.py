@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,13 +127,15 @@ class BatchProcessor:
         negatives: dict[str, list[str]] = {}
         if implicit:
             positives = [e for _, e in fresh if isinstance(e, Event) and e.event_type != "view"]
-            pools = await self._negative_pools(reads, positives)
+            recent = {u: [entry.rpartition(SEP)[0] for entry in reads.recent.get(u, [])]
+                      for u in {e.user_id for e in positives}}
+            # Sorted: the draw must not depend on the order Redis returned them in.
+            own = {u: sorted({*reads.user_items.get(u, {}), *items}) for u, items in recent.items()}
+            pools = await self._negative_pools(reads, recent, max((e.ts for e in positives),
+                                                                  default=0))
             for e in positives:
-                # Sorted: the draw must not depend on the order Redis returned them in.
-                own = sorted({*reads.user_items.get(e.user_id, {}), *(
-                    entry.rpartition(SEP)[0] for entry in reads.recent.get(e.user_id, []))})
                 negatives[e.event_id] = sample_mixed_negatives(
-                    e.event_id, e.item_id, own, pools.get(e.user_id, reads.trending),
+                    e.event_id, e.item_id, own[e.user_id], pools.get(e.user_id, reads.trending),
                     cfg.labels.negatives, cfg.hard_negatives,
                     weighted=cfg.labels.negative_sampling == "popularity")
             wanted = {i for items in negatives.values() for i in items} - set(reads.items)
@@ -154,21 +156,20 @@ class BatchProcessor:
             counts.update(await self._flush_outbox(partition))
         return BatchResult(counts, plan.examples, applied=True)
 
-    async def _negative_pools(self, reads: BatchReads, positives: Sequence[Event]
-                              ) -> dict[str, list[tuple[str, float]]]:
-        """Per user with a positive in the batch: the trending pool plus the items of the
-        scorer's list-backed candidate sources for that user (``negative_sources``), each such
+    async def _negative_pools(self, reads: BatchReads, recent: Mapping[str, Sequence[str]],
+                              at_ms: int) -> dict[str, list[tuple[str, float]]]:
+        """Per user of ``recent`` (user -> recent items, newest first; the users with a positive
+        in the batch): the trending pool plus the items of the scorer's list-backed candidate
+        sources for that user (``negative_sources``; top categories as of ``at_ms``), each such
         item once, as of the batch's start. Empty (the trending pool alone) when not set."""
         sizes = self.cfg.negative_sources
-        if sizes is None or not positives:
+        if sizes is None or not recent:
             return {}
         keys, fc = self.store.keys, self.cfg.features
-        at_ms = max(e.ts for e in positives)
         wanted = {keys.new_items: sizes.new_candidates, keys.popular: sizes.popular_candidates}
         per_user: dict[str, list[str]] = {}
-        for user in sorted({e.user_id for e in positives}):
-            recent = [entry.rpartition(SEP)[0] for entry in reads.recent.get(user, [])]
-            seeds, cats = source_seeds(reads.users.get(user, {}), recent, at_ms,
+        for user in sorted(recent):
+            seeds, cats = source_seeds(reads.users.get(user, {}), recent[user], at_ms,
                                        fc.affinity_half_life_ms, sizes)
             wanted.update({keys.covisit(i): sizes.covisit_per_item for i in seeds})
             wanted.update({keys.category_items(c): sizes.category_candidates for c in cats})

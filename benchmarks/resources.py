@@ -1,0 +1,209 @@
+"""bench resources: what each part of the loop costs in CPU, per 1,000 events/s (issue 17's
+resource plan).
+
+The whole loop runs as ``streamrec up`` runs it on one machine (the embedded Kafka and Redis, the
+stream worker, the trainer with its ranks, the scorer, started with ``up``'s priorities and
+threads), fed by the synthetic generator in this process at a few rates in turn. For each rate,
+after a warm-up at that rate, the CPU time of every process tree is read from ``/proc`` at the
+start and end of a measured window; ``cores`` is CPU seconds over wall seconds (1.0 = one core
+busy). Alongside: the events the worker processed, the examples it produced and the feeds the
+scorer wrote in the window, and the machine's own busy cores (``/proc/stat``; the baseline of
+the run: what all of this adds up to, including anything else on the machine).
+
+Rate 0 (no traffic) measures what the parts burn idle. A straight line through each part's
+cores against the processed rate, over the rates the loop kept up with (``kept_up``: the
+worker processed >= 95% of the source rate and the machine was < 90% busy, so no part starved),
+gives its fixed cost at any traffic (``fixed_cores``) and its cost per 1,000 events/s
+(``cores_per_1000_events_s``). Summed over the loop's parts (not the generator, which stands for
+the apps): the cores 1,000 events/s needs and the rate ``--cores`` cores sustain. A line is a
+simplification (per-event costs fall as batches grow), so the rates measured stay the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.chaos import Component
+from benchmarks.common import bench_settings, fresh_topics, report
+from deploy.embedded import EmbeddedRuntime, KafkaProcess
+from deploy.up_parts import pipeline_stats
+from streaming.io.producer import EventProducer
+from streaming.io.redis_client import connect
+from streaming.ops import health
+from streaming.ops.lag_monitor import LagCollector
+from streaming.settings import Settings
+from streaming.sources.emit import emit_records
+from streaming.sources.synthetic import SyntheticStream
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+RATES = "0,100,250,400,1000"
+PARTS = ("worker", "scorer", "trainer", "kafka", "redis", "generator")
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, user + system CPU seconds)."""
+    out: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:  # exited while listing
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
+        out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S)
+    return out
+
+
+def tree_cpu_s(roots: dict[str, int | None], stats: dict[int, tuple[int, float]]
+               ) -> dict[str, float]:
+    """CPU seconds of each named root process and its live descendants (a trainer's ranks)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[str, float] = {}
+    for name, root in roots.items():
+        total, todo = 0.0, [root] if root is not None else []
+        while todo:
+            pid = todo.pop()
+            total += stats.get(pid, (0, 0.0))[1]
+            todo.extend(children.get(pid, ()))
+        out[name] = total
+    return out
+
+
+def _cpu(roots: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds of each part; the generator is this process alone (the others are its
+    children)."""
+    stats = _proc_stats()
+    return tree_cpu_s(roots, stats) | {"generator": stats[os.getpid()][1]}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core spent busy since boot (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) * _TICK_S
+
+
+def fit(rates: list[float], cores: list[float]) -> tuple[float, float]:
+    """Least-squares line ``cores = fixed + per_1000 x rate / 1000``; one rate: no fixed part."""
+    if len(rates) < 2:
+        return 0.0, cores[0] / max(rates[0], 1e-9) * 1000
+    slope, intercept = np.polyfit(np.array(rates) / 1000, np.array(cores), 1)
+    return float(max(intercept, 0.0)), float(slope)
+
+
+def run(settings: Settings, runtime: EmbeddedRuntime, rates: list[float], warmup_s: float,
+        duration_s: float) -> list[dict[str, Any]]:
+    """Each rate in turn: warm up, then measure every part's cores and the loop's throughput."""
+    run_dir = Path(settings.runtime.run_path) / "resources" / time.strftime("%Y%m%d-%H%M%S")
+    s = fresh_topics(settings, **{"stream.attribution_window_ms": "60000",
+                                  "trainer.checkpoint_dir": str(run_dir / "ckpt")})
+    comps = [Component(s, run_dir, n, *a)
+             for n, a in (("worker", ["worker"]), ("trainer", ["train"]), ("scorer", ["score"]))]
+    for c in comps:
+        c.start()
+    client = connect(s.redis)
+    deadline = time.monotonic() + 180
+    while not {"ingest", "trainer", "scorer"} <= health.consuming(
+            health.parse(client.hgetall(health.key(s.redis.key_prefix))),
+            int(time.time() * 1000)):
+        for c in comps:
+            c.proc.check_alive()  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise TimeoutError("components not consuming after 180 s")
+        time.sleep(0.5)
+    roots = {c.name: c.proc.pid if c.proc else None for c in comps} | {
+        "kafka": next((p.pid for p in runtime.processes if isinstance(p, KafkaProcess)), None),
+        "redis": next((p.pid for p in runtime.processes if getattr(p, "name", "") == "redis"),
+                      None),
+        "generator": None}
+    producer = EventProducer(s)
+    collector = LagCollector(s)
+    stream = SyntheticStream(seed=3)
+    rows: list[dict[str, Any]] = []
+    try:
+        for rate in rates:
+            stop = threading.Event()
+            records = ((f"synthetic:{n}", e) for n, e in enumerate(stream.live(rate)))
+            sender = threading.Thread(target=emit_records, args=(producer, records),
+                                      kwargs={"rate": rate, "stop": stop}, daemon=True)
+            if rate > 0:  # rate 0: the parts idle, which measures their fixed cost
+                sender.start()
+            time.sleep(warmup_s)
+            t0, busy0, st0 = time.monotonic(), machine_busy_s(), pipeline_stats(client, s)
+            cpu0 = _cpu(roots)
+            time.sleep(duration_s)
+            cpu1 = _cpu(roots)
+            wall, busy = time.monotonic() - t0, machine_busy_s() - busy0
+            st = pipeline_stats(client, s, st0)
+            stop.set()
+            if rate > 0:
+                sender.join()
+            producer.flush(60)
+            for c in comps:
+                c.proc.check_alive()  # type: ignore[union-attr]
+            lag: dict[str, int] = {}
+            for part in collector.collect():
+                lag[part.group] = lag.get(part.group, 0) + part.lag
+            processed_s = st.get("processed", 0) / wall
+            rows.append({
+                "source_rate_per_s": rate, "processed_per_s": round(processed_s, 1),
+                # The worker kept up and the machine was not saturated (parts not starved).
+                "kept_up": processed_s >= 0.95 * rate and busy / wall < 0.9 * (os.cpu_count() or 1),
+                "examples_per_s": round(st.get("examples", 0) / wall, 1),
+                "feeds_per_s": round(st.get("scorer_feeds_written", 0) / wall, 1),
+                "cores": {p: round((cpu1[p] - cpu0[p]) / wall, 3) for p in PARTS},
+                "machine_busy_cores": round(busy / wall, 3), "lag_at_end": lag})
+            print(f"resources: {rows[-1]}", flush=True)
+            time.sleep(5)  # let queues drain before the next rate
+    finally:
+        producer.close()
+        collector.close()
+        for c in comps:
+            c.stop()
+        client.close()
+    return rows
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
+    """``streamrec bench resources [--rates 0,100,250,400,1000] [--duration S] [--cores N]``."""
+    ap = argparse.ArgumentParser(prog="streamrec bench resources")
+    ap.add_argument("--rates", default=RATES,
+                    help="source rates, events/s, in order (0: idle, the fixed cost; other than "
+                    "the default: results in resources-rates<R1>-<R2>...json)")
+    ap.add_argument("--warmup", type=float, default=30.0, metavar="S")
+    ap.add_argument("--duration", type=float, default=60.0, metavar="S")
+    ap.add_argument("--cores", type=float, default=float(os.cpu_count() or 1),
+                    help="cores the plan is for (default: this machine's)")
+    args = ap.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    settings = settings or Settings.load()
+    with EmbeddedRuntime(bench_settings(settings, "resources")) as runtime:
+        rows = run(runtime.settings, runtime, rates, args.warmup, args.duration)
+    # The line is fitted where the loop kept up and the machine had CPU to spare: on a saturated
+    # machine the parts starve (the niced trainer first) and their cores say nothing of demand.
+    kept = [r for r in rows if r["kept_up"] and r["source_rate_per_s"] > 0] or rows[-1:]
+    lines = {p: fit([r["processed_per_s"] for r in kept], [r["cores"][p] for r in kept])
+             for p in PARTS}
+    loop = [p for p in PARTS if p != "generator"]  # the apps' side is not the loop's cost
+    fixed = sum(lines[p][0] for p in loop)
+    per_1000 = sum(lines[p][1] for p in loop)
+    name = "resources" if args.rates == RATES else "resources-rates" + "-".join(
+        f"{r:g}" for r in rates)
+    report(name, {
+        "cores_available": args.cores, "rates": rows,
+        "fitted_on_rates": [r["source_rate_per_s"] for r in kept],
+        "parts": {p: {"fixed_cores": round(f, 3), "cores_per_1000_events_s": round(k, 3)}
+                  for p, (f, k) in lines.items()},
+        "loop_fixed_cores": round(fixed, 3), "loop_cores_per_1000_events_s": round(per_1000, 3),
+        "loop_sustainable_events_s": round(max(0.0, args.cores - fixed) / per_1000 * 1000),
+        "loop_cores_for_1000_events_s": round(fixed + per_1000, 2),
+    })

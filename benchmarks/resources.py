@@ -10,13 +10,15 @@ busy). Alongside: the events the worker processed, the examples it produced and 
 scorer wrote in the window, and the machine's own busy cores (``/proc/stat``; the baseline of
 the run: what all of this adds up to, including anything else on the machine).
 
-Rate 0 (no traffic) measures what the parts burn idle. A straight line through each part's
-cores against the processed rate, over the rates the loop kept up with (``kept_up``: the
-worker processed >= 95% of the source rate and the machine was < 90% busy, so no part starved),
-gives its fixed cost at any traffic (``fixed_cores``) and its cost per 1,000 events/s
-(``cores_per_1000_events_s``). Summed over the loop's parts (not the generator, which stands for
-the apps): the cores 1,000 events/s needs and the rate ``--cores`` cores sustain. A line is a
-simplification (per-event costs fall as batches grow), so the rates measured stay the record.
+Rate 0 (no traffic) measures what the parts burn idle. Each row says whether the loop kept up
+(``kept_up``): the worker processed >= 95% of the source rate (``ingest_kept_up``), the scorer's
+backlog was under 2 s of events at the end (``feeds_kept_up``, the freshness target's budget),
+and the machine was under 90% busy (``machine_saturated``: parts starve, the niced trainer
+first). A straight line through each part's cores against the processed rate, over the rows
+that kept up, gives its fixed cost at any traffic (``fixed_cores``) and its cost per 1,000
+events/s (``cores_per_1000_events_s``). Summed over the loop's parts (not the generator, which
+stands for the apps): the cores 1,000 events/s needs and the rate ``--cores`` cores sustain. A
+line is a simplification (per-event costs fall as batches grow), so the rows stay the record.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from benchmarks.chaos import Component
 from benchmarks.common import bench_settings, fresh_topics, report
 from deploy.embedded import EmbeddedRuntime, KafkaProcess
 from deploy.up_parts import pipeline_stats
+from streaming.contract.names import GROUP_SCORER
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
 from streaming.ops import health
@@ -44,6 +48,11 @@ from streaming.sources.synthetic import SyntheticStream
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 RATES = "0,100,250,400,1000"
+WARMUP_S, DURATION_S = 30.0, 60.0
+READY_TIMEOUT_S = 180.0  # components consuming after start
+DRAIN_S = 5.0  # between rates
+FEED_BACKLOG_S = 2.0  # feeds keep up: scorer lag <= this many seconds of events (issue 17's p99)
+SATURATED_SHARE = 0.9  # the machine is saturated at this share of its cores busy
 PARTS = ("worker", "scorer", "trainer", "kafka", "redis", "generator")
 
 
@@ -79,11 +88,13 @@ def tree_cpu_s(roots: dict[str, int | None], stats: dict[int, tuple[int, float]]
     return out
 
 
-def _cpu(roots: dict[str, int | None]) -> dict[str, float]:
-    """CPU seconds of each part; the generator is this process alone (the others are its
-    children)."""
+def _cpu(roots: dict[str, int | None]) -> dict[str, float | None]:
+    """CPU seconds of each part (None: no process of ours, e.g. an external Redis); the
+    generator is this process alone (the others are its children)."""
     stats = _proc_stats()
-    return tree_cpu_s(roots, stats) | {"generator": stats[os.getpid()][1]}
+    known = {name: pid for name, pid in roots.items() if pid is not None}
+    out: dict[str, float | None] = {name: None for name in roots}
+    return out | tree_cpu_s(known, stats) | {"generator": stats[os.getpid()][1]}
 
 
 def machine_busy_s() -> float:
@@ -93,11 +104,62 @@ def machine_busy_s() -> float:
 
 
 def fit(rates: list[float], cores: list[float]) -> tuple[float, float]:
-    """Least-squares line ``cores = fixed + per_1000 x rate / 1000``; one rate: no fixed part."""
+    """Least-squares line ``cores = fixed + per_1000 x rate / 1000`` over rates > 0; with one
+    rate, no fixed part."""
     if len(rates) < 2:
-        return 0.0, cores[0] / max(rates[0], 1e-9) * 1000
+        return 0.0, cores[0] / rates[0] * 1000
     slope, intercept = np.polyfit(np.array(rates) / 1000, np.array(cores), 1)
-    return float(max(intercept, 0.0)), float(slope)
+    return float(intercept), float(slope)
+
+
+def _lag(collector: LagCollector) -> dict[str, int]:
+    lag: dict[str, int] = {}
+    for part in collector.collect():
+        lag[part.group] = lag.get(part.group, 0) + part.lag
+    return lag
+
+
+def _wait_consuming(client: Any, s: Settings, comps: list[Component]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not {"ingest", "trainer", "scorer"} <= health.consuming(
+            health.parse(client.hgetall(health.key(s.redis.key_prefix))),
+            int(time.time() * 1000)):
+        for c in comps:
+            c.proc.check_alive()  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"components not consuming after {READY_TIMEOUT_S:g} s")
+        time.sleep(0.5)
+
+
+def measure(s: Settings, client: Any, collector: LagCollector, roots: dict[str, int | None],
+            rate: float, warmup_s: float, duration_s: float) -> dict[str, Any]:
+    """One rate's row (the source is already sending at ``rate``, or idle at 0)."""
+    time.sleep(warmup_s)
+    t0, busy0, st0 = time.monotonic(), machine_busy_s(), pipeline_stats(client, s)
+    cpu0 = _cpu(roots)
+    time.sleep(duration_s)
+    cpu1 = _cpu(roots)
+    wall, busy = time.monotonic() - t0, machine_busy_s() - busy0
+    st = pipeline_stats(client, s, st0)
+    lag = _lag(collector)
+    processed_s = st.get("processed", 0) / wall
+    cpus = os.cpu_count() or 1
+    ingest_ok = processed_s >= 0.95 * rate
+    # Feeds keep up when the scorer's backlog is under the freshness budget's worth of events.
+    feeds_ok = lag.get(GROUP_SCORER, 0) <= rate * FEED_BACKLOG_S
+    saturated = busy / wall >= SATURATED_SHARE * cpus
+    cores: dict[str, float | None] = {}
+    for p in PARTS:
+        a, b = cpu0[p], cpu1[p]
+        cores[p] = None if a is None or b is None else round((b - a) / wall, 3)
+    return {
+        "source_rate_per_s": rate, "processed_per_s": round(processed_s, 1),
+        "duplicates_per_s": round(st.get("duplicate", 0) / wall, 1),
+        "ingest_kept_up": ingest_ok, "feeds_kept_up": feeds_ok, "machine_saturated": saturated,
+        "kept_up": ingest_ok and feeds_ok and not saturated,
+        "examples_per_s": round(st.get("examples", 0) / wall, 1),
+        "feeds_per_s": round(st.get("scorer_feeds_written", 0) / wall, 1),
+        "cores": cores, "machine_busy_cores": round(busy / wall, 3), "lag_at_end": lag}
 
 
 def run(settings: Settings, runtime: EmbeddedRuntime, rates: list[float], warmup_s: float,
@@ -108,63 +170,47 @@ def run(settings: Settings, runtime: EmbeddedRuntime, rates: list[float], warmup
                                   "trainer.checkpoint_dir": str(run_dir / "ckpt")})
     comps = [Component(s, run_dir, n, *a)
              for n, a in (("worker", ["worker"]), ("trainer", ["train"]), ("scorer", ["score"]))]
-    for c in comps:
-        c.start()
     client = connect(s.redis)
-    deadline = time.monotonic() + 180
-    while not {"ingest", "trainer", "scorer"} <= health.consuming(
-            health.parse(client.hgetall(health.key(s.redis.key_prefix))),
-            int(time.time() * 1000)):
-        for c in comps:
-            c.proc.check_alive()  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            raise TimeoutError("components not consuming after 180 s")
-        time.sleep(0.5)
-    roots = {c.name: c.proc.pid if c.proc else None for c in comps} | {
-        "kafka": next((p.pid for p in runtime.processes if isinstance(p, KafkaProcess)), None),
-        "redis": next((p.pid for p in runtime.processes if getattr(p, "name", "") == "redis"),
-                      None),
-        "generator": None}
     producer = EventProducer(s)
     collector = LagCollector(s)
     stream = SyntheticStream(seed=3)
+    stop = threading.Event()
+    sender: threading.Thread | None = None
     rows: list[dict[str, Any]] = []
     try:
+        for c in comps:
+            c.start()
+        _wait_consuming(client, s, comps)
+        roots = {c.name: c.proc.pid if c.proc else None for c in comps} | {
+            "kafka": next((p.pid for p in runtime.processes if isinstance(p, KafkaProcess)),
+                          None),
+            "redis": next((p.pid for p in runtime.processes
+                           if getattr(p, "name", "") == "redis"), None),
+            "generator": None}  # an external Kafka or Redis: not measured (null)
         for rate in rates:
             stop = threading.Event()
-            records = ((f"synthetic:{n}", e) for n, e in enumerate(stream.live(rate)))
-            sender = threading.Thread(target=emit_records, args=(producer, records),
-                                      kwargs={"rate": rate, "stop": stop}, daemon=True)
-            if rate > 0:  # rate 0: the parts idle, which measures their fixed cost
+            # The generator numbers its events from 0 each time: ids tagged per rate, or the
+            # worker's de-duplication window would drop the repeats.
+            records = ((f"synthetic:{n}", replace(e, event_id=f"{e.event_id}-r{rate:g}"))
+                       for n, e in enumerate(stream.live(rate)))
+            sender = None
+            if rate > 0:  # rate 0: the parts idle
+                sender = threading.Thread(target=emit_records, args=(producer, records),
+                                          kwargs={"rate": rate, "stop": stop}, daemon=True)
                 sender.start()
-            time.sleep(warmup_s)
-            t0, busy0, st0 = time.monotonic(), machine_busy_s(), pipeline_stats(client, s)
-            cpu0 = _cpu(roots)
-            time.sleep(duration_s)
-            cpu1 = _cpu(roots)
-            wall, busy = time.monotonic() - t0, machine_busy_s() - busy0
-            st = pipeline_stats(client, s, st0)
+            rows.append(measure(s, client, collector, roots, rate, warmup_s, duration_s))
             stop.set()
-            if rate > 0:
+            if sender is not None:
                 sender.join()
             producer.flush(60)
             for c in comps:
                 c.proc.check_alive()  # type: ignore[union-attr]
-            lag: dict[str, int] = {}
-            for part in collector.collect():
-                lag[part.group] = lag.get(part.group, 0) + part.lag
-            processed_s = st.get("processed", 0) / wall
-            rows.append({
-                "source_rate_per_s": rate, "processed_per_s": round(processed_s, 1),
-                # The worker kept up and the machine was not saturated (parts not starved).
-                "kept_up": processed_s >= 0.95 * rate and busy / wall < 0.9 * (os.cpu_count() or 1),
-                "examples_per_s": round(st.get("examples", 0) / wall, 1),
-                "feeds_per_s": round(st.get("scorer_feeds_written", 0) / wall, 1),
-                "cores": {p: round((cpu1[p] - cpu0[p]) / wall, 3) for p in PARTS},
-                "machine_busy_cores": round(busy / wall, 3), "lag_at_end": lag})
             print(f"resources: {rows[-1]}", flush=True)
-            time.sleep(5)  # let queues drain before the next rate
+            time.sleep(DRAIN_S)
     finally:
+        stop.set()
+        if sender is not None:
+            sender.join()
         producer.close()
         collector.close()
         for c in comps:
@@ -173,14 +219,41 @@ def run(settings: Settings, runtime: EmbeddedRuntime, rates: list[float], warmup
     return rows
 
 
+def summarize(rows: list[dict[str, Any]], cores: float) -> dict[str, Any]:
+    """Per part, the line through the rows where the loop kept up (rate > 0); summed over the
+    loop's parts (not the generator): its fixed cores, its cores per 1,000 events/s, the cores
+    1,000 events/s needs and the rate ``cores`` cores sustain (None where the line cannot say)."""
+    kept = [r for r in rows if r["kept_up"] and r["source_rate_per_s"] > 0]
+    if not kept:
+        return {"fitted_on_rates": [], "parts": None}
+    lines = {p: fit([r["processed_per_s"] for r in kept], [r["cores"][p] for r in kept])
+             for p in PARTS if all(r["cores"][p] is not None for r in kept)}
+    loop = [p for p in lines if p != "generator"]  # the apps' side is not the loop's cost
+    fixed = sum(lines[p][0] for p in loop)
+    per_1000 = sum(lines[p][1] for p in loop)
+    return {
+        "fitted_on_rates": [r["source_rate_per_s"] for r in kept],
+        "parts": {p: {"fixed_cores": round(f, 3), "cores_per_1000_events_s": round(k, 3)}
+                  for p, (f, k) in lines.items()},
+        "loop_fixed_cores": round(fixed, 3), "loop_cores_per_1000_events_s": round(per_1000, 3),
+        "loop_sustainable_events_s": round(max(0.0, cores - fixed) / per_1000 * 1000)
+        if per_1000 > 1e-9 else None,  # a line flat or falling with the rate says nothing
+        "loop_cores_for_1000_events_s": round(fixed + per_1000, 2),
+        "max_rate_kept_up": max(r["source_rate_per_s"] for r in kept),
+        "max_rate_ingest_kept_up": max((r["source_rate_per_s"] for r in rows
+                                        if r["ingest_kept_up"]), default=None),
+    }
+
+
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
-    """``streamrec bench resources [--rates 0,100,250,400,1000] [--duration S] [--cores N]``."""
+    """``streamrec bench resources [--rates 0,100,250,400,1000] [--warmup S] [--duration S]
+    [--cores N]``."""
     ap = argparse.ArgumentParser(prog="streamrec bench resources")
-    ap.add_argument("--rates", default=RATES,
-                    help="source rates, events/s, in order (0: idle, the fixed cost; other than "
-                    "the default: results in resources-rates<R1>-<R2>...json)")
-    ap.add_argument("--warmup", type=float, default=30.0, metavar="S")
-    ap.add_argument("--duration", type=float, default=60.0, metavar="S")
+    ap.add_argument("--rates", default=RATES, help="source rates, events/s, in order (0: idle)")
+    ap.add_argument("--warmup", type=float, default=WARMUP_S, metavar="S",
+                    help="seconds at each rate before measuring")
+    ap.add_argument("--duration", type=float, default=DURATION_S, metavar="S",
+                    help="seconds measured at each rate")
     ap.add_argument("--cores", type=float, default=float(os.cpu_count() or 1),
                     help="cores the plan is for (default: this machine's)")
     args = ap.parse_args(argv)
@@ -188,22 +261,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     settings = settings or Settings.load()
     with EmbeddedRuntime(bench_settings(settings, "resources")) as runtime:
         rows = run(runtime.settings, runtime, rates, args.warmup, args.duration)
-    # The line is fitted where the loop kept up and the machine had CPU to spare: on a saturated
-    # machine the parts starve (the niced trainer first) and their cores say nothing of demand.
-    kept = [r for r in rows if r["kept_up"] and r["source_rate_per_s"] > 0] or rows[-1:]
-    lines = {p: fit([r["processed_per_s"] for r in kept], [r["cores"][p] for r in kept])
-             for p in PARTS}
-    loop = [p for p in PARTS if p != "generator"]  # the apps' side is not the loop's cost
-    fixed = sum(lines[p][0] for p in loop)
-    per_1000 = sum(lines[p][1] for p in loop)
-    name = "resources" if args.rates == RATES else "resources-rates" + "-".join(
-        f"{r:g}" for r in rates)
-    report(name, {
-        "cores_available": args.cores, "rates": rows,
-        "fitted_on_rates": [r["source_rate_per_s"] for r in kept],
-        "parts": {p: {"fixed_cores": round(f, 3), "cores_per_1000_events_s": round(k, 3)}
-                  for p, (f, k) in lines.items()},
-        "loop_fixed_cores": round(fixed, 3), "loop_cores_per_1000_events_s": round(per_1000, 3),
-        "loop_sustainable_events_s": round(max(0.0, args.cores - fixed) / per_1000 * 1000),
-        "loop_cores_for_1000_events_s": round(fixed + per_1000, 2),
-    })
+    # Runs other than the default go to their own file, not over the committed one.
+    default = (rates == [float(r) for r in RATES.split(",")] and args.warmup == WARMUP_S
+               and args.duration == DURATION_S)
+    name = "resources" if default else "resources-rates" + "-".join(
+        f"{r:g}" for r in rates) + f"-{args.warmup:g}s-{args.duration:g}s"
+    report(name, {"cores_available": args.cores, "warmup_s": args.warmup,
+                  "duration_s": args.duration, "rates": rows, **summarize(rows, args.cores)})
+
+if __name__ == "__main__":
+    main()

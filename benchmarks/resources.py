@@ -15,10 +15,11 @@ Rate 0 (no traffic) measures what the parts burn idle. Each row says whether the
 backlog was under 2 s of events at the end (``feeds_kept_up``, the freshness target's budget),
 and the machine was under 90% busy (``machine_saturated``: parts starve, the niced trainer
 first). A straight line through each part's cores against the processed rate, over the rows
-that kept up, gives its fixed cost at any traffic (``fixed_cores``) and its cost per 1,000
-events/s (``cores_per_1000_events_s``). Summed over the loop's parts (not the generator, which
-stands for the apps): the cores 1,000 events/s needs and the rate ``--cores`` cores sustain. A
-line is a simplification (per-event costs fall as batches grow), so the rows stay the record.
+where ingest kept up on an unsaturated machine, gives its fixed cost at any traffic
+(``fixed_cores``) and its cost per 1,000 events/s (``cores_per_1000_events_s``). Summed over the
+loop's parts (not the generator, which stands for the apps): the cores 1,000 events/s needs and
+the rate ``--cores`` cores sustain. A line is a simplification (per-event costs fall as
+batches grow), so the rows stay the record.
 """
 
 from __future__ import annotations
@@ -220,12 +221,21 @@ def run(settings: Settings, runtime: EmbeddedRuntime, rates: list[float], warmup
 
 
 def summarize(rows: list[dict[str, Any]], cores: float) -> dict[str, Any]:
-    """Per part, the line through the rows where the loop kept up (rate > 0); summed over the
-    loop's parts (not the generator): its fixed cores, its cores per 1,000 events/s, the cores
-    1,000 events/s needs and the rate ``cores`` cores sustain (None where the line cannot say)."""
-    kept = [r for r in rows if r["kept_up"] and r["source_rate_per_s"] > 0]
-    if not kept:
-        return {"fitted_on_rates": [], "parts": None}
+    """Per part, the line through the rows where ingest kept up on an unsaturated machine
+    (rate > 0: what each part asked for, none starved of CPU); summed over the loop's parts (not
+    the generator): its fixed cores, its cores per 1,000 events/s, the cores 1,000 events/s
+    needs and the rate ``cores`` cores sustain (None where the line cannot say). Also the
+    highest rates at which the whole loop (feeds too) and ingest alone kept up, as measured."""
+    fitted = [r for r in rows if r["ingest_kept_up"] and not r["machine_saturated"]
+              and r["source_rate_per_s"] > 0]
+    measured = {
+        "max_rate_kept_up": max((r["source_rate_per_s"] for r in rows
+                                 if r["kept_up"] and r["source_rate_per_s"] > 0), default=None),
+        "max_rate_ingest_kept_up": max((r["source_rate_per_s"] for r in rows
+                                        if r["ingest_kept_up"]), default=None)}
+    if not fitted:
+        return {"fitted_on_rates": [], "parts": None, **measured}
+    kept = fitted
     lines = {p: fit([r["processed_per_s"] for r in kept], [r["cores"][p] for r in kept])
              for p in PARTS if all(r["cores"][p] is not None for r in kept)}
     loop = [p for p in lines if p != "generator"]  # the apps' side is not the loop's cost
@@ -238,10 +248,7 @@ def summarize(rows: list[dict[str, Any]], cores: float) -> dict[str, Any]:
         "loop_fixed_cores": round(fixed, 3), "loop_cores_per_1000_events_s": round(per_1000, 3),
         "loop_sustainable_events_s": round(max(0.0, cores - fixed) / per_1000 * 1000)
         if per_1000 > 1e-9 else None,  # a line flat or falling with the rate says nothing
-        "loop_cores_for_1000_events_s": round(fixed + per_1000, 2),
-        "max_rate_kept_up": max(r["source_rate_per_s"] for r in kept),
-        "max_rate_ingest_kept_up": max((r["source_rate_per_s"] for r in rows
-                                        if r["ingest_kept_up"]), default=None),
+        "loop_cores_for_1000_events_s": round(fixed + per_1000, 2), **measured,
     }
 
 

@@ -54,12 +54,11 @@ POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 #: The node id of the single broker + controller.
 NODE_ID = 1
 
-#: JVM flags besides the heap. Measured on 2 cores: SerialGC starts the broker faster and keeps
-#: it smaller and quieter than the default G1. The JIT stays tiered (C1, then C2 for hot code):
-#: C1 alone (``-XX:TieredStopAtLevel=1``) started it 0.6 s sooner (2.0 vs 2.6 s) but under the
-#: whole loop's load the broker then burned 0.35-0.36 cores at 250 events/s and 0.39-0.44 at 500
-#: against 0.31 and 0.25 with C2 (``streamrec bench resources``), CPU the loop needs on a small
-#: machine.
+#: JVM flags besides the heap. Measured on 2 cores: SerialGC with C1 only started the broker
+#: faster and kept it smaller and quieter than the default G1 + C2. The JIT is now tiered (C1,
+#: then C2 for hot code) again: C1 alone (``-XX:TieredStopAtLevel=1``) saved 0.6 s of start
+#: (2.0 vs 2.6 s), but under the whole loop's load the broker then burned 0.35-0.44 cores against
+#: 0.23-0.28 with C2 (``streamrec bench resources``), CPU the loop needs on a small machine.
 DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
     "-XX:+UseSerialGC",
     "-Xss512k",

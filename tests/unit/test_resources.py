@@ -31,23 +31,25 @@ def test_the_fit_separates_a_fixed_cost_from_the_cost_per_1000_events() -> None:
 
 def _row(rate: float, worker: float, kept: bool = True) -> dict[str, object]:
     return {"source_rate_per_s": rate, "processed_per_s": rate, "kept_up": kept,
-            "ingest_kept_up": kept, "cores": {p: worker if p == "worker" else
+            "ingest_kept_up": kept, "machine_saturated": not kept, "cores": {p: worker if p == "worker" else
                                               (None if p == "redis" else 0.0) for p in PARTS}}
 
 
-def test_the_plan_is_fitted_on_the_rates_the_loop_kept_up_with_only() -> None:
-    rows = [_row(0, 0.0), _row(100, 0.3), _row(200, 0.4), _row(400, 0.9, kept=False)]
+def test_the_plan_is_fitted_where_ingest_kept_up_on_an_unsaturated_machine() -> None:
+    feeds_behind = {**_row(200, 0.4), "kept_up": False}  # the scorer's backlog: still fitted
+    rows = [_row(0, 0.0), _row(100, 0.3), feeds_behind, _row(400, 0.9, kept=False)]
     plan = summarize(rows, cores=2.0)
     assert plan["fitted_on_rates"] == [100, 200]
     assert plan["parts"]["worker"] == {"fixed_cores": 0.2, "cores_per_1000_events_s": 1.0}
     assert "redis" not in plan["parts"]  # not measured (an external Redis): not guessed
     assert plan["loop_cores_for_1000_events_s"] == 1.2
     assert plan["loop_sustainable_events_s"] == 1800
-    assert plan["max_rate_kept_up"] == 100 * 2
+    assert plan["max_rate_kept_up"] == 100
     assert plan["max_rate_ingest_kept_up"] == 200
 
 
 def test_a_plan_with_no_rate_kept_up_or_no_cost_per_event_says_so() -> None:
-    assert summarize([_row(100, 0.5, kept=False)], cores=2.0)["parts"] is None
+    none = summarize([_row(100, 0.5, kept=False)], cores=2.0)
+    assert none["parts"] is None and none["max_rate_kept_up"] is None
     flat = summarize([_row(100, 0.5), _row(200, 0.5)], cores=2.0)
     assert flat["loop_sustainable_events_s"] is None

@@ -54,13 +54,14 @@ POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 #: The node id of the single broker + controller.
 NODE_ID = 1
 
-#: JVM flags besides the heap. Measured on 2 cores: SerialGC with C1 only started the broker
-#: faster and kept it smaller and quieter than the default G1 + C2. The JIT is now tiered (C1,
-#: then C2 for hot code) again: C1 alone (``-XX:TieredStopAtLevel=1``) saved 0.6 s of start
-#: (2.0 vs 2.6 s), but under the whole loop's load the broker then burned 0.35-0.44 cores against
-#: 0.23-0.28 with C2 (``streamrec bench resources``), CPU the loop needs on a small machine.
+#: JVM flags besides the heap. Measured on 2 cores: SerialGC and C1 only (TieredStopAtLevel=1)
+#: start the broker faster and keep it smaller and quieter than the default G1 + C2. C2 was
+#: tried again under the whole loop's load (``streamrec bench resources``): 0.23-0.28 broker
+#: cores against 0.35-0.44, but ``streamrec bench ingest``'s feature-visible p50 at 1,000
+#: events/s went from 0.44 s to 2.5 s in both runs with it, so C1 stays.
 DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
     "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
     "-Xss512k",
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",

@@ -57,8 +57,8 @@ NODE_ID = 1
 #: JVM flags besides the heap. Measured on 2 cores: SerialGC and C1 only (TieredStopAtLevel=1)
 #: start the broker faster and keep it smaller and quieter than the default G1 + C2. C2 was
 #: tried again under the whole loop's load (``streamrec bench resources``): 0.23-0.28 broker
-#: cores against 0.35-0.44, but ``streamrec bench ingest``'s feature-visible p50 at 1,000
-#: events/s went from 0.44 s to 2.5 s in both runs with it, so C1 stays.
+#: cores against 0.27-0.44, but ``streamrec bench ingest``'s feature-visible p50 at 1,000
+#: events/s was 2.5 s in both runs with it against 0.28-0.44 s with C1, so C1 stays.
 DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
     "-XX:+UseSerialGC",
     "-XX:TieredStopAtLevel=1",

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ import orjson
 
 from deploy.embedded import EmbeddedRuntime
 from streaming.io.kafka import KafkaAdmin, topic_specs
-from streaming.ops.process import component_env, terminate
+from streaming.ops import health
+from streaming.ops.process import ManagedProcess, component_env, terminate
 from streaming.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,6 +57,23 @@ def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[by
     env = component_env(settings)
     return subprocess.Popen([sys.executable, *args], env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT)
+
+
+def wait_consuming(client: Any, settings: Settings, procs: Iterable[ManagedProcess | None],
+                   timeout_s: float = 180.0) -> None:
+    """Wait until the ingest worker, the trainer and the scorer all report consuming (their
+    heartbeats in Redis); raises if one of ``procs`` exits or after ``timeout_s``."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout_s
+    while not {"ingest", "trainer", "scorer"} <= health.consuming(
+            health.parse(client.hgetall(health.key(settings.redis.key_prefix))),
+            int(time.time() * 1000)):
+        for proc in procs:
+            if proc is not None:
+                proc.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"components not consuming after {timeout_s:g} s")
+        time.sleep(0.5)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

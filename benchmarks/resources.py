@@ -35,13 +35,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.chaos import Component
-from benchmarks.common import bench_settings, fresh_topics, report
+from benchmarks.common import bench_settings, fresh_topics, report, wait_consuming
 from deploy.embedded import EmbeddedRuntime, KafkaProcess
 from deploy.up_parts import pipeline_stats
 from streaming.contract.names import GROUP_SCORER
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
-from streaming.ops import health
 from streaming.ops.lag_monitor import LagCollector
 from streaming.settings import Settings
 from streaming.sources.emit import emit_records
@@ -120,18 +119,6 @@ def _lag(collector: LagCollector) -> dict[str, int]:
     return lag
 
 
-def _wait_consuming(client: Any, s: Settings, comps: list[Component]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not {"ingest", "trainer", "scorer"} <= health.consuming(
-            health.parse(client.hgetall(health.key(s.redis.key_prefix))),
-            int(time.time() * 1000)):
-        for c in comps:
-            c.proc.check_alive()  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"components not consuming after {READY_TIMEOUT_S:g} s")
-        time.sleep(0.5)
-
-
 def measure(s: Settings, client: Any, collector: LagCollector, roots: dict[str, int | None],
             rate: float, warmup_s: float, duration_s: float) -> dict[str, Any]:
     """One rate's row (the source is already sending at ``rate``, or idle at 0)."""
@@ -181,7 +168,7 @@ def run(settings: Settings, runtime: EmbeddedRuntime, rates: list[float], warmup
     try:
         for c in comps:
             c.start()
-        _wait_consuming(client, s, comps)
+        wait_consuming(client, s, (c.proc for c in comps), READY_TIMEOUT_S)
         roots = {c.name: c.proc.pid if c.proc else None for c in comps} | {
             "kafka": next((p.pid for p in runtime.processes if isinstance(p, KafkaProcess)),
                           None),

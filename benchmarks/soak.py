@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos import Component, rss_mb
-from benchmarks.common import bench_settings, fresh_topics, report
+from benchmarks.common import bench_settings, fresh_topics, report, wait_consuming
 from deploy.embedded import EmbeddedRuntime
 from streaming.errors import BrokerError
 from streaming.ingest.state_store import read_stats
 from streaming.io.producer import EventProducer
 from streaming.io.redis_client import connect
-from streaming.ops import health
 from streaming.ops.lag_monitor import LagCollector
 from streaming.settings import Settings
 from streaming.sources.emit import emit_records
@@ -41,15 +40,7 @@ def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
     for c in comps:
         c.start()
     client = connect(s.redis)
-    deadline = time.monotonic() + 180
-    while not {"ingest", "trainer", "scorer"} <= health.consuming(
-            health.parse(client.hgetall(health.key(s.redis.key_prefix))),
-            int(time.time() * 1000)):
-        for c in comps:
-            c.proc.check_alive()  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            raise TimeoutError("components not consuming after 180 s")
-        time.sleep(0.5)
+    wait_consuming(client, s, (c.proc for c in comps))
 
     samples: list[dict[str, Any]] = []
     stop = threading.Event()

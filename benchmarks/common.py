@@ -18,6 +18,7 @@ import orjson
 from deploy.embedded import EmbeddedRuntime
 from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.ops import health
+from streaming.ops.lag_monitor import LagCollector
 from streaming.ops.process import ManagedProcess, component_env, terminate
 from streaming.settings import Settings
 
@@ -74,6 +75,15 @@ def wait_consuming(client: Any, settings: Settings, procs: Iterable[ManagedProce
         if time.monotonic() > deadline:
             raise TimeoutError(f"components not consuming after {timeout_s:g} s")
         time.sleep(0.5)
+
+
+def group_lag(collector: LagCollector) -> dict[str, int]:
+    """Each consumer group's lag summed over its partitions (no message ages: the benchmarks
+    do not need them, and each costs a fetch). Raises :class:`BrokerError`."""
+    lag: dict[str, int] = {}
+    for part in collector.collect(ages=False):
+        lag[part.group] = lag.get(part.group, 0) + part.lag
+    return lag
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

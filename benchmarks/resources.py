@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.chaos import Component
-from benchmarks.common import bench_settings, fresh_topics, report, wait_consuming
+from benchmarks.common import (
+    bench_settings,
+    fresh_topics,
+    group_lag,
+    report,
+    wait_consuming,
+)
 from deploy.embedded import EmbeddedRuntime, KafkaProcess
 from deploy.up_parts import pipeline_stats
 from streaming.contract.names import GROUP_SCORER
@@ -112,13 +118,6 @@ def fit(rates: list[float], cores: list[float]) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
-def _lag(collector: LagCollector) -> dict[str, int]:
-    lag: dict[str, int] = {}
-    for part in collector.collect():
-        lag[part.group] = lag.get(part.group, 0) + part.lag
-    return lag
-
-
 def measure(s: Settings, client: Any, collector: LagCollector, roots: dict[str, int | None],
             rate: float, warmup_s: float, duration_s: float) -> dict[str, Any]:
     """One rate's row (the source is already sending at ``rate``, or idle at 0)."""
@@ -129,7 +128,7 @@ def measure(s: Settings, client: Any, collector: LagCollector, roots: dict[str, 
     cpu1 = _cpu(roots)
     wall, busy = time.monotonic() - t0, machine_busy_s() - busy0
     st = pipeline_stats(client, s, st0)
-    lag = _lag(collector)
+    lag = group_lag(collector)
     processed_s = st.get("processed", 0) / wall
     cpus = os.cpu_count() or 1
     ingest_ok = processed_s >= 0.95 * rate

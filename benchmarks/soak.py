@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos import Component, rss_mb
-from benchmarks.common import bench_settings, fresh_topics, report, wait_consuming
+from benchmarks.common import bench_settings, fresh_topics, group_lag, report, wait_consuming
 from deploy.embedded import EmbeddedRuntime
 from streaming.errors import BrokerError
 from streaming.ingest.state_store import read_stats
@@ -52,10 +52,7 @@ def run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
             row: dict[str, Any] = {"t": round(time.monotonic() - started, 1)}
             row["rss"] = {c.name: round(rss_mb(c.proc.pid if c.proc else None), 1) for c in comps}
             try:
-                lag: dict[str, int] = {}
-                for p in collector.collect():
-                    lag[p.group] = lag.get(p.group, 0) + p.lag
-                row["lag"] = lag
+                row["lag"] = group_lag(collector)
             except BrokerError as exc:  # a failed sample is recorded, not fatal
                 row["lag_error"] = str(exc)
             samples.append(row)

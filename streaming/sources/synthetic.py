@@ -10,6 +10,9 @@ categories (a random permutation of the categories), a share of items get a new 
 and ``new_items_per_drift`` new items arrive and take the top popularity ranks. The ground truth
 (:meth:`SyntheticStream.click_probability`) always describes the current regime; ``drifts``
 records when each drift happened (view number and event time), for plots.
+:meth:`SyntheticStream.truth` freezes the current regime as a :class:`GroundTruth`, whose
+:meth:`GroundTruth.top_items` are the items a user is most likely to click next: the ceiling of
+any candidate generator (``streamrec eval`` reports the candidate recall they reach).
 
 Pure: no I/O, no wall clock. The same seed gives the same events.
 """
@@ -25,8 +28,10 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from streaming.contract.events import Event
 
@@ -63,10 +68,62 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-class SyntheticStream:
-    """Generates events in event-time order. ``rate`` is views per second of event time."""
+@dataclass(frozen=True, slots=True)
+class GroundTruth:
+    """One regime of the hidden model, frozen (copies, so later drifts do not change it):
+    ``interest`` ``U x C`` per user and category, per item (``N``) its ``category``, hidden
+    ``quality`` and popularity ``weight``. Eager-users streams only (``interest`` is dense)."""
 
-    def __init__(self, seed: int = 0, config: SyntheticConfig | None = None) -> None:
+    config: SyntheticConfig
+    interest: np.ndarray
+    category: np.ndarray
+    quality: np.ndarray
+    weight: np.ndarray
+    # Per item: its category's total popularity weight (the denominator of a category pick).
+    category_weight: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        total = np.bincount(self.category, weights=self.weight,
+                            minlength=self.config.n_categories)
+        object.__setattr__(self, "category_weight", total[self.category])
+
+    def click_scores(self, user: int) -> np.ndarray:
+        """``N`` float64: the chance that one view of ``user`` is a view of item ``i`` that turns
+        into a click (P(view i) x P(click | view i), as :meth:`SyntheticStream.events` draws
+        them). Over a window of views an item's chance of a click is monotone in this, so its
+        top items are the best candidate set of any size for the window's clicks (and the
+        purchases that follow them) when the regime holds through the window."""
+        cfg = self.config
+        interest = self.interest[user][self.category]
+        p_view = self.weight * (cfg.explore_prob / self.weight.sum()
+                                + (1.0 - cfg.explore_prob) * interest / self.category_weight)
+        logit = (cfg.click_bias + cfg.click_interest_weight
+                 * np.log(interest * cfg.n_categories + 1e-3) + self.quality)
+        return p_view / (1.0 + np.exp(-logit))
+
+    def top_items(self, user: int, k: int) -> list[int]:
+        """The ``k`` items of :meth:`click_scores` with the highest chance, best first."""
+        scores = self.click_scores(user)
+        k = min(k, len(scores))
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        return top[np.argsort(-scores[top], kind="stable")].tolist()
+
+    def top_item_ids(self, user_id: str, k: int) -> list[str]:
+        """:meth:`top_items` in the stream's ids: ``user_id`` as its events carry it (``u<n>``),
+        items as ``i<n>``. Raises ``ValueError`` for an id the stream does not make."""
+        if not user_id.startswith("u") or not user_id[1:].isdigit():
+            raise ValueError(f"{user_id!r} is not a synthetic user id")
+        return [f"i{i}" for i in self.top_items(int(user_id[1:]), k)]
+
+
+class SyntheticStream:
+    """Generates events in event-time order. ``rate`` is views per second of event time.
+    With ``record_truth``, every regime's :class:`GroundTruth` is kept for :meth:`truth_at`."""
+
+    def __init__(self, seed: int = 0, config: SyntheticConfig | None = None,
+                 record_truth: bool = False) -> None:
         self.seed = seed
         self.config = cfg = config or SyntheticConfig()
         rng = random.Random(seed)
@@ -95,6 +152,7 @@ class SyntheticStream:
         self._activity_cum = list(
             itertools.accumulate(1.0 / (r + 1) ** 0.8 for r in range(cfg.n_users))
         )
+        self._truths: list[GroundTruth] | None = [self.truth()] if record_truth else None
 
     @property
     def n_items(self) -> int:
@@ -137,6 +195,8 @@ class SyntheticStream:
             self._weights.append(top / (rank + 1) ** cfg.zipf_a)
         self._index_items()
         self.drifts.append((view_n, ts))
+        if self._truths is not None:
+            self._truths.append(self.truth())
 
     def _dirichlet(self, k: int, rng: random.Random | None = None) -> list[float]:
         rng = rng or self._rng
@@ -147,6 +207,23 @@ class SyntheticStream:
     @staticmethod
     def _pick(rng: random.Random, cum: Sequence[float]) -> int:
         return bisect.bisect_left(cum, rng.random() * cum[-1])
+
+    def truth(self) -> GroundTruth:
+        """The current regime of the hidden model, frozen (see :class:`GroundTruth`). Raises
+        ``ValueError`` for a lazy-users stream, whose interests are not held in memory."""
+        if self.config.lazy_users:
+            raise ValueError("a lazy-users stream keeps no dense ground truth")
+        return GroundTruth(self.config, np.array(self.user_interest, dtype=np.float64),
+                           np.array(self.item_category, dtype=np.int64),
+                           np.array(self.item_quality, dtype=np.float64),
+                           np.array(self._weights, dtype=np.float64))
+
+    def truth_at(self, ts_ms: int) -> GroundTruth:
+        """The regime in force at event time ``ts_ms`` (a drift at ``ts_ms`` included). Raises
+        ``ValueError`` unless the stream was made with ``record_truth``."""
+        if self._truths is None:
+            raise ValueError("the stream was made without record_truth")
+        return self._truths[bisect.bisect_right([ts for _, ts in self.drifts], ts_ms)]
 
     def click_probability(self, user: int, item: int) -> float:
         """Ground truth P(click | view) for evaluation."""

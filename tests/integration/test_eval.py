@@ -75,6 +75,10 @@ def test_synthetic_eval_reports_every_model_and_repeats_with_the_same_seed(
     assert_same_numbers(line, again)
     assert line["candidate_recall"] == again["candidate_recall"]
     assert line["recall_at_20_ci95"] == again["recall_at_20_ci95"]
+    # The hidden model's top items: the ceiling of any candidate set of the same size.
+    truth = line["candidate_recall"]["ground_truth"]
+    assert 0.0 < truth["retrieval_candidates"] <= truth["candidates"] <= 1.0
+    assert truth["candidates"] > line["candidate_recall"]["by_source"]["popular"]
 
 
 @pytest.mark.skipif(not OTTO.is_file(), reason="../shared/data not present")

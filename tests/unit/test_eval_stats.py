@@ -82,7 +82,14 @@ def test_ranking_summary_pools_windows_and_gives_intervals_and_differences() -> 
     b_lo, b_hi = out["recall_at_20_minus_buy_again_ci95"]["continuous"]  # buy_again: all 0
     assert b_lo < 0.625 < b_hi and "buy_again" not in out["recall_at_20_minus_buy_again_ci95"]
     assert out["candidate_recall"]["total"] == 0.5
+    assert "ground_truth" not in out["candidate_recall"]  # a log: no hidden model
     assert out["ranked"] == {"user_windows": 4, "users": 3}
+    for w, found in ((w1, ["i"]), (w2, ["j"])):
+        w.truth, w.truth_retrieval = CandidateRecall(), CandidateRecall()
+        w.truth.add({"i", "j"}, [(i, "truth") for i in found])
+        w.truth_retrieval.add({"i", "j"}, [])
+    truth = ranking_summary([w1, w2], k=20)["candidate_recall"]["ground_truth"]
+    assert truth == {"candidates": 0.5, "retrieval_candidates": 0.0}
     empty = ranking_summary([], k=10)
     assert empty["recall_at_10"]["continuous"] is None
     assert empty["recall_at_10_ci95"]["continuous"] is None

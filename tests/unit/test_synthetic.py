@@ -3,6 +3,9 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+import numpy as np
+import pytest
+
 from streaming.contract.events import validate_event
 from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
 
@@ -109,3 +112,60 @@ def test_lazy_users_keep_memory_bounded_and_stay_seeded() -> None:
     for other in range(1_000):
         stream.user_interest[other]
     assert stream.user_interest[u] == before and abs(sum(before) - 1.0) < 1e-9
+
+
+def test_ground_truth_scores_are_view_share_times_click_probability() -> None:
+    stream = SyntheticStream(5, SMALL)
+    truth = stream.truth()
+    for user in (0, 17, 199):
+        scores = truth.click_scores(user)
+        p_click = [stream.click_probability(user, i) for i in range(stream.n_items)]
+        p_view = scores / p_click
+        # Every view picks one item: the view shares over the catalogue sum to 1.
+        assert abs(p_view.sum() - 1.0) < 1e-9
+        top = truth.top_items(user, 10)
+        assert len(set(top)) == 10
+        assert list(scores[top]) == sorted(scores[top], reverse=True)
+        assert scores[top[-1]] >= max(s for i, s in enumerate(scores) if i not in top)
+    assert truth.top_item_ids("u3", 2) == [f"i{i}" for i in truth.top_items(3, 2)]
+    assert truth.top_items(0, 10**6) == truth.top_items(0, stream.n_items)
+
+
+def test_ground_truth_top_items_hold_a_users_clicks() -> None:
+    # Stationary world, the most active user: its top 5% of items by the hidden model hold
+    # most of its clicks, far more than the 5% most popular items do.
+    stream = SyntheticStream(2, SMALL, record_truth=True)
+    clicks = Counter(e.item_id for e in stream.events(START, rate=100.0, limit=60_000)
+                     if e.user_id == "u0" and e.event_type == "click")
+    k = SMALL.n_items // 20
+    truth = stream.truth_at(START)
+    top = set(truth.top_item_ids("u0", k))
+    popular = {f"i{i}" for i in sorted(range(SMALL.n_items), key=lambda i: -truth.weight[i])[:k]}
+    total = sum(clicks.values())
+    assert total > 100
+    in_top = sum(n for i, n in clicks.items() if i in top) / total
+    in_popular = sum(n for i, n in clicks.items() if i in popular) / total
+    assert in_top > 0.6 and in_top > in_popular + 0.15, (in_top, in_popular)
+
+
+def test_truth_at_follows_the_drifts_and_keeps_old_regimes() -> None:
+    cfg = SyntheticConfig(n_users=50, n_items=200, n_categories=5, drift_every=1_000,
+                          new_items_per_drift=10)
+    stream = SyntheticStream(4, cfg, record_truth=True)
+    events = list(stream.events(START, rate=100.0, limit=3_500))
+    assert len(stream.drifts) >= 2
+    (_, first), (_, second) = stream.drifts[:2]
+    before, at, after = stream.truth_at(first - 1), stream.truth_at(first), stream.truth_at(second)
+    assert before is stream.truth_at(START) and at is not before and after is not at
+    assert len(before.category) == 200 and len(at.category) == 210 and len(after.category) == 220
+    assert not np.array_equal(before.interest, at.interest)  # interests moved on the drift
+    # A view between the second and third drift is drawn from the regime in force then.
+    end = stream.drifts[2][1] if len(stream.drifts) > 2 else float("inf")
+    late = [e for e in events if e.event_type == "view" and second <= e.ts < end]
+    assert late and all(int(e.item_id[1:]) < len(after.category) for e in late)
+    with pytest.raises(ValueError):
+        SyntheticStream(1, SMALL).truth_at(START)
+    with pytest.raises(ValueError):
+        SyntheticStream(1, SyntheticConfig(n_users=10, n_items=20, lazy_users=True)).truth()
+    with pytest.raises(ValueError):
+        stream.truth_at(START).top_item_ids("i3", 1)

@@ -124,6 +124,10 @@ class WindowRanks:
     without_retrieval: CandidateRecall | None = None
     # Relevant items among the retriever's own top serving.retrieval_candidates (credited or not).
     retrieval_alone: CandidateRecall | None = None
+    # Synthetic streams: relevant items among the hidden model's top items, at the candidate
+    # budget and at the retriever's (the ceiling of any candidate generator of that size).
+    truth: CandidateRecall | None = None
+    truth_retrieval: CandidateRecall | None = None
 
 
 def _sample_users(relevant: dict[str, set[str]], n: int, seed: int, window: int) -> list[str]:
@@ -219,6 +223,8 @@ class PrequentialRun:
         retrieval = self._retrieval(models["continuous"])
         if retrieval is not None:
             out.without_retrieval, out.retrieval_alone = CandidateRecall(), CandidateRecall()
+        if self.stream.truth_at is not None:
+            out.truth, out.truth_retrieval = CandidateRecall(), CandidateRecall()
         step = max(1, self.opts.rank_batch_users)
         for start in range(0, len(users), step):
             self._rank_users(users[start:start + step], now_ms, relevant, models, popular, out,
@@ -247,6 +253,8 @@ class PrequentialRun:
             scores["lightgbm"] = cb.split(self.lgbm.predict(lgbm_matrix(
                 cb.batch.dense.numpy(), cat_rows)))
         top_popular = take(popular, k)
+        if out.truth is not None and out.truth_retrieval is not None:
+            self._truth_recall(users, now_ms, relevant, out.truth, out.truth_retrieval)
         dense = cb.split(cb.batch.dense.numpy()) if self.dump is not None and cb.scored else {}
         for j, user in enumerate(users):
             rel = relevant[user]
@@ -274,6 +282,18 @@ class PrequentialRun:
             for name in RANKERS:
                 ranked = lists.get(name, [])
                 out.metrics[name].append((recall_at_k(ranked, rel, k), ndcg_at_k(ranked, rel, k)))
+
+    def _truth_recall(self, users: list[str], now_ms: int, relevant: dict[str, set[str]],
+                      at_budget: CandidateRecall, at_retrieval: CandidateRecall) -> None:
+        """Count the users' relevant items among the hidden model's top items at ``now_ms``:
+        as many as the candidate budget, and as the retriever's."""
+        assert self.stream.truth_at is not None
+        truth = self.stream.truth_at(now_ms)
+        budget, retrieval = self.ranker.n_candidates, self.ranker.limits.retrieval_candidates
+        for user in users:
+            top = truth.top_item_ids(user, max(budget, retrieval))
+            at_budget.add(relevant[user], [(i, "truth") for i in top[:budget]])
+            at_retrieval.add(relevant[user], [(i, "truth") for i in top[:retrieval]])
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -396,6 +416,8 @@ class PrequentialRun:
             entry["active_users"] = wr.active if wr else 0
             if wr:
                 entry["candidate_recall"] = wr.candidates.as_dict()
+                if wr.truth is not None:
+                    entry["candidate_recall"]["ground_truth"] = wr.truth.as_dict()["total"]
             windows.append(entry)
 
         sweep_out = []
@@ -468,6 +490,9 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
       with a retriever also ``with_retrieval`` (= total) and ``without_retrieval`` (the same
       users' candidates without that source, at the same budget) and ``retrieval_alone`` (the
       share of relevant items among the retriever's own top ``serving.retrieval_candidates``);
+      on a synthetic stream also ``ground_truth``: ``{"candidates", "retrieval_candidates"}``,
+      the share among the hidden model's top items at the candidate budget and at the
+      retriever's, the ceiling of any candidate generator of that size;
     - ``ranked``: user-window pairs and distinct users ranked.
     """
     units = [u for wr in windows for u in wr.users]
@@ -475,16 +500,24 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
         name: [r for wr in windows for r, _ in wr.metrics.get(name, [])] for name in RANKERS}
     ndcg = {name: [n for wr in windows for _, n in wr.metrics.get(name, [])] for name in RANKERS}
     cand, without, alone = CandidateRecall(), CandidateRecall(), CandidateRecall()
+    truth, truth_retrieval = CandidateRecall(), CandidateRecall()
     for wr in windows:
         cand.merge(wr.candidates)
         if wr.without_retrieval is not None and wr.retrieval_alone is not None:
             without.merge(wr.without_retrieval)
             alone.merge(wr.retrieval_alone)
+        if wr.truth is not None and wr.truth_retrieval is not None:
+            truth.merge(wr.truth)
+            truth_retrieval.merge(wr.truth_retrieval)
     candidate_recall = cand.as_dict()
     if without.relevant:  # a retriever ran: both at the same candidate budget
         candidate_recall["with_retrieval"] = candidate_recall["total"]
         candidate_recall["without_retrieval"] = without.as_dict()["total"]
         candidate_recall["retrieval_alone"] = alone.as_dict()["total"]
+    if truth.relevant:
+        candidate_recall["ground_truth"] = {
+            "candidates": truth.as_dict()["total"],
+            "retrieval_candidates": truth_retrieval.as_dict()["total"]}
     ci: dict[str, list[float | None] | None] = {}
     diffs: dict[str, dict[str, list[float | None] | None]] = {b: {} for b in BASELINES}
     for name in RANKERS:

@@ -22,14 +22,14 @@ import dataclasses
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from streaming.contract.events import Event
 from streaming.errors import ConfigError, SourceError
 from streaming.sources.replay import read_log
-from streaming.sources.synthetic import SyntheticConfig, SyntheticStream
+from streaming.sources.synthetic import GroundTruth, SyntheticConfig, SyntheticStream
 
 S, MIN, H, D = 1_000, 60_000, 3_600_000, 86_400_000
 LABEL_MODES = ("implicit", "exposure")
@@ -194,6 +194,8 @@ class LoadedStream:
     description: dict[str, object]
     rejected: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # the first rejected records, with where
+    # Synthetic only: the hidden model's regime at an event time (the candidates' ceiling).
+    truth_at: Callable[[int], GroundTruth] | None = None
 
 
 def load_stream(stream: str, seed: int, events: int | None = None,
@@ -206,11 +208,12 @@ def load_stream(stream: str, seed: int, events: int | None = None,
     scales = scales or TimeScales()
     if stream == "synthetic":
         n = events or SYNTHETIC_EVENTS
-        gen = SyntheticStream(seed, SyntheticConfig(drift_every=SYNTHETIC_DRIFT_EVERY))
+        gen = SyntheticStream(seed, SyntheticConfig(drift_every=SYNTHETIC_DRIFT_EVERY),
+                              record_truth=True)
         evs = list(gen.events(SYNTHETIC_START_MS, SYNTHETIC_RATE, limit=n))
         return LoadedStream(apply_scales(SYNTHETIC, scales), evs, [ts for _, ts in gen.drifts], {
             "generator": "streaming.sources.synthetic", "seed": seed, "rate_views_per_s": SYNTHETIC_RATE,
-            "drift_every_views": SYNTHETIC_DRIFT_EVERY})
+            "drift_every_views": SYNTHETIC_DRIFT_EVERY}, truth_at=gen.truth_at)
     path = Path(stream)
     if not path.exists():
         raise ConfigError(f"--stream {stream}: no such file (give `synthetic`, the path of a "

@@ -26,7 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.norm import Standardise
 from models.spec import FeatureSpec, position_of
-from models.two_tower import InBatchSoftmax, ItemFrequency, TwoTower
+from models.two_tower import InBatchSoftmax, ItemFrequency, TwoTower, history_without_target
 
 
 def embedding_configs(spec: FeatureSpec) -> list[EmbeddingBagConfig]:
@@ -225,12 +225,16 @@ class RankingTrain(nn.Module):
 
     def _retrieval(self, dense: torch.Tensor, sparse: KeyedJaggedTensor,
                    labels: torch.Tensor) -> torch.Tensor:
-        """The retriever's loss on the batch's positives (``P`` of ``B`` rows; a scalar). Both
-        towers run on all ``B`` rows (a KJT is not cheaply row-sliced); with ``P < 2`` there is
-        no in-batch negative and the loss is 0, still connected to every tower parameter so
-        that DDP sees the same parameters used on every rank and step."""
-        assert self.model.retriever is not None and self.retrieval_loss is not None
-        users, items = self.model.retriever(dense, sparse)  # B x K each
+        """The retriever's loss on the batch's positives (``P`` of ``B`` rows; a scalar), the user
+        tower fed each row's history without its target item. Both towers run on all ``B``
+        rows (a KJT is not cheaply row-sliced); with ``P < 2`` there is no in-batch negative
+        and the loss is 0, still connected to every tower parameter so that DDP sees the same
+        parameters used on every rank and step."""
+        retriever = self.model.retriever
+        assert retriever is not None and self.retrieval_loss is not None
+        # The user side sees the history before the target (see history_without_target).
+        users = retriever.users(dense, history_without_target(sparse))  # B x K
+        items = retriever.items(dense, sparse)  # B x K
         positive = labels > 0.5
         if int(positive.sum()) < 2:
             return (users.sum() + items.sum()) * 0.0

@@ -16,7 +16,10 @@ Training (:class:`InBatchSoftmax`) treats every positive example's item as the t
 the other positives' items in the batch as negatives, with the **log-Q correction** (Yi et
 al., RecSys 2019): popular items appear as in-batch negatives more often than uniform
 sampling would, so each logit is lowered by the log of the item's sampling probability,
-estimated in a stream by :class:`ItemFrequency`.
+estimated in a stream by :class:`ItemFrequency`. The user tower is trained on the history
+*before* the target (:func:`history_without_target`): an example's recent items hold the item it
+labels (viewed just before its click), and a tower taught to find items in the bag spends its
+candidates on what the "recent" source already gives.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from models.norm import Standardise
 from models.spec import FeatureSpec
 
-__all__ = ["InBatchSoftmax", "ItemFrequency", "TowerSpec", "TwoTower", "tower_columns"]
+__all__ = ["InBatchSoftmax", "ItemFrequency", "TowerSpec", "TwoTower", "history_without_target",
+           "tower_columns"]
 
 USER_SPARSE = ("user_id", "recent_items")
 ITEM_SPARSE = ("item_id", "category")
@@ -59,6 +63,21 @@ def tower_columns(dense_names: Sequence[str]) -> tuple[list[int], list[int]]:
             if n.startswith("user_") and not n.startswith("user_category_")]
     item = [i for i, n in enumerate(dense_names) if n.startswith("item_") or n == "price"]
     return user, item
+
+
+def history_without_target(sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    """``sparse`` (batch ``B``, one ``item_id`` per row) with each row's ``recent_items`` bag
+    stripped of that row's ``item_id`` (every occurrence); other keys unchanged, in order. Rows
+    are compared as table rows: ``item_id`` and ``recent_items`` share the item table."""
+    jts = dict(sparse.to_dict())  # a copy: the KJT caches its dict, which must not change
+    bag = jts["recent_items"]
+    lengths = bag.lengths()
+    row_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device),
+                                     lengths.long())
+    keep = bag.values() != jts["item_id"].values()[row_of]
+    kept = torch.zeros_like(lengths).index_add_(0, row_of, keep.to(lengths.dtype))
+    jts["recent_items"] = JaggedTensor(values=bag.values()[keep], lengths=kept)
+    return KeyedJaggedTensor.from_jt_dict(jts)
 
 
 class _Tower(nn.Module):

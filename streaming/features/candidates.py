@@ -105,6 +105,17 @@ def source_seeds(user: Mapping[str, object], recent_items: Sequence[str], at_ms:
     return seeds, top_categories(user, at_ms, half_life_ms, sizes.top_categories)
 
 
+def found_before_retrieval(reads: CandidateReads, covisit_limit: int | None = None) -> int:
+    """At most how many distinct items the sources ahead of the retriever's (recent, again,
+    co-visitation within ``covisit_limit``) give: the scorer asks the retriever for that many
+    more than its own budget, so that its nearest items already found by those sources do not
+    crowd out the new ones it is there to add."""
+    covisit = sum(map(len, reads.covisit.values()))
+    if covisit_limit is not None:
+        covisit = min(covisit, covisit_limit)
+    return len(set(reads.recent)) + len(reads.again) + covisit
+
+
 def generate(reads: CandidateReads, limit: int, repeat: str = "allow",
              covisit_limit: int | None = None, retrieval_limit: int | None = None
              ) -> list[tuple[str, str]]:

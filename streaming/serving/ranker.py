@@ -48,6 +48,7 @@ from streaming.errors import CorruptCheckpoint, StoreError
 from streaming.features.candidates import (
     CandidateReads,
     excluded_items,
+    found_before_retrieval,
     generate,
     source_seeds,
     source_sizes,
@@ -400,15 +401,23 @@ class FeedRanker:
         """Fill each user's ``candidates.retrieved`` with the retriever's nearest items (the
         user tower's inputs built from the reads, as for scoring, by ``builder``: the served
         model's, with its id maps; default the hashing one). Asks for the repeat policy's
-        excluded items on top, so that the source is not emptied by them."""
+        excluded items and the items the sources ahead of it give on top (see
+        :func:`~streaming.features.candidates.found_before_retrieval`), so that neither crowds
+        out the source's own new items."""
         rows = []
         for r in reads:
             dense = feature_matrix(r.state, r.recent, [{}], [None], [None], now_ms, self.fc,
                                    None, [None])[0]
             rows.append(user_rows(r.user_id, dense, [i for i, _ in r.recent]))
-        k = self.limits.retrieval_candidates
-        excluded = max(len(excluded_items(r.candidates, self.limits.repeat)) for r in reads)
-        found = retrieval.query(builder or self.builder, rows, k + min(excluded, k))
+        lim = self.limits
+        # One query for the batch, as deep as its fullest user needs: the excluded items and
+        # those the sources ahead already found are skipped by generate(), and the source must
+        # still give up to retrieval_candidates new items (bounded by the whole budget).
+        skipped = max(len(excluded_items(r.candidates, lim.repeat))
+                      + found_before_retrieval(r.candidates, lim.covisit_candidates)
+                      for r in reads)
+        k = lim.retrieval_candidates
+        found = retrieval.query(builder or self.builder, rows, k + min(skipped, self.n_candidates))
         for r, items in zip(reads, found, strict=True):
             r.candidates.retrieved = items
 

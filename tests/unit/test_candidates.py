@@ -5,6 +5,7 @@ from __future__ import annotations
 from streaming.features.candidates import (
     CandidateReads,
     SourceSizes,
+    found_before_retrieval,
     generate,
     source_seeds,
     source_sizes,
@@ -73,6 +74,17 @@ def test_retrieved_items_follow_covisitation_within_their_own_bound() -> None:
         ("a", "recent"), ("c", "covisit"), ("r1", "retrieval"), ("r2", "retrieval"),
         ("t", "trending")]
     assert ("r3", "retrieval") in generate(r, 100)  # no bound of its own: all of them
+
+
+def test_the_retriever_is_asked_past_what_the_sources_ahead_of_it_find() -> None:
+    r = reads(recent=["a", "a", "b"], again=[("z", 1.0)],
+              covisit={"a": [("c", 5.0), ("d", 4.0)], "b": [("c", 2.0)]},
+              retrieved=[("a", 0.9), ("c", 0.8), ("z", 0.7), ("r1", 0.6), ("r2", 0.5)])
+    ahead = found_before_retrieval(r)
+    assert ahead == 2 + 1 + 3 and found_before_retrieval(r, covisit_limit=1) == 2 + 1 + 1
+    # Asked for its budget (2) plus what is found ahead, the source gets its 2 new items.
+    r.retrieved = r.retrieved[:2 + ahead]
+    assert [i for i, s in generate(r, 100, retrieval_limit=2) if s == "retrieval"] == ["r1", "r2"]
 
 
 def test_an_item_listed_twice_is_added_once_and_the_limit_stops_mid_list() -> None:

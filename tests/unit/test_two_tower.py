@@ -10,7 +10,14 @@ import torch
 
 from models.batch import BatchBuilder
 from models.spec import DEFAULT_SPEC, TableSpec
-from models.two_tower import InBatchSoftmax, ItemFrequency, TowerSpec, TwoTower, tower_columns
+from models.two_tower import (
+    InBatchSoftmax,
+    ItemFrequency,
+    TowerSpec,
+    TwoTower,
+    history_without_target,
+    tower_columns,
+)
 
 # Small tables keep the unit test fast; the towers take their sizes from the spec.
 SPEC = dataclasses.replace(DEFAULT_SPEC, tables=(
@@ -88,3 +95,20 @@ def test_in_batch_training_learns_which_items_each_user_picks() -> None:
         losses.append(loss.item())
     # Chance is log(32) = 3.47 (32 in-batch items); each user picks among 3 items: >= log 3.
     assert losses[0] > 3.0 and np.mean(losses[-10:]) < 0.6 * math.log(32)
+
+
+def test_the_user_side_is_trained_on_the_history_before_the_target() -> None:
+    examples = _examples([("u1", "a"), ("u2", "b"), ("u3", "c")])
+    examples[0]["recent_items"] = ["a", "x", "a"]  # the target, viewed before its click
+    examples[1]["recent_items"] = ["x", "y"]
+    batch = BatchBuilder(SPEC).build(examples)
+    stripped = history_without_target(batch.sparse)
+    before, after = batch.sparse.to_dict(), stripped.to_dict()
+    assert stripped.keys() == batch.sparse.keys()
+    assert after["recent_items"].lengths().tolist() == [1, 2, 0]
+    rows = before["recent_items"].values().tolist()
+    assert after["recent_items"].values().tolist() == [rows[1], *rows[3:5]]
+    for key in before:
+        if key != "recent_items":
+            assert torch.equal(after[key].values(), before[key].values())
+            assert torch.equal(after[key].lengths(), before[key].lengths())

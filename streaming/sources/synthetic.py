@@ -92,7 +92,9 @@ class GroundTruth:
         into a click (P(view i) x P(click | view i), as :meth:`SyntheticStream.events` draws
         them). Over a window of views an item's chance of a click is monotone in this, so its
         top items are the best candidate set of any size for the window's clicks (and the
-        purchases that follow them) when the regime holds through the window."""
+        purchases that follow them) when the regime holds through the window. The click part
+        is :meth:`SyntheticStream.click_probability` over all items at once (a unit test holds
+        the two equal)."""
         cfg = self.config
         interest = self.interest[user][self.category]
         p_view = self.weight * (cfg.explore_prob / self.weight.sum()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import confluent_kafka
 import orjson
+import redis
 
 from benchmarks.common import fresh_topics, percentile, report, services, spawn, stop
 from streaming.contract.events import Event
@@ -98,21 +99,18 @@ def full_agent(settings: Settings, n: int, log: Path) -> tuple[float, object]:
     raise SystemExit("worker did not finish in time")
 
 
-def warm_producer(settings: Settings, producer: EventProducer, timeout_s: float = 60.0) -> None:
+def warm_producer(client: redis.Redis, keys: Keys, producer: EventProducer,
+                  timeout_s: float = 60.0) -> None:
     """Send one event and wait until its user state is in Redis: the producer has its id and
     the worker is applying. Raises ``SystemExit`` on timeout."""
-    client = connect(settings.redis)
-    key = Keys(settings.redis.key_prefix).user("lat-warmup")
+    key = keys.user("lat-warmup")
     t0 = time.perf_counter()
     producer.send(Event("lat-warmup", "lat-warmup", "item-0", "view", int(time.time() * 1000)))
     producer.flush(timeout_s)
-    try:
-        while not client.exists(key):
-            if time.perf_counter() - t0 > timeout_s:
-                raise SystemExit(f"the warm-up event was not applied within {timeout_s:.0f} s")
-            time.sleep(0.01)
-    finally:
-        client.close()
+    while not client.exists(key):
+        if time.perf_counter() - t0 > timeout_s:
+            raise SystemExit(f"the warm-up event was not applied within {timeout_s:.0f} s")
+        time.sleep(0.01)
 
 
 def visible_latency(settings: Settings, rate: float, seconds: float, warmup_s: float
@@ -121,8 +119,9 @@ def visible_latency(settings: Settings, rate: float, seconds: float, warmup_s: f
     Produces at ``rate`` for ``warmup_s + seconds``; returns the latencies (ms) of the events
     sent after the warm-up and of those sent during it (see the module docstring)."""
     producer = EventProducer(settings, linger_ms=0)
-    warm_producer(settings, producer)
     client = connect(settings.redis)
+    state_keys = Keys(settings.redis.key_prefix)
+    warm_producer(client, state_keys, producer)
     outstanding: dict[str, float] = {}  # user key -> time produced
     measured: list[float] = []
     warming: list[float] = []
@@ -151,7 +150,6 @@ def visible_latency(settings: Settings, rate: float, seconds: float, warmup_s: f
 
     poller = threading.Thread(target=poll, name="latency-poller", daemon=True)
     poller.start()
-    state_keys = Keys(settings.redis.key_prefix)
     for k in range(int(rate * (warmup_s + seconds))):
         due = t_start + k * interval
         while (wait := due - time.perf_counter()) > 0:

@@ -1,5 +1,5 @@
-"""Event logs as event streams, in event-time order: UCI Online Retail, OTTO, and any event
-file in the contract's format (what ``streamrec emit --file`` reads).
+"""Event logs as event streams, in event-time order: UCI Online Retail, OTTO, MovieLens 100K, and
+any event file in the contract's format (what ``streamrec emit --file`` reads).
 
 The path is always an argument (the logs are not part of the repository); an absent or
 unrecognised file raises :class:`SourceError` before anything is read. Rows that cannot be
@@ -18,6 +18,12 @@ OTTO (``{"session", "events": [{"aid", "ts", "type"}]}`` JSON lines)
     user = ``otto-<session>``, item = aid; ``clicks`` -> ``view`` (the item was looked at),
     ``carts`` -> ``click`` (the intent the model predicts), ``orders`` -> ``purchase``.
     Evaluated in exposure mode: the label is "was the viewed item carted or ordered".
+MovieLens 100K (``u.data`` as GroupLens distributes it: ``user<TAB>item<TAB>rating<TAB>unix s``)
+    One ``click`` per rating (a rating says the user chose and watched the film; the log has no
+    exposures): user = ``ml<user>``, item = ``m<item>``, ts = the rating's time, the rating in
+    ``context.rating``. Category = the first genre flagged for the film in ``u.item`` beside
+    ``u.data`` (``id|title|release|video release|url|19 genre flags``, Latin-1), none without
+    that file. Evaluated in implicit mode (sampled negatives).
 Event files (JSON lines or CSV in the contract's schema, optionally gzipped; see
 :func:`streaming.sources.files.read_records`)
     Each record is validated with :func:`streaming.contract.events.validate_event`, except that
@@ -49,18 +55,22 @@ from streaming.sources.files import BadRecord, Record, read_records
 UCI_HEADER = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
               "CustomerID", "Country")
 OTTO_TYPES = {"clicks": "view", "carts": "click", "orders": "purchase"}
+MOVIELENS_ROW = re.compile(r"^\d+\t\d+\t\d+\t\d+$")
+MOVIELENS_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
+                    "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
+                    "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")  # u.item order
 
 
 @dataclass(slots=True)
 class ReplayLog:
     """A log read into memory and sorted by event time (stable: file order breaks ties)."""
 
-    name: str  # "uci-online-retail" | "otto" | an event file's name without extensions
+    name: str  # "uci-online-retail" | "otto" | "movielens-100k" | an event file's name
     label_mode: str  # the labelling mode the log supports: "implicit" | "exposure"
     events: list[Event]
     rows: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
-    format: str = ""  # "uci" | "otto" | "events-jsonl" | "events-csv"
+    format: str = ""  # "uci" | "otto" | "movielens" | "events-jsonl" | "events-csv"
     messages: list[str] = field(default_factory=list)  # the first skipped records: where, why
 
 
@@ -73,9 +83,10 @@ def _open_text(path: Path) -> io.TextIOWrapper:
 
 
 def read_log(path: str | Path, limit: int | None = None, min_ts_ms: int = 0) -> ReplayLog:
-    """Recognise the log by its content (CSV header or first JSON line) and read it: UCI Online
-    Retail, OTTO, or an event file in the contract's format (JSON lines or CSV; events before
-    ``min_ts_ms`` are rejected). ``limit`` keeps the first ``limit`` events in event-time order."""
+    """Recognise the log by its content (CSV header, first JSON line or tab-separated row) and
+    read it: UCI Online Retail, OTTO, MovieLens 100K ``u.data``, or an event file in the
+    contract's format (JSON lines or CSV; events before ``min_ts_ms`` are rejected). ``limit``
+    keeps the first ``limit`` events in event-time order."""
     path = Path(path)
     first = ""
     try:
@@ -91,14 +102,17 @@ def read_log(path: str | Path, limit: int | None = None, min_ts_ms: int = 0) -> 
         log = read_uci(path)
     elif first.startswith("{") and _is_otto(first):
         log = read_otto(path)
+    elif MOVIELENS_ROW.match(first):
+        log = read_movielens(path)
     elif first.startswith("{"):
         log = read_events(path, "jsonl", min_ts_ms)
     elif first and set(header) <= ALL_FIELDS:
         log = read_events(path, "csv", min_ts_ms)
     else:
         raise SourceError(f"{path}: not a log this replay knows: UCI Online Retail CSV, OTTO "
-                          "JSON lines, or events in the contract's format (JSON lines, or CSV "
-                          f"with a header of {', '.join(sorted(ALL_FIELDS))}; .gz ok)")
+                          "JSON lines, MovieLens 100K u.data, or events in the contract's format "
+                          f"(JSON lines, or CSV with a header of {', '.join(sorted(ALL_FIELDS))}; "
+                          ".gz ok)")
     if limit is not None:
         log.events = log.events[:limit]
     return log
@@ -243,3 +257,47 @@ def read_otto(path: str | Path) -> ReplayLog:
                     session_id=f"otto-{session}"))
     log.events.sort(key=lambda e: e.ts)
     return log
+
+
+def read_movielens(path: str | Path) -> ReplayLog:
+    """Read a MovieLens 100K ``u.data`` (mapping in the module docstring), with the genres of
+    ``u.item`` in the same directory when it is there. Lines that are not four integers are
+    skipped and counted as ``unparsable``. Raises :class:`SourceError` when the file is absent."""
+    path = Path(path)
+    genres = _movielens_genres(path.parent / "u.item")
+    log = ReplayLog("movielens-100k", "implicit", [], format="movielens")
+    with _open_text(path) as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            log.rows += 1
+            parts = line.split("\t")
+            try:
+                user, item, rating, ts_s = (int(x) for x in parts)
+            except ValueError:
+                log.skipped["unparsable"] += 1
+                continue
+            log.events.append(Event(
+                event_id=f"ml-{user}-{item}-{ts_s}", user_id=f"ml{user}", item_id=f"m{item}",
+                event_type="click", ts=ts_s * 1000, category=genres.get(item),
+                context={"rating": rating}))
+    log.events.sort(key=lambda e: e.ts)
+    return log
+
+
+def _movielens_genres(path: Path) -> dict[int, str]:
+    """Film id -> its first flagged genre, from a ``u.item``; empty when there is none."""
+    if not path.is_file():
+        return {}
+    out: dict[int, str] = {}
+    with path.open(encoding="latin-1") as fh:  # GroupLens ships it in ISO-8859-1
+        for line in fh:
+            fields = line.rstrip("\n").split("|")
+            flags = fields[-len(MOVIELENS_GENRES):]
+            if len(fields) < 5 + len(MOVIELENS_GENRES) or not fields[0].isdigit():
+                continue
+            first = next((g for g, f in zip(MOVIELENS_GENRES, flags, strict=True) if f == "1"),
+                         None)
+            if first is not None:
+                out[int(fields[0])] = first
+    return out

@@ -6,7 +6,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streaming.contract.events import validate_event
+from streaming.contract.events import Limits, validate_event
 from streaming.errors import SourceError
 from streaming.sources.files import BadRecord
 from streaming.sources.replay import log_name, read_log, validate_records
@@ -49,6 +49,32 @@ def test_otto_sessions_map_clicks_carts_orders(tmp_path: Path) -> None:
         ("otto-1", "5", "view", 1000), ("otto-2", "7", "purchase", 1500),
         ("otto-1", "5", "click", 2000)]
     assert dict(log.skipped) == {"unknown_type_or_ts": 1}
+
+
+def test_movielens_ratings_become_clicks_with_the_first_genre_as_category(
+        tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("196\t242\t3\t881250949\n186\t302\t5\t881250000\n"
+                                     "7\t9\tx\t881250001\n\n22\t377\t1\t878887116\n")
+    flags = ["0"] * 19
+    noir_and_crime = flags.copy()
+    noir_and_crime[6] = noir_and_crime[10] = "1"  # Crime, Film-Noir: the first one counts
+    (tmp_path / "u.item").write_bytes("\n".join([
+        "|".join(["242", "Kolya (1996)", "24-Jan-1997", "", "http://x", *noir_and_crime]),
+        "|".join(["302", "L.A. Confidential (1997)", "01-Jan-1997", "", "", *flags]),
+        "|".join(["377", "Heavyweights (1994)", "01-Jan-1994", "", "", *flags[:-1], "1"]),
+    ]).encode("latin-1") + "\nbroken \u00e9 line\n".encode("latin-1"))
+    log = read_log(tmp_path / "u.data")
+    assert (log.name, log.format, log.label_mode) == ("movielens-100k", "movielens", "implicit")
+    assert log.rows == 4 and dict(log.skipped) == {"unparsable": 1}
+    assert [(e.user_id, e.item_id, e.event_type, e.ts, e.category, e.context)
+            for e in log.events] == [  # event-time order; no genre flagged: no category
+        ("ml22", "m377", "click", 878887116000, "Western", {"rating": 1}),
+        ("ml186", "m302", "click", 881250000000, None, {"rating": 5}),
+        ("ml196", "m242", "click", 881250949000, "Crime", {"rating": 3})]
+    for e in log.events:  # valid events but for the contract's year-2000 floor (1997)
+        assert validate_event(e.to_dict(), now_ms=e.ts, limits=Limits(min_ts_ms=0)) == e
+    (tmp_path / "u.item").unlink()
+    assert {e.category for e in read_log(tmp_path / "u.data").events} == {None}
 
 
 def test_missing_or_unknown_logs_are_clear_errors(tmp_path: Path) -> None:

@@ -201,7 +201,8 @@ class LoadedStream:
 def load_stream(stream: str, seed: int, events: int | None = None,
                 scales: TimeScales | None = None) -> LoadedStream:
     """``synthetic``, the path of a UCI Online Retail / OTTO / MovieLens 100K log (the last at
-    the time scales its span gives), or of any event file in the contract's format (see :func:`streaming.sources.replay.read_log`), with its profile.
+    the time scales its span gives), or of any event file in the contract's format (see
+    :func:`streaming.sources.replay.read_log`), with its profile.
 
     Raises :class:`ConfigError` for a missing file or bad scales, :class:`SourceError` for an
     unreadable file or one in which no record is a valid event."""

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ from streaming.serving.retrieval import Retrieval, RetrievalIndex, user_rows
 from streaming.settings import ServingSettings
 
 log = logging.getLogger(__name__)
-_PER_USER = 5  # reads queued per user in read_users: hash, recent, purchased, ui, uz
+_ITEMS_PER_CALL = 1_000  # item hashes per read_items.lua call: bounds how long Redis is busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,7 @@ class FeedRanker:
                  serving: ServingSettings | None = None,
                  features: FeatureConfig = DEFAULT_FEATURES) -> None:
         self.r = client
+        self._scripts: dict[str, Any] = {}  # lua/ scripts, registered on first use
         self.limits = limits = serving or ServingSettings()
         self.cache_s = limits.cache_s
         self._items: dict[str, CachedItem] = {}
@@ -233,20 +235,38 @@ class FeedRanker:
         self.builder = BatchBuilder(holder.spec)
         self.sizes = source_sizes(limits)
 
+    def _script(self, name: str) -> Any:
+        """A script of ``streaming/serving/lua/``, registered with the client on first use."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.r.register_script(
+                resources.files("streaming.serving").joinpath("lua", name).read_text())
+        return script
+
     @staticmethod
-    def _zlist(raw: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
-        return [(as_text(m), float(s)) for m, s in raw]
+    def _zlist(flat: list[bytes]) -> list[tuple[str, float]]:
+        """A ZREVRANGE ... WITHSCORES reply of read_users.lua (member, score, ...) as pairs."""
+        return [(as_text(m), float(v)) for m, v in zip(flat[::2], flat[1::2], strict=True)]
 
     def _stale(self, key: str, now: float) -> bool:
         hit = self._lists.get(key)
         return hit is None or now - hit[0] > self.cache_s
 
-    def _read_lists(self, pipe: Any, wanted: dict[str, int], now: float) -> list[str]:
-        """Queue reads of the stale ones among ``wanted`` (zset key -> how many); returns them."""
+    def _read(self, user_ids: Sequence[str], wanted: dict[str, int], now: float
+              ) -> list[list[Any]]:
+        """One read_users.lua call: the users' five reads each, and the stale ones among
+        ``wanted`` (zset key -> how many), which are cached. Returns the users' replies."""
+        k_, lim = self.keys, self.limits
         stale = [k for k in wanted if self._stale(k, now)]
-        for key in stale:
-            pipe.zrevrange(key, 0, wanted[key] - 1, withscores=True)
-        return stale
+        keys = [key for u in user_ids for key in (
+            k_.user(u), k_.recent(u), k_.purchased(u), k_.user_items(u), k_.user_items_order(u))]
+        if not keys and not stale:
+            return []
+        users, lists = self._script("read_users.lua")(keys=keys + stale, args=[
+            self.fc.recent_items, lim.again_candidates, len(user_ids), *(wanted[k] for k in stale)])
+        for key, flat in zip(stale, lists, strict=True):
+            self._lists[key] = (now, self._zlist(flat))
+        return users
 
     def _evict(self, now: float) -> None:
         # Expired entries go first; if the fresh ones alone exceed the bound (a burst of new
@@ -261,44 +281,31 @@ class FeedRanker:
             self._items = {k: self._items[k] for _, k in kept}
 
     def read_users(self, user_ids: Sequence[str], now_ms: int) -> list[UserReads]:
-        """Users' state and candidate lists in two pipelined round trips for all of them."""
+        """Users' state and candidate lists in two read_users.lua calls for all of them."""
         k_, now = self.keys, time.monotonic()
         lim = self.limits
         shared = {k_.popular: lim.popular_candidates, k_.new_items: lim.new_candidates,
                   k_.trending: lim.trending_candidates}
         try:
-            with self.r.pipeline(transaction=False) as pipe:
-                for u in user_ids:
-                    pipe.hgetall(k_.user(u))
-                    pipe.lrange(k_.recent(u), 0, self.fc.recent_items - 1)
-                    pipe.zrange(k_.purchased(u), 0, -1)
-                    pipe.hgetall(k_.user_items(u))
-                    pipe.zrevrange(k_.user_items_order(u), 0, lim.again_candidates - 1,
-                                   withscores=True)
-                stale = self._read_lists(pipe, shared, now)
-                res = pipe.execute()
-            n = _PER_USER
-            for key, raw in zip(stale, res[n * len(user_ids):], strict=True):
-                self._lists[key] = (now, self._zlist(raw))
+            res = self._read(user_ids, shared, now)
             users = []
             wanted: dict[str, int] = {}
-            for k, u in enumerate(user_ids):
-                state = parse_state_hash(res[n * k].items())
-                recent = parse_recent([as_text(x) for x in res[n * k + 1]])
+            for u, (user_hash, recent_raw, bought, ui_hash, again_raw) in zip(
+                    user_ids, res, strict=True):
+                state = parse_state_hash(zip(user_hash[::2], user_hash[1::2], strict=True))
+                recent = parse_recent([as_text(x) for x in recent_raw])
                 recent_items, cats = source_seeds(state, [i for i, _ in recent], now_ms,
                                                   self.fc.affinity_half_life_ms, self.sizes)
-                again = self._zlist(res[n * k + 4])
+                again = self._zlist(again_raw)
                 seeds = list(dict.fromkeys(
                     [*recent_items, *(i for i, _ in again[:lim.covisit_own_seeds])]))
                 wanted.update({k_.covisit(i): lim.covisit_per_item for i in seeds})
                 wanted.update({k_.category_items(c): lim.category_candidates for c in cats})
                 users.append((u, state, recent, recent_items, seeds, cats,
-                              {as_text(b) for b in res[n * k + 2]},
-                              parse_user_items(res[n * k + 3].items()), again))
-            with self.r.pipeline(transaction=False) as pipe:
-                stale = self._read_lists(pipe, wanted, now)
-                for key, raw in zip(stale, pipe.execute() if stale else [], strict=True):
-                    self._lists[key] = (now, self._zlist(raw))
+                              {as_text(b) for b in bought},
+                              parse_user_items(zip(ui_hash[::2], ui_hash[1::2], strict=True)),
+                              again))
+            self._read([], wanted, now)
         except redis.RedisError as exc:
             raise StoreError(f"Redis read for users {list(user_ids)[:3]!r}... failed: {exc}"
                              ) from None
@@ -325,11 +332,12 @@ class FeedRanker:
         cache, ttl = self._items, self.cache_s
         missing = [i for i in distinct if (hit := cache.get(i)) is None or now - hit.read_at > ttl]
         if missing:
+            keys = [self.keys.item(i) for i in missing]
+            read = self._script("read_items.lua")
             try:
-                with self.r.pipeline(transaction=False) as pipe:
-                    for item in missing:
-                        pipe.hgetall(self.keys.item(item))
-                    states = [parse_state_hash(h.items()) for h in pipe.execute()]
+                states = [parse_state_hash(zip(flat[::2], flat[1::2], strict=True))
+                          for start in range(0, len(keys), _ITEMS_PER_CALL)
+                          for flat in read(keys=keys[start:start + _ITEMS_PER_CALL])]
             except redis.RedisError as exc:
                 raise StoreError(f"Redis item read failed: {exc}") from None
             spec = self.holder.spec

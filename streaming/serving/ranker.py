@@ -490,8 +490,8 @@ class FeedRanker:
         popularity), not all-time bestsellers. Scores are shares of the listed items' decayed
         counts (the trending list's common scale factor cancels)."""
         try:
-            trending = self._zlist(self.r.zrevrange(self.keys.trending, 0, self.feed_size - 1,
-                                                    withscores=True))
+            trending = [(as_text(m), float(v)) for m, v in self.r.zrevrange(
+                self.keys.trending, 0, self.feed_size - 1, withscores=True)]
         except redis.RedisError as exc:
             raise StoreError(f"Redis read of trending items failed: {exc}") from None
         if not trending:

@@ -103,6 +103,22 @@ def test_candidates_reflect_behaviour_and_exclude_purchases(stack: Settings, red
         h.close()
 
 
+def test_the_fallback_feed_is_the_trending_list_with_shares_as_scores(
+        stack: Settings, redis_client) -> None:
+    h = Harness(stack)
+    try:
+        h.feed([e(n, "view", T0 + n, user=f"o{n}", item="a") for n in range(3)]
+               + [e(10, "view", T0 + 10, user="o9", item="b")])
+        feed = FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder()).popular_feed()
+        assert feed is not None and feed.model_version is None
+        assert [(i.item_id, i.source) for i in feed.items] == [("a", "trending"),
+                                                               ("b", "trending")]
+        assert feed.items[0].score > feed.items[1].score > 0
+        assert sum(i.score for i in feed.items) == pytest.approx(1.0, abs=1e-5)
+    finally:
+        h.close()
+
+
 def test_repeat_policy_allow_offers_the_users_own_items_again(stack: Settings,
                                                               redis_client) -> None:
     h = Harness(stack)

@@ -81,6 +81,9 @@ def test_ranking_summary_pools_windows_and_gives_intervals_and_differences() -> 
     assert "popularity" not in out["recall_at_20_minus_popularity_ci95"]
     b_lo, b_hi = out["recall_at_20_minus_buy_again_ci95"]["continuous"]  # buy_again: all 0
     assert b_lo < 0.625 < b_hi and "buy_again" not in out["recall_at_20_minus_buy_again_ci95"]
+    for base in ("popularity_repeat_policy", "covisit", "lightgbm"):  # all 0 here too
+        assert out[f"recall_at_20_minus_{base}_ci95"]["continuous"] == [b_lo, b_hi]
+        assert base not in out[f"recall_at_20_minus_{base}_ci95"]
     assert out["candidate_recall"]["total"] == 0.5
     assert "ground_truth" not in out["candidate_recall"]  # a log: no hidden model
     assert out["ranked"] == {"user_windows": 4, "users": 3}

@@ -80,7 +80,8 @@ from trainer.metrics import auc, log_loss
 LEARNED = ("continuous", "frozen", "lightgbm")
 RANKERS = ("continuous", "frozen", "popularity", "popularity_repeat_policy", "buy_again",
            "covisit", "lightgbm")
-BASELINES = ("popularity", "buy_again")  # every ranker's recall is compared with these, paired
+# Every ranker's recall is compared with each of these, paired (issue 15's baselines).
+BASELINES = ("popularity", "popularity_repeat_policy", "buy_again", "covisit", "lightgbm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,7 +484,7 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
 
     - ``recall_at_{k}`` / ``ndcg_at_{k}``: per ranker, the mean over (user, window) pairs;
     - ``recall_at_{k}_ci95``: per ranker, its 95% interval, users as units (clipped to [0, 1]);
-    - ``recall_at_{k}_minus_popularity_ci95`` (and ``_minus_buy_again_``): per other ranker, the
+    - ``recall_at_{k}_minus_<baseline>_ci95``, one per :data:`BASELINES`: per other ranker, the
       95% interval of its recall minus the baseline's on the same users and windows (entirely
       above 0: it beats the baseline);
     - ``candidate_recall``: ``{"total", "by_source", "relevant_items"}`` over all those users,

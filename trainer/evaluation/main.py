@@ -17,15 +17,15 @@ from models.spec import spec_for
 from streaming.errors import ConfigError
 from streaming.io.kafka import KafkaAdmin, topic_specs
 from streaming.settings import Settings
-from trainer.evaluation.harness import EvalOptions, PrequentialRun, cleanup, run_tag
+from trainer.evaluation.harness import BASELINES, EvalOptions, PrequentialRun, cleanup, run_tag
 from trainer.evaluation.ingest import Ingest, InProcessIngest, KafkaIngest
 from trainer.evaluation.profiles import TimeScales, load_stream
 from trainer.evaluation.profiles import format_duration_ms as fmt
 from trainer.evaluation.report import plot, write_json
 
 SUMMARY_KEYS = ("name", "stream", "mode", "seed", "auc", "logloss", "recall_at_20", "ndcg_at_20",
-                "recall_at_20_ci95", "recall_at_20_minus_popularity_ci95",
-                "recall_at_20_minus_buy_again_ci95", "candidate_recall",
+                "recall_at_20_ci95", *(f"recall_at_20_minus_{b}_ci95" for b in BASELINES),
+                "candidate_recall",
                 "ranked", "sweep", "time_scales", "label_mode", "events", "rejected",
                 "dead_lettered", "examples", "elapsed_s")
 

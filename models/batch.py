@@ -9,6 +9,7 @@ table's range; there is no "unknown id = row 0": collisions are the price, and
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -236,7 +237,7 @@ class BatchBuilder:
         )
         zeros = torch.zeros(n)
         return ExampleBatch(torch.from_numpy(np.ascontiguousarray(dense)), kjt, zeros, zeros,
-                            [i for p in parts for i in p.items])
+                            list(itertools.chain.from_iterable(p.items for p in parts)))
 
     def _assemble(self, dense: np.ndarray, users: list[str], items: list[str],
                   categories: list[str | None], recent: list[list[str]], clicks: np.ndarray,

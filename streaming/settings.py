@@ -154,6 +154,10 @@ class StreamSettings:
                                   "keep it well below the broker's message.max.bytes")
     parked_kept: int = _f(1_000, "outbox records the broker refuses for good are moved aside "
                           "(P obp:<partition>); the newest N are kept per partition")
+    item_changes_kept: int = _f(100_000, "items kept in the item change log (P ichg) that "
+                                "scorers follow to re-read only changed item state (trimmed "
+                                "at 2N back to N); a scorer that falls further behind re-reads "
+                                "every item once")
 
     def __post_init__(self) -> None:
         if self.label_mode not in ("exposure", "implicit"):
@@ -162,7 +166,8 @@ class StreamSettings:
                      "recent_items", "covisit_window_ms", "covisit_top_k", "covisit_recent",
                      "affinity_half_life_ms", "short_affinity_half_life_ms",
                      "trending_half_life_ms", "user_items_kept", "user_item_half_life_ms",
-                     "dlq_max_value_bytes", "parked_kept", "fetch_partition_bytes"):
+                     "dlq_max_value_bytes", "parked_kept", "fetch_partition_bytes",
+                     "item_changes_kept"):
             _positive(f"stream.{name}", getattr(self, name))
         if self.hard_negatives != "proportional":
             try:
@@ -314,8 +319,9 @@ class ServingSettings:
                                 "recently (s)")
     popular_every_s: float = _f(10.0, "refresh the fallback (trending) feed this often (s)")
     feed_ttl_s: float = _f(86_400.0, "a feed expires this long after its last refresh (s)")
-    cache_s: float = _f(1.0, "item state and shared candidate lists are cached this long (s): "
-                        "a feed may miss this much of other users' activity")
+    cache_s: float = _f(1.0, "shared candidate lists are cached this long (s): a feed may "
+                        "miss this much of other users' activity in them; item state is cached "
+                        "until ingest changes it (0: nothing is cached)")
     again_candidates: int = _f(100, "candidates taken from the user's own items ('again', by "
                                "decayed interaction)")
     trending_candidates: int = _f(100, "candidates taken from the trending list")

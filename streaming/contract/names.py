@@ -23,6 +23,11 @@ Feature state (written by ingest, read by ingest and the scorers):
 ``P trend``             zset  item -> decayed count times a shared factor (trending order)
 ``P trend:t0``          string  reference time (ms) of the ``trend`` scores
 ``P new``               zset  item -> first-seen time (ms), the newest items
+``P ichg``              zset  item -> sequence number of the last batch that changed its
+                              ``i:`` hash (the item change log; scorers cache item state
+                              until it changes), the newest ``item_changes_kept``
+``P ichg:meta``         hash  ``seq``: the last batch's number; ``floor``: the newest number
+                              trimmed from the log
 
 Per partition of the events topic (ingest only):
 
@@ -128,6 +133,16 @@ class Keys:
     def new_items(self) -> str:
         """Newest first-seen items."""
         return f"{self.prefix}new"
+
+    @property
+    def item_changes(self) -> str:
+        """The item change log: item -> sequence number of the last batch that changed it."""
+        return f"{self.prefix}ichg"
+
+    @property
+    def item_changes_meta(self) -> str:
+        """The change log's last sequence number (``seq``) and trim point (``floor``)."""
+        return f"{self.prefix}ichg:meta"
 
     # -- per partition (ingest) ---------------------------------------------------------------
     def applied_offset(self, topic: str, partition: int) -> str:

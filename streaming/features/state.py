@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -364,9 +365,8 @@ def indexed_feature_rows(
     col += 1
     # Affinity is a (user, category) lookup: each distinct pair among the rows is looked up
     # once. Codes: 0 = no category, j + 1 = names[j].
-    code_of: dict[str, int] = {}
-    item_codes = np.fromiter((code_of.setdefault(c, len(code_of) + 1) if c else 0
-                              for c in categories), np.int64, len(categories))
+    code_of = {c: k for k, c in enumerate(filter(None, dict.fromkeys(categories)), 1)}
+    item_codes = np.fromiter(map(code_of.get, categories, repeat(0)), np.int64, len(categories))
     names = list(code_of)
     pairs, pair_of_row = np.unique(user_index.astype(np.int64) * (len(names) + 1)
                                    + item_codes[item_index], return_inverse=True)

@@ -96,6 +96,7 @@ class ProcessorConfig:
     # the broker's message.max.bytes, or it would block the partition's outbox.
     dlq_max_value_bytes: int = 65_536
     parked_kept: int = 1_000  # refused outbox records kept aside per partition (newest)
+    item_changes_kept: int = 100_000  # items in the item change log (trimmed at 2N back to N)
 
 
 # (user fields, recent count, item fields, category, price, event time, user x item entry)
@@ -316,6 +317,7 @@ def plan_batch(
     seen = set(reads.seen)
     snaps = Snapshots()
     seen_key = keys.partition("seen", partition)
+    changed: dict[str, None] = {}  # items whose hash the batch changes, first touch first
 
     for msg, ev in fresh:
         counts["processed"] += 1
@@ -340,6 +342,7 @@ def plan_batch(
         label_event(ev, msg.offset, user, user_recent, own, item, items, category,
                     negatives.get(ev.event_id, ()), join, lc, snaps, now_ms, counts)
         ops.extend(feature_ops(ev, user, item, user_recent, own, category, keys, fc))
+        changed[ev.item_id] = None
 
     examples = snaps.resolve(fc)
     if lc.mode == "exposure":
@@ -352,6 +355,11 @@ def plan_batch(
     counts["examples_sampled"] = sum(ex.sampled for ex in examples)
     ops.extend(bookkeeping_ops(keys, cfg.source_topic, partition, join.max_ts, cfg.dedup_window,
                                counts))
+    if changed:
+        # Scorers cache item state until it changes: they follow this log (see
+        # streaming.serving.ranker.FeedRanker.sync_items).
+        ops.append(["changed", keys.item_changes, keys.item_changes_meta, cfg.item_changes_kept,
+                    *changed])
     return Plan(ops, outbox, counts, len(examples))
 
 

@@ -263,6 +263,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
                           else None),
         dlq_max_value_bytes=s.dlq_max_value_bytes,
         parked_kept=s.parked_kept,
+        item_changes_kept=s.item_changes_kept,
     )
 
 

@@ -213,9 +213,10 @@ class FeedRanker:
     """Ranks users' candidates with the current model. Users are scored together: their reads
     share a Redis round trip and their rows one forward pass.
 
-    What several users share (item state, popular/new lists, co-visitation and category lists)
-    is cached for ``cache_s`` seconds, so a feed may miss up to ``cache_s`` of other users'
-    activity; the user's own state is read fresh on every refresh."""
+    What several users share is cached: the popular/new lists, co-visitation and category lists
+    for ``cache_s`` seconds, so a feed may miss up to ``cache_s`` of other users' activity in
+    them; item state until ingest changes it (the item change log, :meth:`sync_items`). The
+    user's own state is read fresh on every refresh."""
 
     def __init__(self, client: redis.Redis, key_prefix: str, holder: ModelHolder, *,
                  serving: ServingSettings | None = None,
@@ -225,6 +226,8 @@ class FeedRanker:
         self.limits = limits = serving or ServingSettings()
         self.cache_s = limits.cache_s
         self._items: dict[str, CachedItem] = {}
+        self._item_cursor: int | None = None  # the item change log's seq at the last sync
+        self.item_reads = 0  # item hashes read from Redis (the cache's misses)
         self._lists: dict[str, tuple[float, list[tuple[str, float]]]] = {}
         self.last_candidates = 0
         self.keys = Keys(key_prefix)
@@ -246,7 +249,11 @@ class FeedRanker:
     @staticmethod
     def _zlist(flat: list[bytes]) -> list[tuple[str, float]]:
         """A ZREVRANGE ... WITHSCORES reply of read_users.lua (member, score, ...) as pairs."""
-        return [(as_text(m), float(v)) for m, v in zip(flat[::2], flat[1::2], strict=True)]
+        members = flat[::2]
+        # C-level maps: thousands of members per batch (clients here return bytes).
+        names = map(bytes.decode, members) if members and isinstance(members[0], bytes) \
+            else map(as_text, members)
+        return list(zip(names, map(float, flat[1::2]), strict=True))
 
     def _stale(self, key: str, now: float) -> bool:
         hit = self._lists.get(key)
@@ -275,9 +282,9 @@ class FeedRanker:
             fresh = sorted(((v[0], k) for k, v in self._lists.items() if now - v[0] <= self.cache_s),
                            reverse=True)[:_MAX_LISTS // 2]
             self._lists = {k: self._lists[k] for _, k in fresh}
-        if len(self._items) > _MAX_ITEMS:
-            kept = sorted(((v.read_at, k) for k, v in self._items.items()
-                           if now - v.read_at <= self.cache_s), reverse=True)[:_MAX_ITEMS // 2]
+        if len(self._items) > _MAX_ITEMS:  # items stay valid until changed: keep the newest reads
+            kept = sorted(((v.read_at, k) for k, v in self._items.items()),
+                          reverse=True)[:_MAX_ITEMS // 2]
             self._items = {k: self._items[k] for _, k in kept}
 
     def read_users(self, user_ids: Sequence[str], now_ms: int) -> list[UserReads]:
@@ -325,13 +332,38 @@ class FeedRanker:
         """:meth:`read_users` for one user."""
         return self.read_users([user_id], now_ms)[0]
 
+    def sync_items(self) -> None:
+        """Drop the cached items whose state ingest changed since the last sync: every applied
+        batch names them in the item change log (``Keys.item_changes``). On the first sync, and
+        when the log was trimmed past this scorer's cursor or restarted (Redis lost its data),
+        the whole cache goes."""
+        cursor = self._item_cursor
+        try:
+            seq, floor, changed = self._script("item_changes.lua")(
+                keys=[self.keys.item_changes, self.keys.item_changes_meta],
+                args=[-1 if cursor is None else cursor])
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis read of the item change log failed: {exc}") from None
+        if cursor is None or not floor <= cursor <= seq:
+            self._items.clear()
+        else:
+            for item in changed:
+                self._items.pop(as_text(item), None)
+        self._item_cursor = seq
+
     def read_items(self, items: Sequence[str]) -> dict[str, CachedItem]:
-        """Item state (cached for ``cache_s``), with its feature columns and hashed rows."""
+        """Item state with its feature columns and hashed rows, cached until ingest changes it
+        (:meth:`sync_items`, one round trip per call); with ``cache_s`` = 0 read every time."""
         distinct = list(dict.fromkeys(items))
         now = time.monotonic()
-        cache, ttl = self._items, self.cache_s
-        missing = [i for i in distinct if (hit := cache.get(i)) is None or now - hit.read_at > ttl]
+        cache = self._items
+        if self.cache_s > 0:
+            self.sync_items()
+            missing = [i for i in distinct if i not in cache]
+        else:
+            missing = distinct
         if missing:
+            self.item_reads += len(missing)
             keys = [self.keys.item(i) for i in missing]
             read = self._script("read_items.lua")
             try:
@@ -369,8 +401,10 @@ class FeedRanker:
         slot = {item: k for k, item in enumerate(distinct)}
         index = np.fromiter(map(slot.__getitem__, flat), np.intp, len(flat))
         entries = [cached[i] for i in distinct]
-        cols = np.stack([c.cols for c in entries]) if entries else \
-            np.empty((0, len(item_fields(self.fc))), np.float64)
+        width = len(item_fields(self.fc))
+        # One concatenate of the flat rows: np.stack of thousands of small rows costs 4x more.
+        cols = np.concatenate([c.cols for c in entries]).reshape(len(entries), width) \
+            if entries else np.empty((0, width), np.float64)
         cats = [c.category for c in entries]
         user_items: list[UserItem | None] = []
         for r, x in zip(reads, items, strict=True):

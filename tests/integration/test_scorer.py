@@ -119,6 +119,32 @@ def test_the_fallback_feed_is_the_trending_list_with_shares_as_scores(
         h.close()
 
 
+def test_item_state_is_cached_until_ingest_changes_it(stack: Settings, redis_client) -> None:
+    """The scorer re-reads an item's hash only when the item change log names it, however long
+    it has been cached; a log trimmed past its cursor drops the whole cache."""
+    h = Harness(stack.with_values({"stream.item_changes_kept": "2"}))
+    try:
+        h.feed([e(1, "view", T0, item="a"), e(2, "view", T0 + 1, item="b")])
+        ranker = FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder(),
+                            serving=ServingSettings(cache_s=3_600.0))
+        assert ranker.read_items(["a", "b"])["a"].state["n.view"] == 1
+        assert ranker.item_reads == 2
+        ranker.read_items(["a", "b"])
+        assert ranker.item_reads == 2  # nothing changed: both from the cache
+        h.feed([e(3, "view", T0 + 2, user="u2", item="a")])
+        cached = ranker.read_items(["a", "b"])
+        assert ranker.item_reads == 3 and cached["a"].state["n.view"] == 2  # a re-read, b not
+        # Five more items in one batch: the log (6 > 2 x 2 entries) is trimmed back to 2, past
+        # this scorer's cursor, so it cannot know what else changed and reads everything again.
+        h.feed([e(10 + n, "view", T0 + 10 + n, item=f"x{n}") for n in range(5)])
+        ranker.read_items(["a", "b"])
+        assert ranker.item_reads == 5
+        ranker.read_items(["a", "b"])
+        assert ranker.item_reads == 5
+    finally:
+        h.close()
+
+
 def test_repeat_policy_allow_offers_the_users_own_items_again(stack: Settings,
                                                               redis_client) -> None:
     h = Harness(stack)

@@ -126,6 +126,19 @@ for _, op in ipairs(ops) do
     if redis.call('ZCARD', op[2]) > op[3] then
       redis.call('ZREMRANGEBYRANK', op[2], 0, -(op[3] + 1))
     end
+  elseif name == 'changed' then
+    -- op: log zset, meta hash, K, items...: the items whose hash this batch changed, scored by
+    -- the batch's sequence number (meta 'seq'); scorers drop them from their item caches
+    -- (streaming.serving.ranker). Beyond 2K entries the oldest go back to K, and meta 'floor'
+    -- keeps the newest number dropped: a scorer whose cursor is older re-reads every item.
+    local key, meta, k = op[2], op[3], op[4]
+    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    for j = 5, #op do redis.call('ZADD', key, seq, op[j]) end
+    if redis.call('ZCARD', key) > 2 * k then
+      local last = redis.call('ZRANGE', key, -(k + 1), -(k + 1), 'WITHSCORES')
+      redis.call('ZREMRANGEBYRANK', key, 0, -(k + 1))
+      redis.call('HSET', meta, 'floor', last[2])
+    end
   elseif name == 'set' then
     redis.call('SET', op[2], op[3])
   else

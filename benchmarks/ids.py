@@ -12,8 +12,9 @@ batches in event order with the trainer's learning rates:
   default);
 - ``mapped``: the user and item tables behind an :class:`IdMap` of the same rows (LRU): each
   batch's ids are admitted before it is trained on, and the rows given to new ids are reset as
-  the trainer resets them (initial values, so that an id never inherits an evicted id's vector,
-  and the mean optimizer state of the held rows);
+  the trainer resets them (to the unknown row's vector, which the id was scored and trained on
+  until then, so that it never inherits an evicted id's vector; and the mean optimizer state of
+  the held rows);
 - ``mapped_lfu``: the same with LFU eviction (``model.id_map_policy=lfu``).
 
 Prequential: each batch is scored before it is trained on (in ``mapped``, ids not admitted yet
@@ -79,7 +80,6 @@ class Arm:
         self.train = RankingTrain(StreamRecModel(spec))
         ebc = self.train.model.dlrm.sparse_arch.embedding_bag_collection
         self.tables = dict(ebc.embedding_bags.items())
-        self.init = {name: bag.weight.detach().clone() for name, bag in self.tables.items()}
         sparse = [p for bag in self.tables.values() for p in bag.parameters()]
         ids = {id(p) for p in sparse}
         self.opt_sparse = torch.optim.Adagrad(sparse, lr=lr_sparse)
@@ -90,14 +90,14 @@ class Arm:
         self.admit_s: list[float] = []
 
     def reset(self, table: str, given: np.ndarray) -> None:
-        """Rows given to new ids: initial values, and the mean optimizer state of the rows other
-        ids hold (what :func:`trainer.distributed.reset_rows` does to RowWiseAdagrad's state;
-        from zero, Adagrad's first step moves a new row by the full learning rate)."""
+        """Rows given to new ids: the unknown row's vector, and the mean optimizer state of the
+        rows other ids hold (what :func:`trainer.distributed.reset_rows` does; from zero,
+        Adagrad's first step moves a new row by the full learning rate)."""
         rows = torch.from_numpy(given)
         held = torch.from_numpy(np.setdiff1d(self.maps[table].held_rows(), given))
         weight = self.tables[table].weight
         with torch.no_grad():
-            weight[rows] = self.init[table][rows]
+            weight[rows] = weight[UNKNOWN_ROW].clone()
         state = self.opt_sparse.state[weight]["sum"]
         state[rows] = state[held].mean(0) if len(held) else 0.0
 

@@ -34,6 +34,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from models.checkpoint import ROWS_SUFFIX
 from models.dlrm import RankingTrain, StreamRecModel
+from models.id_map import UNKNOWN_ROW
 from models.spec import FeatureSpec
 from streaming.errors import CheckpointError
 from streaming.settings import TrainerSettings
@@ -330,17 +331,21 @@ def gather_delta_state(dmp: nn.Module, optimizer: Any, info: DistInfo,
 
 
 def reset_rows(dmp: nn.Module, optimizer: Any, table: str, rows: np.ndarray,
-               seed: int, held: np.ndarray | None = None) -> None:
-    """Rows ``rows`` of embedding table ``table`` restart from fresh initial values (TorchRec's
-    default, uniform in +-1/sqrt(table rows), drawn from a generator seeded by ``seed``, so a
-    resumed trainer draws the same ones): what an id given a row of its own
-    (:class:`models.id_map.IdMap`) starts from instead of the row's previous id's vector.
+               held: np.ndarray | None = None) -> None:
+    """Rows ``rows`` of embedding table ``table`` restart from the table's unknown row
+    (:data:`models.id_map.UNKNOWN_ROW`) as it is now: what an id given a row of its own
+    (:class:`models.id_map.IdMap`) starts from instead of the row's previous id's vector. The
+    id was scored and trained on the unknown row until then, so its own row continues from
+    what the model learned of ids it had not seen, not from a random vector (``bench ids``:
+    +0.0016 AUC over fresh initial values with either eviction policy).
 
     Their optimizer state starts from the mean state of the ``held`` rows (the rows other ids
     hold) of the same shard, or from zero without any: from zero, Adagrad's first step moves
     every weight of a new row by the full learning rate on one example's gradient, while a
     hashed row shared with older ids takes damped steps (measured in ``bench ids``). Each rank
-    writes the rows of the shards it owns; no collective."""
+    writes the rows of the shards it owns; no collective: id-mapped tables are sharded table
+    by table (:func:`build_sharded`), so the shard that holds a row holds the unknown row too.
+    Raises :class:`CheckpointError` for a table that is not sharded that way."""
     idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
     others = torch.from_numpy(np.setdiff1d(np.asarray([] if held is None else held, np.int64),
                                            idx.numpy()))
@@ -352,18 +357,15 @@ def reset_rows(dmp: nn.Module, optimizer: Any, table: str, rows: np.ndarray,
         for key, value, weights in targets:
             if not isinstance(value, ShardedTensor):
                 raise CheckpointError(f"{key}: not sharded; id-mapped tables are sharded")
-            size = tuple(value.size())
-            fresh = None
-            if weights:
-                gen = torch.Generator().manual_seed(seed)
-                bound = 1.0 / float(np.sqrt(size[0]))
-                fresh = (torch.rand((len(idx), *size[1:]), generator=gen) * 2 - 1) * bound
             for shard in value.local_shards():
                 lo, n = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
                 mine = (idx >= lo) & (idx < lo + n)
                 local = idx[mine] - lo
-                if fresh is None:
+                if not weights:
                     peers = others[(others >= lo) & (others < lo + n)] - lo
                     shard.tensor[local] = shard.tensor[peers].mean(0) if len(peers) else 0
-                else:
-                    shard.tensor[local] = fresh[mine].to(shard.tensor.dtype)
+                elif len(local):
+                    if lo != UNKNOWN_ROW or tuple(shard.tensor.shape) != tuple(value.size()):
+                        raise CheckpointError(f"{key}: id-mapped tables must be sharded whole "
+                                              f"(table-wise), not split into {shard.metadata}")
+                    shard.tensor[local] = shard.tensor[UNKNOWN_ROW].clone()

@@ -27,7 +27,6 @@ import logging
 import math
 import threading
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,9 +321,9 @@ class ContinuousTrainer:
 
     def _admit(self, examples: list[dict[str, Any]]) -> None:
         """Collective (with id maps): every rank admits the ids of every rank's batch, in rank
-        order, so the maps stay identical; the rows given to new ids restart from fresh
-        initial values (seeded by table and admission, the same on every rank) and the held
-        rows' mean optimizer state instead of the evicted id's (:func:`trainer.distributed.reset_rows`)."""
+        order, so the maps stay identical; the rows given to new ids restart from the
+        unknown row's vector and the held rows' mean optimizer state instead of the evicted
+        id's (:func:`trainer.distributed.reset_rows`)."""
         keys = self.builder.mapped_keys(examples)
         gathered: list[Any] = [None] * self.info.world
         dist.all_gather_object(gathered, keys)
@@ -335,9 +334,7 @@ class ContinuousTrainer:
             held = m.held_rows()
             # Every table looking up the same ids (the retriever's mirror the ranker's rows).
             for other in self._sharing[table]:
-                seed = (self.settings.trainer.seed * 1_000_003 + m.step * 31
-                        + zlib.crc32(other.encode()))
-                D.reset_rows(self.dmp, self.optimizer, other, given, seed, held)
+                D.reset_rows(self.dmp, self.optimizer, other, given, held)
 
     def _read_identity(self, retry_s: float = 30.0) -> ClusterIdentity | None:
         """The cluster id and the examples topic's id, or None (logged) if Kafka cannot say

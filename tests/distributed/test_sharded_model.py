@@ -40,11 +40,16 @@ def test_export_scores_like_the_sharded_model(tmp_path: Path, interaction: str) 
         assert r["reloaded_vs_sharded"] < 1e-6, r
 
 
-def test_reset_rows_start_new_ids_from_the_held_rows_mean_optimizer_state(tmp_path: Path) -> None:
+def test_reset_rows_start_new_ids_from_the_unknown_row_and_the_mean_optimizer_state(
+        tmp_path: Path) -> None:
     result = torchrun(["tests/distributed/reset_check.py", str(tmp_path)])
     assert result.returncode == 0, failure(result)
     rows = [orjson.loads((tmp_path / f"reset-{r}.json").read_bytes()) for r in (0, 1)]
     assert sum(r["checked"] for r in rows) == 3  # every given row is on some rank's shard
     assert any(r["nonzero_state"] for r in rows)  # training left a state to average
+    # The table is whole on one rank: there the new rows now equal the unknown row (they did
+    # not before), and the other rank holds none of it.
+    assert sorted(r["weight_rows_checked"] for r in rows) == [0, 3]
     for r in rows:
         assert r["max_error"] < 1e-6 and r["zeroed"], r
+        assert r["weight_max_error"] == 0.0 and r["weights_differed_before"], r

@@ -116,8 +116,8 @@ class TrainerMetrics:
 
 
 class ScorerMetrics:
-    """The scorers' metrics: feeds written, users waiting, model version and loads, stage
-    latency, client errors."""
+    """The scorers' metrics: feeds written, users waiting, model version and loads, item cache
+    lookups and misses, stage latency, client errors."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -129,6 +129,12 @@ class ScorerMetrics:
                                    registry=r)
         self.model_loads = Counter("streamrec_model_loads_total", "Model loads by result",
                                    ["result"], registry=r)
+        # Their ratio is the item cache's miss rate (item state is cached until it changes).
+        self.item_lookups = Counter("streamrec_scorer_item_lookups_total",
+                                    "Distinct candidate items whose state a batch needed",
+                                    registry=r)
+        self.item_reads = Counter("streamrec_scorer_item_reads_total",
+                                  "Item hashes read from Redis (item cache misses)", registry=r)
         self.stage = _stage_histogram(r)
         self.redis_errors, self.kafka_errors = _errors(r)
         for result in ("ok", "failed"):

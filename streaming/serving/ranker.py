@@ -227,6 +227,7 @@ class FeedRanker:
         self.cache_s = limits.cache_s
         self._items: dict[str, CachedItem] = {}
         self._item_cursor: int | None = None  # the item change log's seq at the last sync
+        self.item_lookups = 0  # distinct items read_items was asked for, summed over calls
         self.item_reads = 0  # item hashes read from Redis (the cache's misses)
         self._lists: dict[str, tuple[float, list[tuple[str, float]]]] = {}
         self.last_candidates = 0
@@ -355,6 +356,7 @@ class FeedRanker:
         """Item state with its feature columns and hashed rows, cached until ingest changes it
         (:meth:`sync_items`, one round trip per call); with ``cache_s`` = 0 read every time."""
         distinct = list(dict.fromkeys(items))
+        self.item_lookups += len(distinct)
         now = time.monotonic()
         cache = self._items
         if self.cache_s > 0:

@@ -167,12 +167,16 @@ class ScorerWorker:
             chunk = self._ready(order[start:start + step], started)
             if not chunk:
                 continue
+            lookups, reads = self.ranker.item_lookups, self.ranker.item_reads
             try:
                 feeds = self.ranker.rank_many([u for u, _ in chunk])
             except StreamrecError as exc:
                 self.metrics.redis_errors.labels("scorer").inc()
                 log.warning("scoring %d users failed: %s", len(chunk), exc)
                 continue
+            finally:
+                self.metrics.item_lookups.inc(self.ranker.item_lookups - lookups)
+                self.metrics.item_reads.inc(self.ranker.item_reads - reads)
             done, settled, fresh_ms = [], [], []
             for (user, (event_ts, since)), feed in zip(chunk, feeds, strict=True):
                 applied = feed is not None and (feed.source_event_ts_ms or 0) >= event_ts

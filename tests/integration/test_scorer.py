@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -17,6 +18,7 @@ from models.spec import DEFAULT_SPEC, spec_for
 from streaming.contract.feeds import Feed, FeedItem
 from streaming.serving.feed_store import FeedStore
 from streaming.serving.ranker import FeedRanker, ModelHolder
+from streaming.serving.worker import ScorerWorker
 from streaming.settings import ServingSettings, Settings
 from tests.integration.helpers import consume_all
 from tests.integration.test_processor import Harness, e
@@ -142,6 +144,23 @@ def test_item_state_is_cached_until_ingest_changes_it(stack: Settings, redis_cli
         ranker.read_items(["a", "b"])
         assert ranker.item_reads == 5
     finally:
+        h.close()
+
+
+def test_the_scorer_worker_exports_its_item_cache_lookups_and_misses(stack: Settings) -> None:
+    h = Harness(stack)
+    scorer = ScorerWorker(stack)
+    try:
+        h.feed([e(1, "view", T0, item="a"), e(2, "view", T0 + 1, user="u2", item="b")])
+        m = scorer.metrics
+        for expected_reads in (2, 2):  # the second refresh finds both items in the cache
+            scorer.pending["u1"] = (0, time.monotonic())  # a re-score: ready at once
+            scorer._refresh(10.0, threading.Event())
+            assert scorer.feeds_written > 0 and "u1" not in scorer.pending
+            assert m.item_reads._value.get() == expected_reads
+        assert m.item_lookups._value.get() == 4  # a and b, twice
+    finally:
+        scorer.client.close()
         h.close()
 
 

@@ -41,7 +41,7 @@ import io
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +80,15 @@ def _open_text(path: Path) -> io.TextIOWrapper:
     if path.name.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return path.open(encoding="utf-8", newline="")
+
+
+def _counted_lines(path: Path, log: ReplayLog) -> Iterator[str]:
+    """The non-blank lines of ``path``, each counted in ``log.rows``."""
+    with _open_text(path) as fh:
+        for line in fh:
+            if line.strip():
+                log.rows += 1
+                yield line
 
 
 def read_log(path: str | Path, limit: int | None = None, min_ts_ms: int = 0) -> ReplayLog:
@@ -235,26 +244,22 @@ def read_otto(path: str | Path) -> ReplayLog:
     :class:`SourceError` when the file is absent."""
     path = Path(path)
     log = ReplayLog("otto", "exposure", [], format="otto")
-    with _open_text(path) as fh:
-        for line in fh:
-            if not line.strip():
+    for line in _counted_lines(path, log):
+        try:
+            doc = orjson.loads(line)
+            session, events = int(doc["session"]), doc["events"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.skipped["unparsable"] += 1
+            continue
+        for k, ev in enumerate(events):
+            kind = OTTO_TYPES.get(ev.get("type"))
+            if kind is None or not isinstance(ev.get("ts"), int):
+                log.skipped["unknown_type_or_ts"] += 1
                 continue
-            log.rows += 1
-            try:
-                doc = orjson.loads(line)
-                session, events = int(doc["session"]), doc["events"]
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                log.skipped["unparsable"] += 1
-                continue
-            for k, ev in enumerate(events):
-                kind = OTTO_TYPES.get(ev.get("type"))
-                if kind is None or not isinstance(ev.get("ts"), int):
-                    log.skipped["unknown_type_or_ts"] += 1
-                    continue
-                log.events.append(Event(
-                    event_id=f"otto-{session}-{k}", user_id=f"otto-{session}",
-                    item_id=str(ev["aid"]), event_type=kind, ts=ev["ts"],
-                    session_id=f"otto-{session}"))
+            log.events.append(Event(
+                event_id=f"otto-{session}-{k}", user_id=f"otto-{session}",
+                item_id=str(ev["aid"]), event_type=kind, ts=ev["ts"],
+                session_id=f"otto-{session}"))
     log.events.sort(key=lambda e: e.ts)
     return log
 
@@ -266,21 +271,16 @@ def read_movielens(path: str | Path) -> ReplayLog:
     path = Path(path)
     genres = _movielens_genres(path.parent / "u.item")
     log = ReplayLog("movielens-100k", "implicit", [], format="movielens")
-    with _open_text(path) as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            log.rows += 1
-            parts = line.split("\t")
-            try:
-                user, item, rating, ts_s = (int(x) for x in parts)
-            except ValueError:
-                log.skipped["unparsable"] += 1
-                continue
-            log.events.append(Event(
-                event_id=f"ml-{user}-{item}-{ts_s}", user_id=f"ml{user}", item_id=f"m{item}",
-                event_type="click", ts=ts_s * 1000, category=genres.get(item),
-                context={"rating": rating}))
+    for line in _counted_lines(path, log):
+        try:
+            user, item, rating, ts_s = (int(x) for x in line.split("\t"))
+        except ValueError:
+            log.skipped["unparsable"] += 1
+            continue
+        log.events.append(Event(
+            event_id=f"ml-{user}-{item}-{ts_s}", user_id=f"ml{user}", item_id=f"m{item}",
+            event_type="click", ts=ts_s * 1000, category=genres.get(item),
+            context={"rating": rating}))
     log.events.sort(key=lambda e: e.ts)
     return log
 

@@ -42,6 +42,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from streaming.contract.events import EVENT_TYPES
 from streaming.contract.examples import HALF_LIVES_MS, dense_feature_names
@@ -170,6 +171,34 @@ def parse_state_hash(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
     for raw_name, raw_value in fields:
         name = raw_name.decode()
         out[name] = raw_value.decode() if name == "cat" else float(raw_value)
+    return out
+
+
+def parse_state_hashes(replies: Iterable[Sequence[bytes]]) -> list[dict[str, Any]]:
+    """Many ``u:``/``i:`` hashes as flat HGETALL replies (field, value, ...), parsed as
+    :func:`parse_state_hash` does each. The numbers of all of them go through one
+    ``orjson.loads``: Python's ``float()`` of the 17-digit values streamrec writes costs ~0.35 us
+    each (a user hash holds ~3 per category it has seen), orjson's parser a quarter of that,
+    with the same correctly rounded result."""
+    hashes: list[tuple[dict[str, bytes], bytes | None]] = []
+    values: list[bytes] = []
+    for flat in replies:
+        h = dict(zip(map(bytes.decode, flat[::2]), flat[1::2], strict=True))
+        cat = h.pop("cat", None)
+        hashes.append((h, cat))
+        values.extend(h.values())
+    try:
+        numbers = orjson.loads(b"[" + b",".join(values) + b"]")
+    except orjson.JSONDecodeError:  # a value JSON does not spell (inf, nan): the slow way
+        numbers = list(map(float, values))
+    out: list[dict[str, Any]] = []
+    at = 0
+    for h, cat in hashes:
+        parsed: dict[str, Any] = dict(zip(h, map(float, numbers[at:at + len(h)]), strict=True))
+        at += len(h)
+        if cat is not None:
+            parsed["cat"] = cat.decode()
+        out.append(parsed)
     return out
 
 

@@ -192,7 +192,7 @@ def feature_ops(ev: Event, user: EntityState, item: EntityState,
     weight = EVENT_WEIGHT[ev.event_type]
     for key, state in ((keys.user(ev.user_id), user), (keys.item(ev.item_id), item)):
         state.add_decayed(ev.event_type, ev.ts, 1.0, fc.half_lives_ms)
-        ops.append(["dadd", key, ev.event_type, ev.ts, 1.0, *hl_args])
+        ops.append(["dadd", key, ev.event_type, ev.ts, 1.0, len(fc.half_lives_ms), *hl_args])
     # Ops that could not change Redis are skipped: the state read for this batch bounds what
     # is there (``last`` only grows, ``first`` only shrinks), which keeps the scripts short.
     if ev.ts > user.fields.get("last", -1.0):
@@ -201,7 +201,7 @@ def feature_ops(ev: Event, user: EntityState, item: EntityState,
     if category:
         user.add_decayed(f"c.{category}", ev.ts, weight,
                          (("a", fc.affinity_half_life_ms), ("s", fc.short_affinity_half_life_ms)))
-        ops.append(["dadd", keys.user(ev.user_id), f"c.{category}", ev.ts, weight,
+        ops.append(["dadd", keys.user(ev.user_id), f"c.{category}", ev.ts, weight, 2,
                     "a", fc.affinity_half_life_ms, "s", fc.short_affinity_half_life_ms])
     if ev.category and item.fields.get("cat") != ev.category:
         item.fields["cat"] = ev.category
@@ -359,7 +359,7 @@ def plan_batch(
         # Scorers cache item state until it changes: they follow this log (see
         # streaming.serving.ranker.FeedRanker.sync_items).
         ops.append(["changed", keys.item_changes, keys.item_changes_meta, cfg.item_changes_kept,
-                    *changed])
+                    len(changed), *changed])
     return Plan(ops, outbox, counts, len(examples))
 
 

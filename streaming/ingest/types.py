@@ -16,7 +16,9 @@ from streaming.features.state import UserItem
 
 __all__ = ["BatchReads", "Op", "OutMessage", "OutboxSink", "Plan", "RawMessage", "Undeliverable"]
 
-Op = list[Any]  # ``[name, key, args...]``, interpreted by ``lua/apply.lua``
+# ``[name, key, args...]``, interpreted by ``lua/apply.lua``: each name takes a fixed number
+# of arguments, except ``dadd`` and ``changed``, whose variable part follows a count.
+Op = list[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ from streaming.features.state import (
     item_columns,
     item_fields,
     parse_recent,
-    parse_state_hash,
+    parse_state_hashes,
     parse_user_items,
     price_values,
 )
@@ -298,9 +298,9 @@ class FeedRanker:
             res = self._read(user_ids, shared, now)
             users = []
             wanted: dict[str, int] = {}
-            for u, (user_hash, recent_raw, bought, ui_hash, again_raw) in zip(
-                    user_ids, res, strict=True):
-                state = parse_state_hash(zip(user_hash[::2], user_hash[1::2], strict=True))
+            states = parse_state_hashes(r[0] for r in res)
+            for u, state, (_, recent_raw, bought, ui_hash, again_raw) in zip(
+                    user_ids, states, res, strict=True):
                 recent = parse_recent([as_text(x) for x in recent_raw])
                 recent_items, cats = source_seeds(state, [i for i, _ in recent], now_ms,
                                                   self.fc.affinity_half_life_ms, self.sizes)
@@ -369,9 +369,9 @@ class FeedRanker:
             keys = [self.keys.item(i) for i in missing]
             read = self._script("read_items.lua")
             try:
-                states = [parse_state_hash(zip(flat[::2], flat[1::2], strict=True))
-                          for start in range(0, len(keys), _ITEMS_PER_CALL)
-                          for flat in read(keys=keys[start:start + _ITEMS_PER_CALL])]
+                states = parse_state_hashes(
+                    flat for start in range(0, len(keys), _ITEMS_PER_CALL)
+                    for flat in read(keys=keys[start:start + _ITEMS_PER_CALL]))
             except redis.RedisError as exc:
                 raise StoreError(f"Redis item read failed: {exc}") from None
             spec = self.holder.spec

@@ -315,3 +315,24 @@ def test_user_item_state_matches_the_python_rule_and_stays_bounded(stack: Settin
         assert len(stored) == 2 and "a" in stored  # a (bought: weight 14) is the heaviest
     finally:
         h.close()
+
+
+def test_a_batch_reads_only_the_user_x_item_entries_it_asks_for(harness: Harness) -> None:
+    """Exposure labelling reads a user's x item entries only for the items of the user's own
+    events in the batch (HMGET in read.lua; the hash holds up to 400 entries, and reading it
+    whole was most of the script's time and of the worker's small objects), and those entries
+    equal what the whole hash holds; implicit labelling reads the whole hash."""
+    from streaming.features.state import parse_user_items
+
+    harness.feed([e(n, "view", T0 + n, item=f"i{n}") for n in range(1, 8)])
+    whole = parse_user_items(harness.hash("ui:u1").items())
+    assert len(whole) == 7
+
+    def read(user_items_of: dict[str, set[str]] | None) -> dict[str, Any]:
+        return harness.loop.run_until_complete(harness.store.read_batch(
+            0, [], ["u1", "u2"], [], [], 5, user_items_of=user_items_of)).user_items
+
+    assert read({"u1": {"i3", "i5", "absent"}}) == {"u1": {"i3": whole["i3"], "i5": whole["i5"]},
+                                                     "u2": {}}
+    assert read({"u1": set()}) == {"u1": {}, "u2": {}}
+    assert read(None) == {"u1": whole, "u2": {}}

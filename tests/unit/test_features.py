@@ -144,17 +144,25 @@ def test_grouped_rows_equal_rows_computed_alone(seed: int, one_time: bool) -> No
         assert alone[0].tobytes() == grouped[k].tobytes()
 
 
-def test_a_batch_parses_only_the_user_x_item_entries_it_asked_for() -> None:
-    """Exposure labelling reads a user's x item entry only for the items of the user's own
-    events in the batch; the rest of the hash (up to 400 entries) is dropped unparsed (the
-    worker's RSS grew with it), and what is kept parses as the whole hash does."""
-    from streaming.features.state import USER_ITEM_T0, parse_user_items
-    from streaming.ingest.state_store import _user_items
+def test_a_batch_of_state_hashes_parses_as_each_hash_does() -> None:
+    """parse_state_hashes (one orjson parse for every number of a batch) gives what
+    parse_state_hash gives hash by hash: the same floats to the bit, ``cat`` as text, and the
+    slow path when a value is not JSON (inf)."""
+    from streaming.features.state import parse_state_hash, parse_state_hashes
 
-    flat = [USER_ITEM_T0.encode(), b"1700000000000"]
-    for k in range(50):
-        flat += [f"i{k}".encode(), f"{k} 1 0 {1_700_000_000_000 + k} 0.5".encode()]
-    whole = parse_user_items(zip(flat[::2], flat[1::2], strict=True))
-    assert _user_items(flat, None) == whole and len(whole) == 50
-    assert _user_items(flat, {"i3", "i7", "absent"}) == {"i3": whole["i3"], "i7": whole["i7"]}
-    assert _user_items(flat, ()) == {}
+    rng = random.Random(5)
+    replies = []
+    for n in range(30):
+        flat = [b"last", b"1796650220520", b"n.view", b"7"]
+        for k in range(n % 7):
+            flat += [f"c.k{k}.a".encode(), (b"%.17g" % (rng.random() * 10 ** rng.randint(-9, 9)))]
+        if n % 3:
+            flat += [b"cat", f"c{n}".encode()]
+        replies.append(flat)
+    replies.append([])
+    expected = [parse_state_hash(zip(f[::2], f[1::2], strict=True)) for f in replies]
+    got = parse_state_hashes(replies)
+    assert got == expected
+    assert all(type(v) is float for h in got for k, v in h.items() if k != "cat")
+    assert parse_state_hashes([[b"price", b"inf"], [b"cat", b"x"]]) == [
+        {"price": math.inf}, {"cat": "x"}]

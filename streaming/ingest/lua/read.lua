@@ -3,13 +3,25 @@
 --       5 follow-ups (lf), 6 exposure deadlines (lxd), 7 follow-up times (lfd), 8 trending;
 --       then per user: feature hash, recent list, user x item hash; then per item: feature hash.
 -- ARGV: recent_n, trending_n, batch max event time ('' = none), allowed lateness ms
---       ('' = no label windows), #users, #items, #event ids, event ids..., then pairs.
+--       ('' = no label windows), #users, #items, #event ids, #pairs, event ids..., pairs...,
+--       then per user the number of its user x item entries wanted ('' = all) and their items.
 local recent_n, trending_n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local batch_max, lateness = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n_users, n_items, n_ids = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local n_pairs = tonumber(ARGV[8])
 local ids, prs = {}, {}
-for j = 1, n_ids do ids[j] = ARGV[7 + j] end
-for j = 8 + n_ids, #ARGV do prs[#prs + 1] = ARGV[j] end
+for j = 1, n_ids do ids[j] = ARGV[8 + j] end
+for j = 9 + n_ids, 8 + n_ids + n_pairs do prs[#prs + 1] = ARGV[j] end
+local wanted, at = {}, 9 + n_ids + n_pairs
+for j = 1, n_users do
+  if ARGV[at] == '' then
+    at = at + 1
+  else
+    local n = tonumber(ARGV[at])
+    wanted[j] = {unpack(ARGV, at + 1, at + n)}
+    at = at + n + 1
+  end
+end
 local res = {}
 res[1] = redis.call('GET', KEYS[1]) or ''
 res[2] = redis.call('GET', KEYS[2]) or ''
@@ -18,7 +30,18 @@ local u, r, ui = {}, {}, {}
 for j = 1, n_users do
   u[j] = redis.call('HGETALL', KEYS[6 + 3 * j])
   r[j] = redis.call('LRANGE', KEYS[7 + 3 * j], 0, recent_n - 1)
-  ui[j] = redis.call('HGETALL', KEYS[8 + 3 * j])
+  if wanted[j] then
+    -- Only the batch's own items (exposure labelling): a user's hash holds up to 2 x
+    -- stream.user_items_kept entries, and a whole HGETALL per user was most of this script.
+    local vals = #wanted[j] > 0 and redis.call('HMGET', KEYS[8 + 3 * j], unpack(wanted[j])) or {}
+    local flat = {}
+    for k, v in ipairs(vals) do
+      if v then flat[#flat + 1] = wanted[j][k]; flat[#flat + 1] = v end
+    end
+    ui[j] = flat
+  else
+    ui[j] = redis.call('HGETALL', KEYS[8 + 3 * j])
+  end
 end
 res[4], res[5], res[13] = u, r, ui
 local it = {}

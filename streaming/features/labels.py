@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streaming.contract.events import Event
 from streaming.contract.examples import Example
 from streaming.features.state import SEP
@@ -58,14 +60,17 @@ def pair_key(user_id: str, item_id: str) -> str:
 
 @dataclass(slots=True)
 class Exposure:
-    """A pending view. ``features`` and ``recent`` are the model inputs as of the view."""
+    """A pending view. ``features`` and ``recent`` are the model inputs as of the view;
+    ``features`` is their JSON text (an object by name), decoded only when the exposure closes:
+    a pending exposure is read and written back whenever its pair sees another event, and
+    parsing and re-encoding 25 numbers each time was most of that cost."""
 
     view_id: str
     user_id: str
     item_id: str
     ts: int
     category: str | None
-    features: dict[str, float]
+    features: str
     recent: list[str]
     offset: int
     click_ts: int | None = None
@@ -81,8 +86,12 @@ class Exposure:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Exposure:
-        """Inverse of :meth:`to_dict`."""
-        return cls(d["v"], d["u"], d["i"], d["ts"], d["cat"], d["f"], d["r"], d["o"], d["c"], d["p"])
+        """Inverse of :meth:`to_dict`. Also reads the form before the features were kept as text
+        (an object), so exposures pending across an upgrade still close."""
+        f = d["f"]
+        if not isinstance(f, str):
+            f = orjson.dumps(f).decode()
+        return cls(d["v"], d["u"], d["i"], d["ts"], d["cat"], f, d["r"], d["o"], d["c"], d["p"])
 
     def record_followup(self, kind: str, ts: int, window_ms: int) -> bool:
         """Attribute a follow-up of ``kind`` at ``ts`` (ms) if it lies in ``[self.ts, self.ts +
@@ -163,7 +172,7 @@ def close_due(state: JoinState, cfg: LabelConfig, trace_now_ms: int) -> list[Exa
                     example_id=e.view_id, user_id=e.user_id, item_id=e.item_id,
                     category=e.category, ts=e.ts, click=int(e.click_ts is not None),
                     purchase=int(e.purchase_ts is not None), sampled=False,
-                    features=e.features, recent=e.recent,
+                    features=orjson.loads(e.features), recent=e.recent,
                     trace={"event_ts": e.ts, "closed_ms": trace_now_ms, "offset": e.offset},
                 ))
             else:

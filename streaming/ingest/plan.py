@@ -131,7 +131,7 @@ class Snapshots:
         names = dense_feature_names(fc.half_lives_ms)
         rows = [dict(zip(names, r, strict=True)) for r in matrix.tolist()]
         for exposure, idx in self.exposures:
-            exposure.features = rows[idx]
+            exposure.features = orjson.dumps(rows[idx]).decode()
         return [Example(features=rows[idx], **fields) for fields, idx in self.examples]
 
 
@@ -153,7 +153,7 @@ def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tup
                           user_items.get(item_id))
 
     if ev.event_type == "view" and lc.mode == "exposure":
-        exposure = Exposure(ev.event_id, ev.user_id, ev.item_id, ev.ts, category, {},
+        exposure = Exposure(ev.event_id, ev.user_id, ev.item_id, ev.ts, category, "{}",
                             recent_ids, offset)
         snaps.exposures.append((exposure, snapshot(ev.item_id, item, category, ev.price)))
         on_view(join, exposure, lc)

@@ -130,7 +130,7 @@ def _partition_local(pending: object) -> dict[str, object]:
     for pair, raw in pending.items():  # type: ignore[attr-defined]
         exposures = orjson.loads(raw)
         for x in exposures:
-            x["f"] = {k: v for k, v in x["f"].items() if k.startswith("user_")}
+            x["f"] = {k: v for k, v in orjson.loads(x["f"]).items() if k.startswith("user_")}
         out[pair] = exposures
     return out
 

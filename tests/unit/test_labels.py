@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import orjson
+
 from streaming.contract.events import Event
 from streaming.features.labels import (
     Exposure,
@@ -30,7 +32,7 @@ def run(events: list[Event]) -> tuple[list, Counter[str], JoinState]:
     for n, e in enumerate(events):
         observe(state, e, CFG, counts)
         if e.event_type == "view":
-            on_view(state, Exposure(e.event_id, e.user_id, e.item_id, e.ts, None, {}, [], n), CFG)
+            on_view(state, Exposure(e.event_id, e.user_id, e.item_id, e.ts, None, "{}", [], n), CFG)
         else:
             on_followup(state, e, CFG, counts)
         out.extend(close_due(state, CFG, 0))
@@ -132,3 +134,20 @@ def test_proportional_negatives_sample_own_and_trending_items_at_one_rate() -> N
     assert len(drawn) == 8000
     share = sum(n.startswith("o") for n in drawn) / len(drawn)
     assert 0.045 < share < 0.075  # 3 of 50 items: 0.06
+
+
+def test_a_pending_exposure_keeps_its_features_as_text_and_reads_the_older_form() -> None:
+    """The stored exposure carries its features as JSON text (decoded only when it closes);
+    one stored before that change (features as an object) reads back to the same text, and both
+    close into the same example."""
+    features = {"user_view_1h": 0.5, "item_price": 12.25, "user_recency_s": 3.0}
+    new = Exposure("v1", "u1", "i1", 1_000, "c1", orjson.dumps(features).decode(), ["i9"], 7)
+    stored = orjson.loads(orjson.dumps(new.to_dict()))
+    assert Exposure.from_dict(stored) == new
+    older = {**stored, "f": features}
+    assert Exposure.from_dict(older) == new
+    state = JoinState(max_ts=None)
+    on_view(state, Exposure.from_dict(older), CFG)
+    state.max_ts = 1_000 + CFG.window_ms + CFG.allowed_lateness_ms
+    (example,) = close_due(state, CFG, 0)
+    assert example.features == features and example.recent == ["i9"] and example.click == 0

@@ -123,7 +123,7 @@ class StateStore:
             max_ts=int(mt) if mt else None,
             seen={eid for eid, sc in zip(event_ids, seen_scores, strict=True) if sc is not None},
             users=dict(zip(users, parse_state_hashes(user_h), strict=True)),
-            recent={u: [as_text(x) for x in r] for u, r in zip(users, recent_l, strict=True)},
+            recent={u: list(map(bytes.decode, r)) for u, r in zip(users, recent_l, strict=True)},
             items=dict(zip(items, parse_state_hashes(item_h), strict=True)),
             user_items={u: parse_user_items(zip(h[::2], h[1::2], strict=True))
                         for u, h in zip(users, ui, strict=True)},

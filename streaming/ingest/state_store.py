@@ -182,8 +182,12 @@ class StateStore:
         keys = [self.keys.applied_offset(self.topic, partition), self.keys.outbox(partition)]
         # One flat MessagePack array (the script walks it by each op's arity): the cheapest
         # form for Lua to decode, and ops are most of what a batch sends.
-        args: list[Any] = [str(expected_offset), str(new_offset),
-                           msgpack.packb(list(chain.from_iterable(ops)))]
+        flat = list(chain.from_iterable(ops))
+        if None in flat:
+            # cmsgpack turns nil into a hole in the Lua array, after which the script would
+            # misread every op: refuse it here (a bug in the plan, never bad input).
+            raise ValueError("an ingest op has a None argument")
+        args: list[Any] = [str(expected_offset), str(new_offset), msgpack.packb(flat)]
         args.extend(m.encode() for m in outbox)
         try:
             ok, outbox_len = await self._apply(keys=keys, args=args)

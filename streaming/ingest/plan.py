@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -180,6 +181,13 @@ def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tup
                                             neg_state.fields.get("price"))))
 
 
+@lru_cache(maxsize=64)
+def _half_life_args(half_lives_ms: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
+    """A ``dadd`` op's tail for the event-type counters: the count, then (label, half-life ms)
+    pairs."""
+    return (len(half_lives_ms), *(x for pair in half_lives_ms for x in pair))
+
+
 def feature_ops(ev: Event, user: EntityState, item: EntityState,
                 user_recent: list[tuple[str, int]], user_items: dict[str, UserItem],
                 category: str | None, keys: Keys, fc: FeatureConfig) -> list[Op]:
@@ -187,57 +195,64 @@ def feature_ops(ev: Event, user: EntityState, item: EntityState,
     batch) and return the ops that apply it in Redis: decayed counters, category affinity,
     item attributes, popularity and trending lists, purchases, co-visitation, recent items,
     and the user x item entry."""
+    # Locals and each key built once: this runs per event, and was an eighth of the worker.
     ops: list[Op] = []
-    hl_args = [x for label, h in fc.half_lives_ms for x in (label, h)]
-    weight = EVENT_WEIGHT[ev.event_type]
-    for key, state in ((keys.user(ev.user_id), user), (keys.item(ev.item_id), item)):
-        state.add_decayed(ev.event_type, ev.ts, 1.0, fc.half_lives_ms)
-        ops.append(["dadd", key, ev.event_type, ev.ts, 1.0, len(fc.half_lives_ms), *hl_args])
+    uid, iid, ts, etype = ev.user_id, ev.item_id, ev.ts, ev.event_type
+    uk, ik = keys.user(uid), keys.item(iid)
+    weight = EVENT_WEIGHT[etype]
+    dadd_tail = _half_life_args(fc.half_lives_ms)
+    user.add_decayed(etype, ts, 1.0, fc.half_lives_ms)
+    ops.append(["dadd", uk, etype, ts, 1.0, *dadd_tail])
+    item.add_decayed(etype, ts, 1.0, fc.half_lives_ms)
+    ops.append(["dadd", ik, etype, ts, 1.0, *dadd_tail])
     # Ops that could not change Redis are skipped: the state read for this batch bounds what
     # is there (``last`` only grows, ``first`` only shrinks), which keeps the scripts short.
-    if ev.ts > user.fields.get("last", -1.0):
-        user.set_max("last", ev.ts)
-        ops.append(["hmax", keys.user(ev.user_id), "last", ev.ts])
+    if ts > user.fields.get("last", -1.0):
+        user.set_max("last", ts)
+        ops.append(["hmax", uk, "last", ts])
     if category:
-        user.add_decayed(f"c.{category}", ev.ts, weight,
+        prefix = f"c.{category}"
+        user.add_decayed(prefix, ts, weight,
                          (("a", fc.affinity_half_life_ms), ("s", fc.short_affinity_half_life_ms)))
-        ops.append(["dadd", keys.user(ev.user_id), f"c.{category}", ev.ts, weight, 2,
+        ops.append(["dadd", uk, prefix, ts, weight, 2,
                     "a", fc.affinity_half_life_ms, "s", fc.short_affinity_half_life_ms])
     if ev.category and item.fields.get("cat") != ev.category:
         item.fields["cat"] = ev.category
-        ops.append(["hset", keys.item(ev.item_id), "cat", ev.category])
+        ops.append(["hset", ik, "cat", ev.category])
     if ev.price is not None and item.fields.get("price") != ev.price:
         # The item's last seen price, for serving-time features.
         item.fields["price"] = ev.price
-        ops.append(["hset", keys.item(ev.item_id), "price", repr(ev.price)])
-    item.incr(f"n.{ev.event_type}")
-    ops.append(["hincr", keys.item(ev.item_id), f"n.{ev.event_type}", 1])
+        ops.append(["hset", ik, "price", repr(ev.price)])
+    count_field = f"n.{etype}"
+    item.incr(count_field)
+    ops.append(["hincr", ik, count_field, 1])
     first = item.fields.get("first")
-    if first is None or ev.ts < first:
-        item.set_min("first", ev.ts)
-        ops.append(["hmin", keys.item(ev.item_id), "first", ev.ts])
-        ops.append(["zadd_min", keys.new_items, ev.item_id, ev.ts, fc.new_items_kept])
-    ops.append(["zincr", keys.popular, ev.item_id, 1, 0])
-    ops.append(["zdecay", keys.trending, ev.item_id, ev.ts, weight, fc.trending_half_life_ms,
+    if first is None or ts < first:
+        item.set_min("first", ts)
+        ops.append(["hmin", ik, "first", ts])
+        ops.append(["zadd_min", keys.new_items, iid, ts, fc.new_items_kept])
+    ops.append(["zincr", keys.popular, iid, 1, 0])
+    ops.append(["zdecay", keys.trending, iid, ts, weight, fc.trending_half_life_ms,
                 fc.trending_top_k, keys.trending_t0])
     if category:
-        ops.append(["zincr", keys.category_items(category), ev.item_id, 1, fc.category_top_k])
-    if ev.event_type == "purchase":
-        ops.append(["zadd", keys.purchased(ev.user_id), ev.item_id, ev.ts])
-        ops.append(["ztrim", keys.purchased(ev.user_id), fc.purchased_kept])
+        ops.append(["zincr", keys.category_items(category), iid, 1, fc.category_top_k])
+    if etype == "purchase":
+        ops.append(["zadd", keys.purchased(uid), iid, ts])
+        ops.append(["ztrim", keys.purchased(uid), fc.purchased_kept])
+    own_covisit, top_k, window_ms = None, fc.covisit_top_k, fc.covisit_window_ms
     for other, other_ts in user_recent[:fc.covisit_recent]:
-        if other != ev.item_id and abs(ev.ts - other_ts) <= fc.covisit_window_ms:
-            ops.append(["zincr", keys.covisit(other), ev.item_id, 1, fc.covisit_top_k])
-            ops.append(["zincr", keys.covisit(ev.item_id), other, 1, fc.covisit_top_k])
-    user_items[ev.item_id] = touch_user_item(user_items.get(ev.item_id), ev.event_type, ev.ts,
-                                             weight, fc.user_item_half_life_ms)
-    ops.append(["uitouch", keys.user_items(ev.user_id), keys.user_items_order(ev.user_id),
-                ev.item_id, EVENT_TYPES.index(ev.event_type) + 1, ev.ts, weight,
-                fc.user_item_half_life_ms, fc.user_items_kept])
-    user_recent.insert(0, (ev.item_id, ev.ts))
+        if other != iid and abs(ts - other_ts) <= window_ms:
+            own_covisit = own_covisit or keys.covisit(iid)
+            ops.append(["zincr", keys.covisit(other), iid, 1, top_k])
+            ops.append(["zincr", own_covisit, other, 1, top_k])
+    user_items[iid] = touch_user_item(user_items.get(iid), etype, ts, weight,
+                                      fc.user_item_half_life_ms)
+    ops.append(["uitouch", keys.user_items(uid), keys.user_items_order(uid), iid,
+                EVENT_TYPES.index(etype) + 1, ts, weight, fc.user_item_half_life_ms,
+                fc.user_items_kept])
+    user_recent.insert(0, (iid, ts))
     del user_recent[fc.recent_items:]
-    ops.append(["lpush_trim", keys.recent(ev.user_id), f"{ev.item_id}{SEP}{ev.ts}",
-                fc.recent_items])
+    ops.append(["lpush_trim", keys.recent(uid), f"{iid}{SEP}{ts}", fc.recent_items])
     return ops
 
 

@@ -63,7 +63,7 @@ class Exposure:
     """A pending view. ``features`` and ``recent`` are the model inputs as of the view;
     ``features`` is their JSON text (an object by name), decoded only when the exposure closes:
     a pending exposure is read and written back whenever its pair sees another event, and
-    parsing and re-encoding 25 numbers each time was most of that cost."""
+    parsing and re-encoding its 25 numbers each time was about half of that cost."""
 
     view_id: str
     user_id: str

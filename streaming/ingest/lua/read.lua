@@ -32,7 +32,7 @@ for j = 1, n_users do
   r[j] = redis.call('LRANGE', KEYS[7 + 3 * j], 0, recent_n - 1)
   if wanted[j] then
     -- Only the batch's own items (exposure labelling): a user's hash holds up to 2 x
-    -- stream.user_items_kept entries, and a whole HGETALL per user was most of this script.
+    -- stream.user_items_kept entries, which a whole HGETALL returned for nothing.
     local vals = #wanted[j] > 0 and redis.call('HMGET', KEYS[8 + 3 * j], unpack(wanted[j])) or {}
     local flat = {}
     for k, v in ipairs(vals) do

@@ -183,8 +183,7 @@ def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tup
 
 @lru_cache(maxsize=64)
 def _half_life_args(half_lives_ms: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
-    """A ``dadd`` op's tail for the event-type counters: the count, then (label, half-life ms)
-    pairs."""
+    """A ``dadd`` op's tail: the number of counters, then (label, half-life ms) pairs."""
     return (len(half_lives_ms), *(x for pair in half_lives_ms for x in pair))
 
 
@@ -212,10 +211,9 @@ def feature_ops(ev: Event, user: EntityState, item: EntityState,
         ops.append(["hmax", uk, "last", ts])
     if category:
         prefix = f"c.{category}"
-        user.add_decayed(prefix, ts, weight,
-                         (("a", fc.affinity_half_life_ms), ("s", fc.short_affinity_half_life_ms)))
-        ops.append(["dadd", uk, prefix, ts, weight, 2,
-                    "a", fc.affinity_half_life_ms, "s", fc.short_affinity_half_life_ms])
+        affinity = (("a", fc.affinity_half_life_ms), ("s", fc.short_affinity_half_life_ms))
+        user.add_decayed(prefix, ts, weight, affinity)
+        ops.append(["dadd", uk, prefix, ts, weight, *_half_life_args(affinity)])
     if ev.category and item.fields.get("cat") != ev.category:
         item.fields["cat"] = ev.category
         ops.append(["hset", ik, "cat", ev.category])

@@ -5,6 +5,7 @@ plus the checkpoint publish time of the default model."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args(argv)
     base = settings or Settings.load()
-    n = args.batch_size * (args.steps + 10)
+    # The trainer holds out trainer.holdout_share of the examples (never trained), so enough are
+    # produced for every step to fill after the hold-out, plus 10 batches of slack.
+    n = math.ceil(args.batch_size * args.steps / (1 - base.trainer.holdout_share)) \
+        + 10 * args.batch_size
     with services(base) as running, tempfile.TemporaryDirectory() as ckpt:
         s = fresh_topics(running, **{
             "trainer.batch_size": str(args.batch_size), "trainer.batch_max_wait_ms": "1000",

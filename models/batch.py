@@ -10,7 +10,6 @@ table's range; there is no "unknown id = row 0": collisions are the price, and
 from __future__ import annotations
 
 import itertools
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.spec import FeatureSpec, position_of
+from streaming.contract.examples import ExampleRow
 from streaming.errors import StreamrecError
 
 if TYPE_CHECKING:
@@ -33,7 +33,10 @@ def hash64(ids: Sequence[str]) -> np.ndarray:
     """Stable 64-bit hashes (uint64) of string ids; the same on every host."""
     if not ids:
         return np.zeros(0, dtype=np.uint64)
-    raw = np.array([s.encode() for s in ids], dtype=bytes)  # fixed-width S<L>, zero padded
+    try:  # fixed-width S<L>, zero padded; numpy encodes ASCII in C, the rest as UTF-8 below
+        raw = np.array(ids, dtype=bytes)
+    except UnicodeEncodeError:
+        raw = np.array([s.encode() for s in ids], dtype=bytes)
     width = raw.dtype.itemsize
     mat = raw.view(np.uint8).reshape(len(ids), width)
     lengths = np.char.str_len(raw)
@@ -79,6 +82,28 @@ def collision_rate(ids: Sequence[str], num_embeddings: int) -> float:
     rows = hash_ids(distinct, num_embeddings)
     _, counts = np.unique(rows, return_counts=True)
     return float(counts[counts > 1].sum()) / len(distinct)
+
+
+_FIELD = {name: k for k, name in enumerate(ExampleRow._fields)}
+
+
+def as_rows(examples: Sequence[Mapping[str, Any] | ExampleRow]) -> Sequence[ExampleRow]:
+    """``examples`` as :class:`~streaming.contract.examples.ExampleRow` s (documents converted)."""
+    if all(type(e) is ExampleRow for e in examples):
+        return examples  # type: ignore[return-value]
+    return [e if type(e) is ExampleRow else ExampleRow.from_doc(e) for e in examples]
+
+
+def dense_matrix(dense: Sequence[bytes | Sequence[float]], d: int) -> np.ndarray:
+    """``B x d`` float32 of ``B`` dense values: each ``d`` little-endian float64 (an
+    :class:`~streaming.contract.examples.ExampleRow`'s bytes) or ``d`` floats. Both round the
+    same float64 values to float32, so a batch is the same whichever form its examples came in."""
+    if all(type(x) is bytes for x in dense):
+        flat = np.frombuffer(b"".join(dense), dtype="<f8")  # type: ignore[arg-type]
+    else:
+        flat = np.array([np.frombuffer(x, dtype="<f8") if type(x) is bytes else x
+                         for x in dense], dtype=np.float64)
+    return flat.astype(np.float32).reshape(len(dense), d)
 
 
 @dataclass(slots=True)
@@ -141,43 +166,51 @@ class BatchBuilder:
         m = self.id_maps.get(table.name)
         return hash_ids(ids, table.num_embeddings) if m is None else m.lookup(id_keys(ids))
 
-    def mapped_keys(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    def mapped_keys(self, examples: Sequence[Mapping[str, Any] | ExampleRow]
+                    ) -> dict[str, np.ndarray]:
         """Per mapped table, the keys of every id ``examples`` look it up with (what a trainer
         admits, all-gathered across ranks, before :meth:`build`)."""
+        rows = as_rows(examples)
         by_feature = {
-            "user_id": lambda: [ex["user_id"] for ex in examples],
-            "item_id": lambda: [ex["item_id"] for ex in examples],
-            "category": lambda: [c for ex in examples if (c := ex.get("category")) is not None],
-            "recent_items": lambda: [i for ex in examples for i in ex.get("recent_items") or []],
+            "user_id": lambda: [r.user_id for r in rows],
+            "item_id": lambda: [r.item_id for r in rows],
+            "category": lambda: [r.category for r in rows if r.category is not None],
+            "recent_items": lambda: [i for r in rows for i in r.recent_items],
         }
         # Positional recent_i keys look up ids that recent_items already holds.
         return {t.name: id_keys([i for f in t.features if position_of(f) is None
                                  for i in by_feature[f]()])
                 for t in self.spec.tables if t.name in self.id_maps}
 
-    def build(self, examples: Sequence[Mapping[str, Any]]) -> ExampleBatch:
-        """``examples`` are decoded ``training-examples`` messages (see streaming.features.labels).
+    def build(self, examples: Sequence[Mapping[str, Any] | ExampleRow]) -> ExampleBatch:
+        """``examples`` are decoded ``training-examples`` messages: documents or
+        :class:`~streaming.contract.examples.ExampleRow` s (the trainer's, faster: their
+        ``dense`` bytes become the ``B x D`` matrix in one conversion).
 
         Returns a batch of ``B = len(examples)`` rows, in order, labels from ``labels.click``.
         Raises :class:`StreamrecError` if an example's ``dense_schema`` is not the spec's.
         """
-        n = len(examples)
-        schemas = set(map(operator.itemgetter("dense_schema"), examples))
-        if schemas != {self.schema}:
+        rows = as_rows(examples)
+        n = len(rows)
+        if not n:
+            cols: list[tuple[Any, ...]] = [()] * len(ExampleRow._fields)
+        else:
+            cols = list(zip(*rows, strict=True))  # one tuple per field, at C speed
+        f = _FIELD
+        schemas = set(cols[f["dense_schema"]])
+        if n and schemas != {self.schema}:
             raise StreamrecError(
                 f"examples carry dense schema(s) {sorted(schemas)}, the model expects "
                 f"{self.schema}: producer and trainer disagree on the feature list")
-        dense = np.array(list(map(operator.itemgetter("dense"), examples)), dtype=np.float32)
-        labels = [ex["labels"] for ex in examples]
         return self._assemble(
-            dense.reshape(n, len(self.spec.dense)),
-            users=[ex["user_id"] for ex in examples],
-            items=[ex["item_id"] for ex in examples],
-            categories=[ex.get("category") for ex in examples],
-            recent=[ex.get("recent_items") or [] for ex in examples],
-            clicks=np.fromiter((lab["click"] for lab in labels), np.float32, n),
-            purchases=np.fromiter((lab["purchase"] for lab in labels), np.float32, n),
-            example_ids=[ex["example_id"] for ex in examples],
+            dense_matrix(cols[f["dense"]], len(self.spec.dense)),
+            users=cols[f["user_id"]],
+            items=cols[f["item_id"]],
+            categories=cols[f["category"]],
+            recent=cols[f["recent_items"]],
+            clicks=np.array(cols[f["click"]], np.float32).reshape(n),
+            purchases=np.array(cols[f["purchase"]], np.float32).reshape(n),
+            example_ids=list(cols[f["example_id"]]),
         )
 
     def build_for_scoring(self, parts: Sequence[ScoringRows]) -> ExampleBatch:
@@ -239,8 +272,9 @@ class BatchBuilder:
         return ExampleBatch(torch.from_numpy(np.ascontiguousarray(dense)), kjt, zeros, zeros,
                             list(itertools.chain.from_iterable(p.items for p in parts)))
 
-    def _assemble(self, dense: np.ndarray, users: list[str], items: list[str],
-                  categories: list[str | None], recent: list[list[str]], clicks: np.ndarray,
+    def _assemble(self, dense: np.ndarray, users: Sequence[str], items: Sequence[str],
+                  categories: Sequence[str | None], recent: Sequence[Sequence[str]],
+                  clicks: np.ndarray,
                   purchases: np.ndarray, example_ids: list[str]) -> ExampleBatch:
         n = len(users)
         present = [c is not None for c in categories]

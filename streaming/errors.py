@@ -7,6 +7,7 @@ handle a failure::
     StreamrecError
     ├── ConfigError              a setting is missing, malformed or out of range (exit code 2)
     ├── InvalidEvent             an event breaks the contract (.code, .detail)
+    ├── InvalidExample           a training-example message cannot be decoded
     ├── SourceError              a replay file cannot be read
     ├── ServiceError             a backing service failed
     │   ├── BrokerError          Kafka
@@ -41,6 +42,11 @@ class InvalidEvent(StreamrecError):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class InvalidExample(StreamrecError):
+    """A ``training-examples`` message is in neither wire form, or malformed
+    (:func:`streaming.contract.examples.decode_example`)."""
 
 
 class SourceError(StreamrecError):

@@ -142,6 +142,9 @@ class StreamSettings:
                                "the user: co-visitation of the recent items, top categories, "
                                "new and popular, with the serving.* sizes; not the retriever's "
                                "or serving.covisit_own_seeds' items)")
+    example_format: str = _f("msgpack", "wire form of the training examples the worker writes: "
+                             "msgpack (compact, ~4x faster for the trainer to decode) or json "
+                             "(readable with any Kafka tool); readers take both")
     min_event_ts_ms: int = _f(946_684_800_000, "events with an earlier time are rejected "
                               "(ts_out_of_range); lower it to replay historical logs")
     batch_size: int = _f(500, "max events per processing batch")
@@ -181,6 +184,9 @@ class StreamSettings:
             raise ConfigError(f"stream.negative_sampling={self.negative_sampling!r}: "
                               "uniform or popularity")
         _positive("stream.negative_pool", self.negative_pool)
+        if self.example_format not in ("msgpack", "json"):
+            raise ConfigError(f"stream.example_format={self.example_format!r}: expected msgpack "
+                              "or json")
         if self.negative_sources not in ("trending", "candidates"):
             raise ConfigError(f"stream.negative_sources={self.negative_sources!r}: "
                               "trending or candidates")

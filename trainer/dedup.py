@@ -10,7 +10,7 @@ the soak).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 __all__ = ["RecentIds"]
 
@@ -43,6 +43,10 @@ class RecentIds:
             self._previous, self._current = self._current, set()
         self._current.add(h)
         return False
+
+    def seen_many(self, keys: Iterable[Hashable]) -> list[bool]:
+        """:meth:`seen` of each key in order (a repeat within ``keys`` is seen too)."""
+        return list(map(self.seen, keys))
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)

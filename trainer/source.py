@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import confluent_kafka
-import orjson
 
+from streaming.contract.examples import ExampleRow, decode_row
 from streaming.contract.names import GROUP_TRAINER
-from streaming.errors import BrokerError
+from streaming.errors import BrokerError, InvalidExample
 from streaming.io.kafka import ClusterIdentity, client_config, committed_offsets
 from streaming.settings import Settings
 
@@ -84,11 +83,11 @@ class ExampleSource:
         self._consumer.assign(assignment)
         self.invalid = 0
 
-    def poll(self, max_n: int, timeout_s: float) -> list[tuple[int, int, dict[str, Any]]]:
+    def poll(self, max_n: int, timeout_s: float) -> list[tuple[int, int, ExampleRow]]:
         """Up to ``max_n`` ``(partition, offset, example)`` in arrival order, within about
         ``timeout_s`` (s) in all. Undecodable messages are counted in ``invalid`` and skipped;
         raises :class:`BrokerError` on a consumer error other than partition EOF."""
-        out: list[tuple[int, int, dict[str, Any]]] = []
+        out: list[tuple[int, int, ExampleRow]] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < max_n:
             remaining = deadline - time.monotonic()
@@ -99,8 +98,8 @@ class ExampleSource:
                         continue
                     raise BrokerError(f"examples consumer: {m.error().str()}")
                 try:
-                    out.append((m.partition(), m.offset(), orjson.loads(m.value())))
-                except orjson.JSONDecodeError:
+                    out.append((m.partition(), m.offset(), decode_row(m.value())))
+                except InvalidExample:
                     self.invalid += 1  # not ours to fix: the ingest agent writes this topic
                     log.error("undecodable example at %s/%d/%d", self.topic, m.partition(),
                               m.offset())

@@ -1,7 +1,8 @@
 """The training-example record: what the label joiner writes to ``training-examples`` and the
 trainer (and the evaluation) read.
 
-One JSON object per message, keyed by ``user_id``::
+One message per example, keyed by ``user_id``. Decoded (:func:`decode_example`), every example
+is this document::
 
     {"example_id", "user_id", "item_id", "category", "ts",
      "labels": {"click": 0|1, "purchase": 0|1}, "sampled": bool,
@@ -11,26 +12,49 @@ One JSON object per message, keyed by ``user_id``::
 ``dense`` holds the ``D`` dense model inputs in :func:`dense_feature_names` order; ``dense_schema``
 is :func:`dense_schema` of that order, so a reader with another feature list refuses the record
 instead of mixing up columns.
+
+Two wire forms (``stream.example_format``); readers take both, told apart by the first byte:
+
+- ``msgpack`` (the default): a MessagePack array, the fields in a fixed order,
+  ``[1, example_id, user_id, item_id, category, ts, click, purchase, sampled, dense_schema,
+  dense, recent_items, trace]``, with ``dense`` as ``D`` little-endian float64 (``8 x D``
+  bytes; the values are the JSON form's, bit for bit). The leading 1 is the layout's version.
+  About a third of the JSON form's size, and the trainer decodes it ~4x faster: no float is
+  parsed from text, and ``dense`` is one buffer per example (a float64 array once decoded).
+- ``json``: the document above as one JSON object (readable with any Kafka tool).
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgpack
+import numpy as np
 import orjson
 
 from streaming.contract.events import EVENT_TYPES
+from streaming.errors import InvalidExample
 
 __all__ = [
+    "EXAMPLE_FORMATS",
     "HALF_LIVES_MS",
     "Example",
+    "ExampleRow",
+    "decode_example",
+    "decode_row",
     "dense_feature_names",
     "dense_schema",
+    "encode_example",
     "example_features",
 ]
+
+EXAMPLE_FORMATS = ("msgpack", "json")
+_LAYOUT = 1  # the MessagePack array's version (its first element)
+_FIELDS = 13  # elements of a layout-1 array
 
 # Half-lives of the per-type decayed counters, (label, ms). The labels are part of the feature
 # names, so they belong to the record's schema.
@@ -57,6 +81,7 @@ def dense_schema(names: Sequence[str] | None = None) -> str:
 
 _DENSE_NAMES = tuple(dense_feature_names())
 _DENSE_SCHEMA = dense_schema(_DENSE_NAMES)
+_PACK_DENSE = struct.Struct(f"<{len(_DENSE_NAMES)}d").pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +112,101 @@ class Example:
             "dense": [self.features[n] for n in _DENSE_NAMES], "recent_items": self.recent,
             "trace": self.trace,
         })
+
+    def to_msgpack(self) -> bytes:
+        """The MessagePack wire form (see the module docstring)."""
+        f = self.features
+        return msgpack.packb([
+            _LAYOUT, self.example_id, self.user_id, self.item_id, self.category, self.ts,
+            self.click, self.purchase, self.sampled, _DENSE_SCHEMA,
+            _PACK_DENSE(*[f[n] for n in _DENSE_NAMES]), self.recent, self.trace,
+        ])
+
+    def encode(self, fmt: str = "msgpack") -> bytes:
+        """The wire form ``fmt`` (one of :data:`EXAMPLE_FORMATS`)."""
+        return self.to_msgpack() if fmt == "msgpack" else self.to_json()
+
+
+class ExampleRow(NamedTuple):
+    """One decoded example in the MessagePack layout's field order: what the trainer reads and
+    :class:`models.batch.BatchBuilder` builds batches from, with no per-example dictionary and
+    ``dense`` left as the message's bytes (one buffer per batch, not ``D`` floats per row)."""
+
+    layout: int  # the layout's version (1)
+    example_id: str
+    user_id: str
+    item_id: str
+    category: str | None
+    ts: int  # event time (ms)
+    click: int
+    purchase: int
+    sampled: bool
+    dense_schema: str
+    dense: bytes | Sequence[float]  # D little-endian float64 (MessagePack), or D floats (JSON)
+    recent_items: list[str]  # newest first
+    trace: dict[str, int]
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ExampleRow:
+        """The row of an example document (the module docstring's shape; ``category``,
+        ``ts``, ``sampled``, ``recent_items`` and ``trace`` may be absent). Raises
+        ``KeyError`` if a required field is missing."""
+        labels = doc["labels"]
+        return cls(_LAYOUT, doc["example_id"], doc["user_id"], doc["item_id"],
+                   doc.get("category"), doc.get("ts", 0), labels["click"], labels["purchase"],
+                   doc.get("sampled", False), doc["dense_schema"], doc["dense"],
+                   doc.get("recent_items") or [], doc.get("trace") or {})
+
+    def to_doc(self) -> dict[str, Any]:
+        """The example document; ``dense`` a float64 array (from bytes) or the list it was."""
+        dense = self.dense
+        return {"example_id": self.example_id, "user_id": self.user_id,
+                "item_id": self.item_id, "category": self.category, "ts": self.ts,
+                "labels": {"click": self.click, "purchase": self.purchase},
+                "sampled": self.sampled, "dense_schema": self.dense_schema,
+                "dense": np.frombuffer(dense, "<f8") if isinstance(dense, bytes) else dense,
+                "recent_items": self.recent_items, "trace": self.trace}
+
+
+_new_row = tuple.__new__
+
+
+def encode_example(doc: Mapping[str, Any], fmt: str = "msgpack") -> bytes:
+    """A decoded example document (the module docstring's shape) in wire form ``fmt``: what
+    tools and benchmarks that make examples without the label joiner send."""
+    if fmt == "json":
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    row = ExampleRow.from_doc(doc)
+    return msgpack.packb([*row[:10], np.asarray(row.dense, dtype="<f8").tobytes(),
+                          list(row.recent_items), dict(row.trace)])
+
+
+def decode_row(raw: bytes) -> ExampleRow:
+    """The :class:`ExampleRow` of a ``training-examples`` message in either wire form. Raises
+    :class:`InvalidExample` if it is neither form or a field is missing or malformed."""
+    if raw[:1] == b"{":
+        try:
+            doc = orjson.loads(raw)
+            return ExampleRow.from_doc(doc)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidExample(f"not JSON: {exc}") from exc
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidExample(f"JSON example without a valid {exc}") from exc
+    try:
+        a = msgpack.unpackb(raw)
+    except ValueError as exc:  # msgpack's errors are ValueErrors
+        raise InvalidExample(f"undecodable MessagePack example: {exc}") from exc
+    if not (isinstance(a, list) and len(a) == _FIELDS and a[0] == _LAYOUT
+            and isinstance(a[10], bytes) and len(a[10]) % 8 == 0):
+        raise InvalidExample("neither a JSON object nor a layout-1 MessagePack example array")
+    return _new_row(ExampleRow, a)  # _make without its length check (done above): 30% faster
+
+
+def decode_example(raw: bytes) -> dict[str, Any]:
+    """The example document of a ``training-examples`` message in either wire form; ``dense``
+    is a list (JSON) or a float64 array (MessagePack), both ``D`` values in record order.
+    Raises :class:`InvalidExample` as :func:`decode_row` does."""
+    return decode_row(raw).to_doc()
 
 
 def example_features(doc: Mapping[str, Any]) -> dict[str, float]:

@@ -79,6 +79,7 @@ class ProcessorConfig:
     examples_topic: str
     dlq_topic: str
     source_topic: str
+    example_format: str = "msgpack"  # the examples' wire form (streaming.contract.examples)
     features: FeatureConfig = DEFAULT_FEATURES
     labels: LabelConfig = field(default_factory=LabelConfig)
     limits: Limits = DEFAULT_LIMITS
@@ -362,7 +363,8 @@ def plan_batch(
         examples.extend(close_due(join, lc, now_ms))
     ops.extend(join_ops(join, keys, partition, lc, reads.expired_followups))
     for ex in examples:
-        outbox.append(OutMessage(cfg.examples_topic, ex.user_id.encode(), ex.to_json()))
+        outbox.append(OutMessage(cfg.examples_topic, ex.user_id.encode(),
+                                  ex.encode(cfg.example_format)))
     counts["examples"] = len(examples)
     counts["examples_positive"] = sum(ex.click for ex in examples)
     counts["examples_sampled"] = sum(ex.sampled for ex in examples)

@@ -251,6 +251,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         examples_topic=settings.topics.examples,
         dlq_topic=settings.topics.dlq,
         source_topic=settings.topics.events,
+        example_format=s.example_format,
         features=feature_config(settings),
         labels=LabelConfig(mode=s.label_mode, window_ms=s.attribution_window_ms,
                            allowed_lateness_ms=s.allowed_lateness_ms, negatives=s.negatives,

@@ -24,6 +24,7 @@ from models.checkpoint import (
     unpack_item_vectors,
     version_dir,
 )
+from streaming.contract.examples import decode_example
 from streaming.io.kafka import client_config
 from streaming.settings import Settings
 from tests.integration.helpers import consume_all
@@ -108,7 +109,7 @@ def test_two_ranks_train_from_a_topic_and_publish(train_settings: Settings) -> N
     # The published catalogue: every item trained on, by either rank, and nothing else.
     trained_items = {ex["item_id"] for msg in consume_all(settings, settings.topics.examples, 6000)
                      if msg.offset() < m.offsets[f"{msg.topic()}:{msg.partition()}"]
-                     and not held_out((ex := orjson.loads(msg.value()))["example_id"],
+                     and not held_out((ex := decode_example(msg.value()))["example_id"],
                                       settings.trainer.holdout_share)}
     path = version_dir(root, versions[-1])
     ids, vectors, _ = unpack_item_vectors(read_blob(path, m, RETRIEVAL_FILE) or b"")

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streaming.contract.events import Event
-from streaming.contract.examples import example_features
+from streaming.contract.examples import decode_example, example_features
 from streaming.ingest.processor import BatchProcessor, ProducerSink, RawMessage, dlq_reason, processor_config
 from streaming.ingest.state_store import StateStore, read_stats
 from streaming.io.producer import EventProducer
@@ -130,7 +130,7 @@ def test_window_edges_reach_the_examples_topic(harness: Harness) -> None:
     ])
     harness.feed([e(9, "view", T0 + 10 * W, item="z")])  # moves the watermark past all windows
     msgs = consume_all(harness.settings, harness.settings.topics.examples, 4)
-    got = {orjson.loads(m.value())["example_id"]: orjson.loads(m.value()) for m in msgs}
+    got = {(d := decode_example(m.value()))["example_id"]: d for m in msgs}
     for doc in got.values():
         doc["features"] = example_features(doc)
     assert {k: (v["labels"]["click"], v["labels"]["purchase"]) for k, v in got.items()} == {
@@ -207,7 +207,7 @@ def test_implicit_mode_positive_plus_sampled_negatives(stack: Settings) -> None:
         # the buyer's purchase gets negatives: 20 + 1 positives, 2 negatives.
         msgs = consume_all(settings, settings.topics.examples, 23)
         assert len(msgs) == 23
-        docs = [orjson.loads(m.value()) for m in msgs]
+        docs = [decode_example(m.value()) for m in msgs]
         mine = [d for d in docs if d["user_id"] == "buyer"]
         assert [d["sampled"] for d in mine] == [False, True, True]
         assert mine[0]["labels"] == {"click": 1, "purchase": 1} and mine[0]["item_id"] == "p1"
@@ -241,7 +241,7 @@ def test_trending_list_orders_by_decayed_count_and_is_the_negative_pool(stack: S
         assert scores["warm"] / scores["old"] == pytest.approx(2 ** 10 / 10, rel=1e-12)
         # Negatives come from the two trending items, never from the cold all-time favourite.
         h.feed([e(30, "purchase", T0 + 10 * hl, user="buyer", item="x")])
-        docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 16)]
+        docs = [decode_example(m.value()) for m in consume_all(settings, settings.topics.examples, 16)]
         assert sorted(d["item_id"] for d in docs if d["user_id"] == "buyer" and d["sampled"]) == [
             "hot", "warm"]
         # 80 half-lives on, the scores are rebased to the new event: finite, same order.
@@ -277,7 +277,7 @@ def test_negatives_come_from_the_scorers_candidate_sources_when_asked(
         h.feed([e(50 + n, "purchase", T0 + 60, user="b", item=f"p{n}") for n in range(5)])
         # 13 + 5 positives; 3 negatives per purchase of "b" (2 when only "hot" and "s" exist)
         expected = 13 + 5 + (10 if sources == "trending" else 15)
-        docs = [orjson.loads(m.value())
+        docs = [decode_example(m.value())
                 for m in consume_all(settings, settings.topics.examples, expected)]
         assert len(docs) == expected
         negatives = [d["item_id"] for d in docs if d["user_id"] == "b" and d["sampled"]]

@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 import torch
 
@@ -15,6 +14,7 @@ from models.checkpoint import ID_MAPS_FILE, Manifest, pack_id_maps, write_checkp
 from models.dlrm import StreamRecModel
 from models.id_map import IdMap
 from models.spec import DEFAULT_SPEC, spec_for
+from streaming.contract.examples import decode_example
 from streaming.contract.feeds import Feed, FeedItem
 from streaming.serving.feed_store import FeedStore
 from streaming.serving.ranker import FeedRanker, ModelHolder
@@ -68,7 +68,7 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(
         # Now the event whose example snapshots that same state: u1 views i3 at t_view.
         h.feed([e(6, "view", t_view, item="i3"), e(7, "view", t_view + 10 * W, item="zz")])
         # Windows closed by then: u1's views e1, e3, e6 and u2's view e4 (e7's is still open).
-        docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 4)]
+        docs = [decode_example(m.value()) for m in consume_all(settings, settings.topics.examples, 4)]
         example = next(d for d in docs if d["example_id"] == "e6")
         training = BatchBuilder(spec, maps).build([example])
         assert torch.equal(training.dense, serving.dense)  # bit for bit
@@ -204,7 +204,7 @@ def test_user_item_features_are_the_same_in_training_and_serving(stack: Settings
         assert reads.user_items["i1"][:3] == (2.0, 0.0, 1.0)
         serving = ranker.model_inputs(reads, ["i1"], t)
         h.feed([e(5, "purchase", t, item="i1", price=5.0)])
-        docs = [orjson.loads(m.value()) for m in consume_all(settings, settings.topics.examples, 3)]
+        docs = [decode_example(m.value()) for m in consume_all(settings, settings.topics.examples, 3)]
         example = next(d for d in docs if d["example_id"] == "e5")
         training = BatchBuilder(DEFAULT_SPEC).build([example])
         assert torch.equal(training.dense, serving.dense)  # bit for bit, user x item included

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis
 
+from streaming.contract.examples import decode_example
 from streaming.ingest.processor import dlq_reason
 from streaming.io.kafka import client_config
 from streaming.io.producer import EventProducer
@@ -175,13 +176,13 @@ def test_worker_killed_mid_stream_matches_an_uninterrupted_run(
     assert totals["invalid"] == 12 and totals["duplicate"] == 12
 
     ex_clean = consume_all(clean, clean.topics.examples, totals["examples"])
-    ids_clean = sorted(orjson.loads(m.value())["example_id"] for m in ex_clean)
+    ids_clean = sorted(decode_example(m.value())["example_id"] for m in ex_clean)
     assert len(ids_clean) == totals["examples"] > 1000
     # The outbox is at-least-once: when the kill lands after the broker took a batch's records
     # and before the worker trimmed its outbox, the next owner of the partition produces them
     # again (the trainer drops repeated example ids). Every record arrives; repeats are copies.
     ex_crashed = consume_all(crashed, crashed.topics.examples, _end(crashed, crashed.topics.examples))
-    ids_crashed = [orjson.loads(m.value())["example_id"] for m in ex_crashed]
+    ids_crashed = [decode_example(m.value())["example_id"] for m in ex_crashed]
     assert sorted(set(ids_crashed)) == ids_clean
     dlq = consume_all(crashed, crashed.topics.dlq, _end(crashed, crashed.topics.dlq))
     assert len({dlq_reason(m.headers())["streamrec.source"] for m in dlq}) == 12 <= len(dlq)

@@ -5,10 +5,10 @@ examples marked)."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 import pytest
 
+from streaming.contract.examples import ExampleRow
 from streaming.settings import TrainerSettings
 from trainer.dedup import RecentIds
 from trainer.loop import ContinuousTrainer, TrainerState, plan_steps
@@ -67,15 +67,20 @@ def test_publishes_fall_on_the_same_steps_as_with_a_plan_per_step() -> None:
     assert publishes(8) == publishes(3) == publishes(1) == [6, 11, 16, 21, 26, 31, 36]
 
 
+def _row(example_id: str) -> ExampleRow:
+    """An example that only its id tells apart (all the buffer and the hold-out look at)."""
+    return ExampleRow(1, example_id, "u", "i", None, 0, 0, 0, False, "", b"", [], {})
+
+
 class FakeSource:
     """Hands out examples of one partition in order; records each poll's (max_n, timeout_s)."""
 
     def __init__(self, n: int, ready: int) -> None:
-        self.examples = [(0, off, {"example_id": f"x{off % (n - 3)}"}) for off in range(n)]
+        self.examples = [(0, off, _row(f"x{off % (n - 3)}")) for off in range(n)]
         self.ready = ready  # what the consumer holds already; the rest "arrives" on a wait
         self.calls: list[tuple[int, float]] = []
 
-    def poll(self, max_n: int, timeout_s: float) -> list[tuple[int, int, dict[str, Any]]]:
+    def poll(self, max_n: int, timeout_s: float) -> list[tuple[int, int, ExampleRow]]:
         self.calls.append((max_n, timeout_s))
         limit = len(self.examples) if timeout_s > 0 else min(self.ready, len(self.examples))
         got = self.examples[:min(max_n, limit)]
@@ -108,11 +113,11 @@ def test_fill_waits_for_one_batch_then_takes_only_what_is_there() -> None:
     assert all(timeout == 0.0 for _, timeout in source.calls[len(waits):])
     # Held-out examples at the head left the buffer for the promotion check at once.
     released, entries = t._held_new, list(t._buffer)
-    assert all(held_out(ex["example_id"], 0.1) for ex in released) and not entries[0][3]
+    assert all(held_out(ex.example_id, 0.1) for ex in released) and not entries[0][3]
     assert t.state.held_out == len(released)
     offsets = [off for _, off, _, _ in entries]
     assert offsets == list(range(len(released), 300))  # in order, none lost
-    assert [h for *_, h in entries] == [held_out(ex["example_id"], 0.1) for *_, ex, _ in entries]
+    assert [h for *_, h in entries] == [held_out(ex.example_id, 0.1) for *_, ex, _ in entries]
     assert t._n_train == sum(not h for *_, h in entries) >= 100
     assert t._polled == {0: 300}  # all it held, no more
     # Topped up to a whole plan when the consumer holds enough (no duplicates until then).
@@ -136,7 +141,7 @@ def test_a_tail_of_held_out_examples_leaves_the_buffer_and_moves_the_offsets() -
     train = [i for i in ids if not held_out(i, 0.5)][:6]
     held = [i for i in ids if held_out(i, 0.5)][:5]
     source = FakeSource(n=20, ready=20)
-    source.examples = [(0, off, {"example_id": eid}) for off, eid in enumerate(
+    source.examples = [(0, off, _row(eid)) for off, eid in enumerate(
         [*train[:3], held[0], *train[3:], *held[1:3]])]
     t = trainer_with(source, batch_size=2 * 100, share=0.5)
     t.source.topic = "examples"  # type: ignore[attr-defined]
@@ -145,7 +150,7 @@ def test_a_tail_of_held_out_examples_leaves_the_buffer_and_moves_the_offsets() -
     t._take(6)  # the step trains all 6; the 3 held out met or left behind go with it
     assert not t._buffer and t.state.held_out == 3 and t._n_train == 0
     assert t.next_offsets() == {"examples:0": 9}
-    source.examples = [(0, 9 + k, {"example_id": eid}) for k, eid in enumerate(held[3:])]
+    source.examples = [(0, 9 + k, _row(eid)) for k, eid in enumerate(held[3:])]
     source.ready = 2
     t._fill()  # arrive behind an empty buffer: released at once
     assert not t._buffer and t.state.held_out == 5

@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
 from streaming.contract.events import Event
+from streaming.contract.examples import decode_example
 from streaming.errors import StreamrecError
 from streaming.ingest.processor import RawMessage, build_processor
 from streaming.ingest.state_store import read_stats
@@ -88,7 +87,7 @@ class InProcessIngest:
             self._loop.run_until_complete(self._processor.process(0, msgs[start:start + 1000]))
         out, self._sink.messages = self._sink.messages, []
         self.dead_lettered += sum(m.topic == self._cfg.dlq_topic for m in out)
-        return _sorted([orjson.loads(m.value) for m in out if m.topic == self._cfg.examples_topic])
+        return _sorted([decode_example(m.value) for m in out if m.topic == self._cfg.examples_topic])
 
     def close(self) -> None:
         """Close the processor's resources, then the event loop."""
@@ -141,7 +140,7 @@ class KafkaIngest:
         self.dead_lettered = st.get("invalid", 0)
         out: list[dict[str, Any]] = []
         while len(out) < want:
-            out.extend(ex for _, _, ex in self._examples.poll(want - len(out), 0.2))
+            out.extend(ex.to_doc() for _, _, ex in self._examples.poll(want - len(out), 0.2))
             self._wait(deadline, f"received {len(out)} of {want} examples")
         self._received += len(out)
         return _sorted(out)

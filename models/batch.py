@@ -166,6 +166,14 @@ class BatchBuilder:
         m = self.id_maps.get(table.name)
         return hash_ids(ids, table.num_embeddings) if m is None else m.lookup(id_keys(ids))
 
+    def _hashed_rows(self, feature: str, hashes: np.ndarray) -> np.ndarray:
+        """:meth:`rows` of ids given as their :func:`hash64` values."""
+        table = self.spec.table_of(feature)
+        m = self.id_maps.get(table.name)
+        if m is None:
+            return (hashes % np.uint64(table.num_embeddings)).astype(np.int64)
+        return m.lookup((hashes >> np.uint64(1)).astype(np.int64))
+
     def mapped_keys(self, examples: Sequence[Mapping[str, Any] | ExampleRow]
                     ) -> dict[str, np.ndarray]:
         """Per mapped table, the keys of every id ``examples`` look it up with (what a trainer
@@ -285,16 +293,21 @@ class BatchBuilder:
             "recent_items": ([i for r in recent for i in r],
                              np.fromiter(map(len, recent), np.int32, n)),
         }
-        values, lengths = [], []
+        id_lists, lengths = [], []
         for feature in self.spec.sparse:
             if (pos := position_of(feature)) is not None:  # recent_i: the i-th newest item
-                has = [len(r) > pos for r in recent]
-                values.append(self.rows("recent_items", [r[pos] for r in recent if len(r) > pos]))
-                lengths.append(np.array(has, np.int32))
+                id_lists.append([r[pos] for r in recent if len(r) > pos])
+                lengths.append(np.array([len(r) > pos for r in recent], np.int32))
                 continue
             ids, lens = by_feature[feature]
-            values.append(self.rows(feature, ids))
+            id_lists.append(ids)
             lengths.append(lens)
+        # Every feature's ids in one hashing call (hash64 is per id, so the same values as one
+        # call per feature), then each feature's share to its table's rows.
+        hashes = hash64(list(itertools.chain.from_iterable(id_lists)))
+        ends = np.cumsum([len(ids) for ids in id_lists]).tolist()
+        values = [self._hashed_rows(feature, hashes[end - len(ids):end])
+                  for feature, ids, end in zip(self.spec.sparse, id_lists, ends, strict=True)]
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=list(self.spec.sparse),
             values=torch.from_numpy(np.concatenate(values)),

@@ -146,7 +146,8 @@ def sgd_step(dmp: torch.nn.Module, optimizer: Any, batch: ExampleBatch,
     layers still take DDP's average, the other ranks' gradient over the world size, which
     keeps them in sync; a batch of one leaves the dense normalisation's running statistics
     alone."""
-    dmp.train()
+    if not dmp.training:  # Module.train walks every submodule: ~0.1 ms a step when set already
+        dmp.train()
     loss, logits = dmp(batch.dense.to(device), batch.sparse.to(device), batch.labels.to(device))
     probs = torch.sigmoid(logits).cpu().numpy()
     if not learn:
@@ -539,8 +540,7 @@ class ContinuousTrainer:
         to_example = self.prom.stage.labels("event_to_example")
         to_trained = self.prom.stage.labels("example_to_trained")
         for ex in examples[::max(1, len(examples) // TRACES_PER_STEP)]:
-            trace = ex.trace
-            closed, event_ts = trace.get("closed_ms"), trace.get("event_ts")
+            event_ts, closed, _ = ex.trace  # TRACE_FIELDS
             if closed is not None:
                 to_trained.observe(max(0.0, now - closed) / 1000)
                 if event_ts is not None:

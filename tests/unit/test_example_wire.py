@@ -100,3 +100,12 @@ def test_rows_carry_the_fields_by_name() -> None:
     assert isinstance(row, ExampleRow) and row.example_id == "x5" and row.user_id == "u5"
     assert (row.click, row.purchase, row.sampled) == (1, 1, True)
     assert row.to_doc()["labels"] == {"click": 1, "purchase": 1}
+
+
+def test_the_trace_keeps_what_it_had() -> None:
+    rng = random.Random(5)
+    ex = _example(3, rng)
+    for trace in ({}, {"closed_ms": 7}, {"event_ts": 1, "closed_ms": 2, "offset": 3}):
+        e = Example(**{**{f: getattr(ex, f) for f in Example.__slots__}, "trace": trace})
+        assert decode_example(e.encode("msgpack"))["trace"] == trace
+        assert decode_example(e.encode("json"))["trace"] == trace

@@ -69,7 +69,7 @@ def test_publishes_fall_on_the_same_steps_as_with_a_plan_per_step() -> None:
 
 def _row(example_id: str) -> ExampleRow:
     """An example that only its id tells apart (all the buffer and the hold-out look at)."""
-    return ExampleRow(1, example_id, "u", "i", None, 0, 0, 0, False, "", b"", [], {})
+    return ExampleRow(1, example_id, "u", "i", None, 0, 0, 0, False, "", b"", [], [None] * 3)
 
 
 class FakeSource:

@@ -180,6 +180,13 @@ class ExampleRow(NamedTuple):
 _new_row = tuple.__new__
 
 
+def _check_dense_length(schema: str, n: int) -> None:
+    """A record of this build's feature list must hold its ``D`` values (a batch would fail to
+    build otherwise); a record of another list is the trainer's to refuse by its schema."""
+    if schema == _DENSE_SCHEMA and n != len(_DENSE_NAMES):
+        raise InvalidExample(f"{n} dense values, schema {schema} names {len(_DENSE_NAMES)}")
+
+
 def _trace_values(trace: Mapping[str, int]) -> list[int | None]:
     return [trace.get(k) for k in TRACE_FIELDS]
 
@@ -199,12 +206,16 @@ def decode_row(raw: bytes) -> ExampleRow:
     :class:`InvalidExample` if it is neither form or a field is missing or malformed."""
     if raw[:1] == b"{":
         try:
-            doc = orjson.loads(raw)
-            return ExampleRow.from_doc(doc)
+            row = ExampleRow.from_doc(orjson.loads(raw))
         except orjson.JSONDecodeError as exc:
             raise InvalidExample(f"not JSON: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:
             raise InvalidExample(f"JSON example without a valid {exc}") from exc
+        dense = row.dense
+        if not isinstance(dense, list) or not all(type(x) in (int, float) for x in dense):
+            raise InvalidExample("JSON example whose dense values are not a list of numbers")
+        _check_dense_length(row.dense_schema, len(dense))
+        return row
     try:
         a = msgpack.unpackb(raw)
     except ValueError as exc:  # msgpack's errors are ValueErrors
@@ -213,6 +224,7 @@ def decode_row(raw: bytes) -> ExampleRow:
             and isinstance(a[10], bytes) and len(a[10]) % 8 == 0
             and isinstance(a[12], list) and len(a[12]) == len(TRACE_FIELDS)):
         raise InvalidExample("neither a JSON object nor a layout-1 MessagePack example array")
+    _check_dense_length(a[9], len(a[10]) // 8)
     return _new_row(ExampleRow, a)  # _make without its length check (done above): 30% faster
 
 

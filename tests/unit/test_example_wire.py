@@ -109,3 +109,16 @@ def test_the_trace_keeps_what_it_had() -> None:
         e = Example(**{**{f: getattr(ex, f) for f in Example.__slots__}, "trace": trace})
         assert decode_example(e.encode("msgpack"))["trace"] == trace
         assert decode_example(e.encode("json"))["trace"] == trace
+
+
+def test_dense_values_of_the_wrong_count_or_type_are_refused() -> None:
+    doc = decode_example(_example(2, random.Random(6)).encode("json"))
+    short = {**doc, "dense": doc["dense"][:-1]}
+    for fmt in ("msgpack", "json"):
+        with pytest.raises(InvalidExample, match="dense values"):
+            decode_row(encode_example(short, fmt))
+    with pytest.raises(InvalidExample, match="not a list of numbers"):
+        decode_row(orjson.dumps({**doc, "dense": ["1"] * len(doc["dense"])}))
+    # Another feature list (another schema) decodes: the trainer refuses it by its schema.
+    other = {**short, "dense_schema": "00000000"}
+    assert decode_row(encode_example(other)).dense_schema == "00000000"

@@ -58,12 +58,22 @@ def id_keys(ids: Sequence[str]) -> np.ndarray:
     """Non-negative 63-bit keys (int64) of string ids, what a :class:`models.id_map.IdMap`
     maps to rows: :func:`hash64` without its lowest bit. Two distinct ids share a key with
     probability about ``n^2 / 2^64``: none in practice."""
-    return (hash64(ids) >> np.uint64(1)).astype(np.int64)
+    return keys_of_hashes(hash64(ids))
+
+
+def keys_of_hashes(hashes: np.ndarray) -> np.ndarray:
+    """:func:`id_keys` of ids given as their :func:`hash64` values."""
+    return (hashes >> np.uint64(1)).astype(np.int64)
+
+
+def rows_of_hashes(hashes: np.ndarray, num_embeddings: int) -> np.ndarray:
+    """:func:`hash_ids` of ids given as their :func:`hash64` values."""
+    return (hashes % np.uint64(num_embeddings)).astype(np.int64)
 
 
 def hash_ids(ids: Sequence[str], num_embeddings: int) -> np.ndarray:
     """Stable row indices (int64, ``[0, num_embeddings)``) for string ids; same on every host."""
-    return (hash64(ids) % np.uint64(num_embeddings)).astype(np.int64)
+    return rows_of_hashes(hash64(ids), num_embeddings)
 
 
 def hash_optional_ids(ids: Sequence[str | None], num_embeddings: int) -> np.ndarray:
@@ -162,17 +172,14 @@ class BatchBuilder:
 
     def rows(self, feature: str, ids: Sequence[str]) -> np.ndarray:
         """Row indices of ``ids`` in the table of ``feature``: its id map's rows, else hashed."""
-        table = self.spec.table_of(feature)
-        m = self.id_maps.get(table.name)
-        return hash_ids(ids, table.num_embeddings) if m is None else m.lookup(id_keys(ids))
+        return self._hashed_rows(feature, hash64(ids))
 
     def _hashed_rows(self, feature: str, hashes: np.ndarray) -> np.ndarray:
         """:meth:`rows` of ids given as their :func:`hash64` values."""
         table = self.spec.table_of(feature)
         m = self.id_maps.get(table.name)
-        if m is None:
-            return (hashes % np.uint64(table.num_embeddings)).astype(np.int64)
-        return m.lookup((hashes >> np.uint64(1)).astype(np.int64))
+        return rows_of_hashes(hashes, table.num_embeddings) if m is None \
+            else m.lookup(keys_of_hashes(hashes))
 
     def mapped_keys(self, examples: Sequence[Mapping[str, Any] | ExampleRow]
                     ) -> dict[str, np.ndarray]:

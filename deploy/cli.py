@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--half-life", metavar="DURATION",
                     help="half-life of popularity, trending and buy-again, e.g. 7d (default: "
                          "the stream's profile, or the window)")
+    ev.add_argument("--knn-half-life", metavar="DURATION",
+                    help="half-life of the counts behind the user_knn baseline (the user's and "
+                         "similar users' items), e.g. 120d (default: 16 windows)")
     ev.add_argument("--warmup", type=float, default=0.2, metavar="SHARE",
                     help="share of event time before the frozen model is fixed and overall "
                          "metrics start (default 0.2)")

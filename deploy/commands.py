@@ -218,7 +218,10 @@ def cmd_eval(args: argparse.Namespace, settings: Any) -> int:
                       via=args.via, events=args.events,
                       out_dir=args.out, plots=not args.no_plots,
                       opts=EvalOptions(rank_users=args.rank_users, warmup_share=args.warmup,
-                                       dump_dir=args.dump_candidates),
+                                       dump_dir=args.dump_candidates,
+                                       knn_half_life_ms=parse_duration_ms(
+                                           args.knn_half_life, "--knn-half-life")
+                                       if args.knn_half_life else None),
                       scales=scales, say=lambda s: print(s, file=sys.stderr, flush=True))
     print(orjson.dumps(summary(result)).decode(), flush=True)
     return 0

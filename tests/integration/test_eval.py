@@ -17,7 +17,7 @@ OTTO = SHARED / "otto-sample" / "train.jsonl"
 UCI = SHARED / "uci-online-retail" / "online_retail.csv.gz"
 MODELS = {"auc": ("continuous", "frozen", "lightgbm"),
           "recall_at_20": ("continuous", "frozen", "popularity", "popularity_repeat_policy",
-                           "buy_again", "covisit", "lightgbm")}
+                           "buy_again", "user_knn", "covisit", "lightgbm")}
 OLD_TS = 788_918_400_000  # 1995-01-01T00:00:00Z: before the contract's 2000 floor
 
 

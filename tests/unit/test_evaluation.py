@@ -13,6 +13,7 @@ from trainer.evaluation.lgbm import BatchRetrained, lgbm_matrix
 from trainer.evaluation.ranking import (
     BuyAgain,
     DecayedPopularity,
+    UserKnn,
     covisit_ranking,
     ndcg_at_k,
     recall_at_k,
@@ -90,6 +91,32 @@ def test_buy_again_ranks_own_items_by_recency_weighted_count_then_popular() -> N
     # An event older than the item's latest still counts, decayed.
     again.update([uev("u3", "y", 9 * H)])
     assert again.scores("u3", 10 * H)["y"] == pytest.approx(1.5)
+
+
+def test_user_knn_ranks_own_and_similar_users_items() -> None:
+    knn = UserKnn(half_life_ms=1000 * H, types=("purchase",), neighbours=1, own_weight=0.5)
+    # u1 and u2 share a and b; u2 also bought c. u3 bought only z (similarity 0 to u1).
+    knn.update([uev("u1", "a", 0), uev("u1", "b", 0), uev("u2", "a", 0), uev("u2", "b", 0),
+                uev("u2", "c", 0), uev("u3", "z", 0), uev("u3", "z", 0),
+                uev("u1", "v", 0, "view")])  # not a counted type
+    now = H
+    ranked = knn.rankings(["u1", "nobody", "u3"], now, 4, top_up=["p", "a", "q"])
+    # u1 = (a + b) / sqrt 2; its one neighbour u2 = (a + b + c) / sqrt 3 (cosine 0.816):
+    # a, b: 0.5 / sqrt 2 + 0.5 / sqrt 3 = 0.642 each (ties by id), c: 0.5 / sqrt 3 = 0.289.
+    assert ranked[0] == ["a", "b", "c", "p"]
+    assert ranked[1] == ["p", "a", "q"]  # no history: the top-up alone
+    # u3's nearest user has cosine 0 to it: its neighbours add nothing.
+    assert ranked[2] == ["z", "p", "a", "q"]
+    scores = knn._scores(np.array([0]), knn._matrix(now)[2])[0]  # u1 is row 0 (users sorted)
+    items = knn._matrix(now)[1]
+    got = dict(zip(items, scores, strict=True))
+    assert got["a"] == pytest.approx(0.5 / 2 ** 0.5 + 0.5 / 3 ** 0.5)
+    assert got["c"] == pytest.approx(0.5 / 3 ** 0.5) and got["z"] == 0.0
+    # Counts decay as buy-again's: the same ranking later, rebuilt after new events.
+    knn.update([uev("u1", "c", 2 * H)])
+    assert knn.rankings(["u1"], 2 * H, 3)[0][0] == "c"
+    with pytest.raises(ValueError):
+        UserKnn(half_life_ms=H, types=("purchase",), own_weight=1.5)
 
 
 def test_covisit_ranking_sums_counts_over_recent_items() -> None:

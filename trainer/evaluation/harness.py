@@ -12,8 +12,10 @@ Models compared in one run, on the same examples and the same candidates:
 - ``lightgbm``: retrained from scratch every ``lgbm_every_ms`` on the examples so far;
 - feeds only: ``popularity`` (decayed, every item), ``popularity_repeat_policy`` (the same
   without the user's items that ``serving.repeat`` excludes), ``buy_again`` (the user's own past
-  items by recency-weighted count, topped up with popular items) and ``covisit`` (the feature
-  store's co-visitation lists, without what ``serving.repeat`` excludes).
+  items by recency-weighted count, topped up with popular items), ``user_knn`` (the user's own
+  and their nearest users' items, TIFU-KNN style: :class:`trainer.evaluation.ranking.UserKnn`)
+  and ``covisit`` (the feature store's co-visitation lists, without what ``serving.repeat``
+  excludes).
 
 At each window's start the users who interact in the window (all, or a seeded sample of
 ``rank_users``) get top-K feeds from every ranker. Besides Recall@K / NDCG@K, the run measures
@@ -67,6 +69,8 @@ from trainer.evaluation.ranking import (
     BuyAgain,
     CandidateRecall,
     DecayedPopularity,
+    UserKnn,
+    best_then,
     covisit_ranking,
     ndcg_at_k,
     recall_at_k,
@@ -79,9 +83,11 @@ from trainer.metrics import auc, log_loss
 
 LEARNED = ("continuous", "frozen", "lightgbm")
 RANKERS = ("continuous", "frozen", "popularity", "popularity_repeat_policy", "buy_again",
+           "user_knn",
            "covisit", "lightgbm")
 # Every ranker's recall is compared with each of these, paired (issue 15's baselines).
-BASELINES = ("popularity", "popularity_repeat_policy", "buy_again", "covisit", "lightgbm")
+BASELINES = ("popularity", "popularity_repeat_policy", "buy_again", "user_knn", "covisit",
+             "lightgbm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,13 @@ class EvalOptions:
     rank_batch_users: int = 250  # users whose candidates share one forward pass when ranking
     # Where to write every ranked candidate's features, scores and label (None: nowhere).
     dump_dir: Path | None = None
+    # The user_knn baseline (UserKnn): count half-life (ms; None: 16 windows), neighbours,
+    # own weight. Chosen on UCI's first half of test windows (README, "Evaluation"): 16 weekly
+    # windows are 112 d; 7 d (buy-again's) gave Recall@20 0.268 against 0.290 at 120 d.
+    knn_half_life_ms: int | None = None
+    knn_neighbours: int = 100
+    knn_own_weight: float = 0.3
+    knn_candidates: int = 100  # its items counted as a would-be candidate source
 
 
 @dataclass(slots=True)
@@ -129,6 +142,10 @@ class WindowRanks:
     # budget and at the retriever's (the ceiling of any candidate generator of that size).
     truth: CandidateRecall | None = None
     truth_retrieval: CandidateRecall | None = None
+    # The user_knn baseline's top knn_candidates items as a candidate source: alone, and added
+    # to the candidates (credited "user_knn" where no source found the item).
+    knn_alone: CandidateRecall = field(default_factory=CandidateRecall)
+    with_knn: CandidateRecall = field(default_factory=CandidateRecall)
 
 
 def _sample_users(relevant: dict[str, set[str]], n: int, seed: int, window: int) -> list[str]:
@@ -187,6 +204,8 @@ class PrequentialRun:
         self.lgbm = BatchRetrained(seed)
         self.popularity = DecayedPopularity(self.profile.popularity_half_life_ms)
         self.buy_again = BuyAgain(self.profile.popularity_half_life_ms, self.profile.relevant)
+        self.user_knn = UserKnn(opts.knn_half_life_ms or 16 * self.profile.window_ms,
+                                self.profile.relevant, opts.knn_neighbours, opts.knn_own_weight)
         self.n_cat = spec.table_of("category").num_embeddings
         self.catalogue = ItemCatalogue(spec.dense, settings.trainer.catalogue_items) \
             if spec.retrieval_dim else None
@@ -254,6 +273,7 @@ class PrequentialRun:
             scores["lightgbm"] = cb.split(self.lgbm.predict(lgbm_matrix(
                 cb.batch.dense.numpy(), cat_rows)))
         top_popular = take(popular, k)
+        knn = self.user_knn.scores(users, now_ms)
         if out.truth is not None and out.truth_retrieval is not None:
             self._truth_recall(users, now_ms, relevant, out.truth, out.truth_retrieval)
         dense = cb.split(cb.batch.dense.numpy()) if self.dump is not None and cb.scored else {}
@@ -275,9 +295,14 @@ class PrequentialRun:
             lists["popularity"] = top_popular
             lists["popularity_repeat_policy"] = take(popular, k, excluded)
             lists["buy_again"] = self.buy_again.ranking(user, now_ms, k, popular)
+            lists["user_knn"] = best_then(knn[j], k, popular)
+            knn_top = best_then(knn[j], self.opts.knn_candidates)
+            out.knn_alone.add(rel, [(i, "user_knn") for i in knn_top])
+            out.with_knn.add(rel, [*cb.cands[j], *((i, "user_knn") for i in knn_top)])
             if self.dump is not None and j in scores.get("continuous", {}):
                 self.dump.add(now_ms, user, cb.cands[j], rel, dense[j],
-                              {name: s[j] for name, s in scores.items()},
+                              {**{name: s[j] for name, s in scores.items()},
+                               "user_knn": np.array([knn[j].get(i, 0.0) for i in items])},
                               self.buy_again.scores(user, now_ms))
             lists["covisit"] = covisit_ranking(reads.recent, reads.covisit, k, exclude=excluded)
             for name in RANKERS:
@@ -339,6 +364,7 @@ class PrequentialRun:
             examples = self.ingest.feed(tick_events)
             self.popularity.update(tick_events)
             self.buy_again.update(tick_events)
+            self.user_knn.update(tick_events)
             if examples:
                 batch = self.builder.build(examples)
                 y = batch.labels.numpy().astype(np.float64)
@@ -451,6 +477,7 @@ class PrequentialRun:
                 "window": format_duration_ms(prof.window_ms),
                 "half_life": format_duration_ms(prof.popularity_half_life_ms),
                 "lgbm_every": format_duration_ms(prof.lgbm_every_ms),
+                "user_knn_half_life": format_duration_ms(self.user_knn.half_life_ms),
                 "warmup_share": self.opts.warmup_share, "from": prof.scales_from},
             "label_mode": self.settings.stream.label_mode,
             "relevant_types": list(prof.relevant),
@@ -493,7 +520,10 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
       share of relevant items among the retriever's own top ``serving.retrieval_candidates``);
       on a synthetic stream also ``ground_truth``: ``{"candidates", "retrieval_candidates"}``,
       the share among the hidden model's top items at the candidate budget and at the
-      retriever's, the ceiling of any candidate generator of that size;
+      retriever's, the ceiling of any candidate generator of that size; and ``user_knn``:
+      ``{"alone", "added"}``, the share among the ``user_knn`` baseline's top
+      ``knn_candidates`` items, and among the candidates with those items added (what a
+      neighbours source would give beyond the budget);
     - ``ranked``: user-window pairs and distinct users ranked.
     """
     units = [u for wr in windows for u in wr.users]
@@ -502,8 +532,11 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
     ndcg = {name: [n for wr in windows for _, n in wr.metrics.get(name, [])] for name in RANKERS}
     cand, without, alone = CandidateRecall(), CandidateRecall(), CandidateRecall()
     truth, truth_retrieval = CandidateRecall(), CandidateRecall()
+    knn_alone, with_knn = CandidateRecall(), CandidateRecall()
     for wr in windows:
         cand.merge(wr.candidates)
+        knn_alone.merge(wr.knn_alone)
+        with_knn.merge(wr.with_knn)
         if wr.without_retrieval is not None and wr.retrieval_alone is not None:
             without.merge(wr.without_retrieval)
             alone.merge(wr.retrieval_alone)
@@ -515,6 +548,9 @@ def ranking_summary(windows: Sequence[WindowRanks], k: int) -> dict[str, Any]:
         candidate_recall["with_retrieval"] = candidate_recall["total"]
         candidate_recall["without_retrieval"] = without.as_dict()["total"]
         candidate_recall["retrieval_alone"] = alone.as_dict()["total"]
+    if knn_alone.relevant:
+        candidate_recall["user_knn"] = {"alone": knn_alone.as_dict()["total"],
+                                        "added": with_knn.as_dict()["total"]}
     if truth.relevant:
         candidate_recall["ground_truth"] = {
             "candidates": truth.as_dict()["total"],

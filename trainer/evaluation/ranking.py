@@ -5,7 +5,8 @@ interactions can still reach 1.0, as in the OTTO and RecSys-challenge definition
 ``ndcg_at_k`` uses binary relevance with the same ideal of ``min(K, |relevant|)`` hits.
 
 Baselines: :class:`DecayedPopularity` (global, decayed in event time), :class:`BuyAgain` (the
-user's own past items by recency-weighted count, topped up with popular items) and
+user's own past items by recency-weighted count, topped up with popular items),
+:class:`UserKnn` (the user's and similar users' items, TIFU-KNN style) and
 :func:`covisit_ranking`. :class:`CandidateRecall` measures how many of the items users go on to
 interact with are among their candidates at all: the ceiling of any ranker of candidates.
 """
@@ -129,6 +130,10 @@ class BuyAgain:
             else:
                 items[e.item_id] = (score + 2.0 ** (-(at_ms - e.ts) / h), at_ms)
 
+    def users(self) -> list[str]:
+        """Every user with a counted event, sorted."""
+        return sorted(self._items)
+
     def scores(self, user_id: str, now_ms: int) -> dict[str, float]:
         """The user's items and their scores decayed to ``now_ms`` (empty for a new user)."""
         h = self.half_life_ms
@@ -141,6 +146,112 @@ class BuyAgain:
         own = sorted(self.scores(user_id, now_ms).items(), key=lambda kv: (-kv[1], kv[0]))
         out = [item for item, _ in own[:k]]
         return out + take(top_up, k - len(out), set(out))
+
+
+class UserKnn:
+    """User-based nearest neighbours in the manner of TIFU-KNN (Hu et al., "Modeling
+    Personalized Item Frequency Information for Next-basket Recommendation", SIGIR 2020), with
+    the time decay simplified to one half-life: the strong simple baseline of next-basket work.
+
+    Each user is a vector over items of recency-weighted counts of the event types ``types``
+    (as :class:`BuyAgain`'s, with its own ``half_life_ms``), L2-normalised. A user's score of an
+    item is ``own_weight x`` their own vector ``+ (1 - own_weight) x`` the cosine-weighted mean
+    of their ``neighbours`` most similar users' vectors (cosine over those vectors; a user is
+    not their own neighbour). So it ranks the user's own items (as buy-again does) and the items
+    of users who buy like them, which buy-again and popularity cannot.
+
+    Args:
+        half_life_ms (int): decay of the counts; longer than buy-again's, since similar users
+            are found from a long history.
+        types (Collection[str]): event types counted.
+        neighbours (int): users whose vectors are averaged.
+        own_weight (float): weight of the user's own vector, in [0, 1].
+    """
+
+    def __init__(self, half_life_ms: int, types: Collection[str], neighbours: int = 100,
+                 own_weight: float = 0.3) -> None:
+        if not 0.0 <= own_weight <= 1.0 or neighbours < 1:
+            raise ValueError(f"own_weight must be in [0, 1] and neighbours >= 1, got "
+                             f"{own_weight}, {neighbours}")
+        self.neighbours = neighbours
+        self.own_weight = own_weight
+        self.half_life_ms = half_life_ms
+        self._counts = BuyAgain(half_life_ms, types)
+        # Every user's normalised vector at one time: (now_ms, user -> row, item ids, matrix).
+        self._at: tuple[int, dict[str, int], list[str], Any] | None = None
+
+    def update(self, events: Iterable[Event]) -> None:
+        """Count each event of a counted type for its user and item."""
+        self._counts.update(events)
+        self._at = None
+
+    def _matrix(self, now_ms: int) -> tuple[dict[str, int], list[str], Any]:
+        """Every user's normalised vector at ``now_ms`` (rebuilt only when time or counts moved)."""
+        if self._at is not None and self._at[0] == now_ms:
+            return self._at[1], self._at[2], self._at[3]
+        import scipy.sparse as sp  # the evaluation's extra (lightgbm needs it too)
+
+        users = {u: n for n, u in enumerate(self._counts.users())}
+        item_ids: dict[str, int] = {}
+        rows, cols, vals = [], [], []
+        for user, row in users.items():
+            for item, score in self._counts.scores(user, now_ms).items():
+                rows.append(row)
+                cols.append(item_ids.setdefault(item, len(item_ids)))
+                vals.append(score)
+        m = sp.csr_matrix((vals, (rows, cols)), shape=(len(users), len(item_ids)))
+        norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+        m = sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ m
+        self._at = (now_ms, users, list(item_ids), m.tocsr())
+        return self._at[1], self._at[2], self._at[3]
+
+    def scores(self, users: Sequence[str], now_ms: int) -> list[dict[str, float]]:
+        """Per user, the items with a positive score at ``now_ms`` (empty for a user with no
+        counted event)."""
+        index, items, m = self._matrix(now_ms)
+        known = [index[u] for u in users if u in index]
+        rows = self._scores(np.array(known, dtype=np.int64), m) if known else None
+        out: list[dict[str, float]] = []
+        at = 0
+        for user in users:
+            if user not in index:
+                out.append({})
+                continue
+            assert rows is not None
+            row = rows[at]
+            at += 1
+            out.append({items[j]: float(row[j]) for j in np.flatnonzero(row > 0)})
+        return out
+
+    def rankings(self, users: Sequence[str], now_ms: int, k: int,
+                 top_up: Sequence[str] = ()) -> list[list[str]]:
+        """Each user's ``k`` best items by the score above (ties by item id), then items of
+        ``top_up`` (popular items, best first) not among them, up to ``k`` in all; a user with
+        no counted event gets ``top_up`` alone."""
+        return [best_then(scores, k, top_up) for scores in self.scores(users, now_ms)]
+
+    def _scores(self, rows: np.ndarray, m: Any) -> np.ndarray:
+        """``len(rows) x items`` scores of the users at ``rows`` of ``m``."""
+        import scipy.sparse as sp
+
+        own = m[rows]
+        sims = (own @ m.T).toarray()  # cosine: the rows are unit vectors
+        sims[np.arange(len(rows)), rows] = 0.0  # not one's own neighbour
+        n = min(self.neighbours, sims.shape[1])
+        near = np.argpartition(-sims, n - 1, axis=1)[:, :n]
+        w = np.take_along_axis(sims, near, axis=1).clip(min=0.0)
+        weights = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(len(rows)), n), near.ravel())),
+                                shape=(len(rows), m.shape[0]))
+        total = w.sum(axis=1, keepdims=True)
+        mean = (weights @ m).toarray() / np.where(total > 0, total, 1.0)
+        return self.own_weight * own.toarray() + (1.0 - self.own_weight) * mean
+
+
+def best_then(scores: Mapping[str, float], k: int, top_up: Iterable[str] = ()) -> list[str]:
+    """The ``k`` best-scored items of ``scores`` (ties by item id), then items of ``top_up``
+    not among them, up to ``k`` in all."""
+    best = [item for item, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+    return best + take(top_up, k - len(best), set(best))
 
 
 def covisit_ranking(recent: Sequence[str], covisit: Mapping[str, Sequence[tuple[str, float]]],

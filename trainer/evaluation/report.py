@@ -31,7 +31,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     label=name)
     k = result["k"]
     for name in ("continuous", "frozen", "lightgbm", "popularity", "popularity_repeat_policy",
-                 "buy_again", "covisit"):
+                 "buy_again", "user_knn", "covisit"):
         ax_rec.plot(hours, [w.get(f"recall_{name}") for w in result["windows"]], marker=".",
                     label=name)
     ax_rec.plot(hours, [(w.get("candidate_recall") or {}).get("total")

@@ -13,9 +13,9 @@ Models compared in one run, on the same examples and the same candidates:
 - feeds only: ``popularity`` (decayed, every item), ``popularity_repeat_policy`` (the same
   without the user's items that ``serving.repeat`` excludes), ``buy_again`` (the user's own past
   items by recency-weighted count, topped up with popular items), ``user_knn`` (the user's own
-  and their nearest users' items, TIFU-KNN style: :class:`trainer.evaluation.ranking.UserKnn`)
-  and ``covisit`` (the feature store's co-visitation lists, without what ``serving.repeat``
-  excludes).
+  and their nearest users' items, TIFU-KNN style: :class:`trainer.evaluation.ranking.UserKnn`;
+  without what ``serving.repeat`` excludes) and ``covisit`` (the feature store's co-visitation
+  lists, without what ``serving.repeat`` excludes).
 
 At each window's start the users who interact in the window (all, or a seeded sample of
 ``rank_users``) get top-K feeds from every ranker. Besides Recall@K / NDCG@K, the run measures
@@ -295,8 +295,10 @@ class PrequentialRun:
             lists["popularity"] = top_popular
             lists["popularity_repeat_policy"] = take(popular, k, excluded)
             lists["buy_again"] = self.buy_again.ranking(user, now_ms, k, popular)
-            lists["user_knn"] = best_then(knn[j], k, popular)
-            knn_top = best_then(knn[j], self.opts.knn_candidates)
+            own_knn = {i: v for i, v in knn[j].items() if i not in excluded} if excluded \
+                else knn[j]  # what serving.repeat keeps out of feeds, as for popularity
+            lists["user_knn"] = best_then(own_knn, k, (p for p in popular if p not in excluded))
+            knn_top = best_then(own_knn, self.opts.knn_candidates)
             out.knn_alone.add(rel, [(i, "user_knn") for i in knn_top])
             out.with_knn.add(rel, [*cb.cands[j], *((i, "user_knn") for i in knn_top)])
             if self.dump is not None and j in scores.get("continuous", {}):

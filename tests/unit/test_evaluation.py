@@ -93,7 +93,7 @@ def test_buy_again_ranks_own_items_by_recency_weighted_count_then_popular() -> N
     assert again.scores("u3", 10 * H)["y"] == pytest.approx(1.5)
 
 
-def test_user_knn_ranks_own_and_similar_users_items() -> None:
+def test_user_knn_ranks_own_and_similar_users_items(monkeypatch: pytest.MonkeyPatch) -> None:
     knn = UserKnn(half_life_ms=1000 * H, types=("purchase",), neighbours=1, own_weight=0.5)
     # u1 and u2 share a and b; u2 also bought c. u3 bought only z (similarity 0 to u1).
     knn.update([uev("u1", "a", 0), uev("u1", "b", 0), uev("u2", "a", 0), uev("u2", "b", 0),
@@ -112,6 +112,9 @@ def test_user_knn_ranks_own_and_similar_users_items() -> None:
     got = dict(zip(items, scores, strict=True))
     assert got["a"] == pytest.approx(0.5 / 2 ** 0.5 + 0.5 / 3 ** 0.5)
     assert got["c"] == pytest.approx(0.5 / 3 ** 0.5) and got["z"] == 0.0
+    # Scored one user at a time (a small dense scratch): the same.
+    monkeypatch.setattr("trainer.evaluation.ranking._DENSE_CELLS", 1)
+    assert knn.rankings(["u1", "nobody", "u3"], now, 4, top_up=["p", "a", "q"]) == ranked
     # Counts decay as buy-again's: the same ranking later, rebuilt after new events.
     knn.update([uev("u1", "c", 2 * H)])
     assert knn.rankings(["u1"], 2 * H, 3)[0][0] == "c"

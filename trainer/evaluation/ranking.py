@@ -148,6 +148,9 @@ class BuyAgain:
         return out + take(top_up, k - len(out), set(out))
 
 
+_DENSE_CELLS = 20_000_000  # UserKnn's dense scratch per block of users (160 MB of float64)
+
+
 class UserKnn:
     """User-based nearest neighbours in the manner of TIFU-KNN (Hu et al., "Modeling
     Personalized Item Frequency Information for Next-basket Recommendation", SIGIR 2020), with
@@ -209,19 +212,15 @@ class UserKnn:
         """Per user, the items with a positive score at ``now_ms`` (empty for a user with no
         counted event)."""
         index, items, m = self._matrix(now_ms)
-        known = [index[u] for u in users if u in index]
-        rows = self._scores(np.array(known, dtype=np.int64), m) if known else None
-        out: list[dict[str, float]] = []
-        at = 0
-        for user in users:
-            if user not in index:
-                out.append({})
-                continue
-            assert rows is not None
-            row = rows[at]
-            at += 1
-            out.append({items[j]: float(row[j]) for j in np.flatnonzero(row > 0)})
-        return out
+        known = np.array([index[u] for u in users if u in index], dtype=np.int64)
+        # Dense blocks of users x (users or items): at most _DENSE_CELLS floats at a time.
+        step = max(1, _DENSE_CELLS // max(1, *m.shape))
+        found: list[dict[str, float]] = []
+        for start in range(0, len(known), step):
+            for row in self._scores(known[start:start + step], m):
+                found.append({items[j]: float(row[j]) for j in np.flatnonzero(row > 0)})
+        it = iter(found)
+        return [next(it) if user in index else {} for user in users]
 
     def rankings(self, users: Sequence[str], now_ms: int, k: int,
                  top_up: Sequence[str] = ()) -> list[list[str]]:

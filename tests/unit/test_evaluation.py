@@ -107,13 +107,11 @@ def test_user_knn_ranks_own_and_similar_users_items(monkeypatch: pytest.MonkeyPa
     assert ranked[1] == ["p", "a", "q"]  # no history: the top-up alone
     # u3's nearest user has cosine 0 to it: its neighbours add nothing.
     assert ranked[2] == ["z", "p", "a", "q"]
-    scores = knn._scores(np.array([0]), knn._matrix(now)[2])[0]  # u1 is row 0 (users sorted)
-    items = knn._matrix(now)[1]
-    got = dict(zip(items, scores, strict=True))
+    got = knn.scores(["u1"], now)[0]
     assert got["a"] == pytest.approx(0.5 / 2 ** 0.5 + 0.5 / 3 ** 0.5)
-    assert got["c"] == pytest.approx(0.5 / 3 ** 0.5) and got["z"] == 0.0
+    assert got["c"] == pytest.approx(0.5 / 3 ** 0.5) and "z" not in got
     # Scored one user at a time (a small dense scratch): the same.
-    monkeypatch.setattr("trainer.evaluation.ranking._DENSE_CELLS", 1)
+    monkeypatch.setattr(knn.neighbours_at(now), "dense_cells", 1)
     assert knn.rankings(["u1", "nobody", "u3"], now, 4, top_up=["p", "a", "q"]) == ranked
     # Counts decay as buy-again's: the same ranking later, rebuilt after new events.
     knn.update([uev("u1", "c", 2 * H)])

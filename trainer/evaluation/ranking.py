@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from streaming.contract.events import Event
+from streaming.features.neighbours import UserNeighbours
 from streaming.features.state import decay
 
 
@@ -148,24 +149,13 @@ class BuyAgain:
         return out + take(top_up, k - len(out), set(out))
 
 
-_DENSE_CELLS = 20_000_000  # UserKnn's dense scratch per block of users (160 MB of float64)
-
-
 class UserKnn:
-    """User-based nearest neighbours in the manner of TIFU-KNN (Hu et al., "Modeling
-    Personalized Item Frequency Information for Next-basket Recommendation", SIGIR 2020), with
-    the time decay simplified to one half-life: the strong simple baseline of next-basket work.
-
-    Each user is a vector over items of recency-weighted counts of the event types ``types``
-    (as :class:`BuyAgain`'s, with its own ``half_life_ms``), L2-normalised. A user's score of an
-    item is ``own_weight x`` their own vector ``+ (1 - own_weight) x`` the cosine-weighted mean
-    of their ``neighbours`` most similar users' vectors (cosine over those vectors; a user is
-    not their own neighbour). So it ranks the user's own items (as buy-again does) and the items
-    of users who buy like them, which buy-again and popularity cannot.
+    """The ``user_knn`` baseline: :class:`~streaming.features.neighbours.UserNeighbours` over
+    each user's recency-weighted counts of the event types ``types`` (as :class:`BuyAgain`'s,
+    with its own ``half_life_ms``: longer, since similar users are found from a long history).
 
     Args:
-        half_life_ms (int): decay of the counts; longer than buy-again's, since similar users
-            are found from a long history.
+        half_life_ms (int): decay of the counts.
         types (Collection[str]): event types counted.
         neighbours (int): users whose vectors are averaged.
         own_weight (float): weight of the user's own vector, in [0, 1].
@@ -180,47 +170,25 @@ class UserKnn:
         self.own_weight = own_weight
         self.half_life_ms = half_life_ms
         self._counts = BuyAgain(half_life_ms, types)
-        # Every user's normalised vector at one time: (now_ms, user -> row, item ids, matrix).
-        self._at: tuple[int, dict[str, int], list[str], Any] | None = None
+        self._at: tuple[int, UserNeighbours] | None = None  # built for one time, until updated
 
     def update(self, events: Iterable[Event]) -> None:
         """Count each event of a counted type for its user and item."""
         self._counts.update(events)
         self._at = None
 
-    def _matrix(self, now_ms: int) -> tuple[dict[str, int], list[str], Any]:
-        """Every user's normalised vector at ``now_ms`` (rebuilt only when time or counts moved)."""
-        if self._at is not None and self._at[0] == now_ms:
-            return self._at[1], self._at[2], self._at[3]
-        import scipy.sparse as sp  # the evaluation's extra (lightgbm needs it too)
-
-        users = {u: n for n, u in enumerate(self._counts.users())}
-        item_ids: dict[str, int] = {}
-        rows, cols, vals = [], [], []
-        for user, row in users.items():
-            for item, score in self._counts.scores(user, now_ms).items():
-                rows.append(row)
-                cols.append(item_ids.setdefault(item, len(item_ids)))
-                vals.append(score)
-        m = sp.csr_matrix((vals, (rows, cols)), shape=(len(users), len(item_ids)))
-        norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
-        m = sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ m
-        self._at = (now_ms, users, list(item_ids), m.tocsr())
-        return self._at[1], self._at[2], self._at[3]
+    def neighbours_at(self, now_ms: int) -> UserNeighbours:
+        """Every user's vector of counts decayed to ``now_ms`` (built once per time and count)."""
+        if self._at is None or self._at[0] != now_ms:
+            self._at = (now_ms, UserNeighbours(
+                {u: self._counts.scores(u, now_ms) for u in self._counts.users()},
+                self.neighbours, self.own_weight))
+        return self._at[1]
 
     def scores(self, users: Sequence[str], now_ms: int) -> list[dict[str, float]]:
         """Per user, the items with a positive score at ``now_ms`` (empty for a user with no
         counted event)."""
-        index, items, m = self._matrix(now_ms)
-        known = np.array([index[u] for u in users if u in index], dtype=np.int64)
-        # Dense blocks of users x (users or items): at most _DENSE_CELLS floats at a time.
-        step = max(1, _DENSE_CELLS // max(1, *m.shape))
-        found: list[dict[str, float]] = []
-        for start in range(0, len(known), step):
-            for row in self._scores(known[start:start + step], m):
-                found.append({items[j]: float(row[j]) for j in np.flatnonzero(row > 0)})
-        it = iter(found)
-        return [next(it) if user in index else {} for user in users]
+        return self.neighbours_at(now_ms).scores(users)
 
     def rankings(self, users: Sequence[str], now_ms: int, k: int,
                  top_up: Sequence[str] = ()) -> list[list[str]]:
@@ -228,22 +196,6 @@ class UserKnn:
         ``top_up`` (popular items, best first) not among them, up to ``k`` in all; a user with
         no counted event gets ``top_up`` alone."""
         return [best_then(scores, k, top_up) for scores in self.scores(users, now_ms)]
-
-    def _scores(self, rows: np.ndarray, m: Any) -> np.ndarray:
-        """``len(rows) x items`` scores of the users at ``rows`` of ``m``."""
-        import scipy.sparse as sp
-
-        own = m[rows]
-        sims = (own @ m.T).toarray()  # cosine: the rows are unit vectors
-        sims[np.arange(len(rows)), rows] = 0.0  # not one's own neighbour
-        n = min(self.neighbours, sims.shape[1])
-        near = np.argpartition(-sims, n - 1, axis=1)[:, :n]
-        w = np.take_along_axis(sims, near, axis=1).clip(min=0.0)
-        weights = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(len(rows)), n), near.ravel())),
-                                shape=(len(rows), m.shape[0]))
-        total = w.sum(axis=1, keepdims=True)
-        mean = (weights @ m).toarray() / np.where(total > 0, total, 1.0)
-        return self.own_weight * own.toarray() + (1.0 - self.own_weight) * mean
 
 
 def best_then(scores: Mapping[str, float], k: int, top_up: Iterable[str] = ()) -> list[str]:

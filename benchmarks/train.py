@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         "publish_s_median": summary["publish_s_median"],
         "steps": summary["steps"],
         "prequential_auc": summary["metrics"]["auc"],
+        # Rank 0's ms per step by phase (input, build, step, agree, publish): where time goes.
+        "phase_ms_per_step": summary["phase_ms_per_step"],
         "targets": {"ratio": 0.8, "examples_per_s": 20000, "publish_s": 2.0},
     })
 

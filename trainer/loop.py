@@ -29,7 +29,7 @@ import math
 import operator
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +209,12 @@ class ContinuousTrainer:
         # (perf_counter, examples trained) at the end of step WARMUP_STEPS: throughput is
         # measured from there, as the plain TorchRec baseline of bench train does.
         self.warm_at: tuple[float, int] | None = None
+        # Seconds per phase of the loop over the steps after the first WARMUP_STEPS of this
+        # process (input: poll, decode, dedup; build: the batch; step: the sharded SGD step;
+        # agree: the plan's all-reduce; publish), and those steps: where a step's time goes.
+        self.phase_s: Counter[str] = Counter()
+        self.timed_steps = 0
+        self._steps_here = 0  # steps trained by this process (a resumed state.step is not)
         partitions = [p for p in range(settings.topics.examples_partitions)
                       if p % self.info.world == self.info.rank]
         # Which cluster and examples-topic instance this run reads: recorded in each manifest,
@@ -468,6 +474,7 @@ class ContinuousTrainer:
         if n == 0:
             self._stand_in_step()
             return 0.0
+        t = time.perf_counter()
         taken = self._take(n)
         if self.id_maps:
             self._admit(taken)
@@ -477,11 +484,16 @@ class ContinuousTrainer:
         self._observe_traces(taken)
         if self.catalogue is not None:
             self.catalogue.observe([ex.item_id for ex in taken], batch)
+        t = self._clock("build", t)
         loss_value, probs = sgd_step(self.dmp, self.optimizer, batch, self.info.device)
+        self._clock("step", t)
         self.metrics.add(probs, batch.labels.numpy())
         self.state.step += 1
         self.state.examples_seen += n
         self.last_step_at = time.perf_counter()
+        if self._steps_here >= WARMUP_STEPS:
+            self.timed_steps += 1
+        self._steps_here += 1
         if self.state.step == WARMUP_STEPS:
             self.warm_at = (self.last_step_at, self.state.examples_seen)
         self.state.loss_sum += loss_value * n
@@ -752,9 +764,12 @@ class ContinuousTrainer:
         """Agree on a plan, train it, publish when due; until a stop or ``max_steps``."""
         while True:
             self._beat()
+            t = time.perf_counter()
             self._fill()
+            t = self._clock("input", t)
             halt = stop.is_set() or (max_steps is not None and self.state.step >= max_steps)
             n, k, halt, publish = self._agree(halt, max_steps)
+            self._clock("agree", t)
             if halt:
                 return
             for i in range(k):
@@ -762,7 +777,22 @@ class ContinuousTrainer:
                     self._beat()
                 self.train_step(n)
             if publish:
+                t = time.perf_counter()
                 self.publish()
+                self._clock("publish", t)
+
+    def _clock(self, phase: str, since: float) -> float:
+        """Add the time since ``since`` (perf_counter) to ``phase`` once the warm-up steps are
+        done; returns now."""
+        now = time.perf_counter()
+        if self._steps_here >= WARMUP_STEPS:
+            self.phase_s[phase] += now - since
+        return now
+
+    def phase_ms_per_step(self) -> dict[str, float]:
+        """ms per step of each phase (see :attr:`phase_s`) over the steps after the warm-up."""
+        return {k: round(v * 1000 / self.timed_steps, 3)
+                for k, v in sorted(self.phase_s.items())} if self.timed_steps else {}
 
     def _beat(self) -> None:
         if not self._heartbeat.beat(len(self._partitions)):

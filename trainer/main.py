@@ -88,6 +88,8 @@ def run_trainer(settings: Settings, *, max_steps: int | None = None,
         "publish_s_median": round(sorted(trainer.publish_seconds)[len(trainer.publish_seconds) // 2]
                                   if trainer.publish_seconds else 0.0, 3),
         "examples_per_s": round(trained / span, 1) if span > 0 else 0.0,
+        # This rank's ms per step in each phase of the loop, after the warm-up steps.
+        "phase_ms_per_step": trainer.phase_ms_per_step(),
         "metrics": trainer.metrics.summary(),
     }
     if info.rank == 0:

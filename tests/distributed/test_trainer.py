@@ -87,6 +87,9 @@ def test_two_ranks_train_from_a_topic_and_publish(train_settings: Settings) -> N
     out = finish(start_trainer(settings, "--max-steps", "20"))
     summary = orjson.loads([ln for ln in out.splitlines() if ln.startswith('{"rank"')][-1])
     assert summary["ranks"] == 2 and summary["steps"] == 20
+    # Where the 15 steps after the 5 warm-up steps spent their time, per phase of the loop.
+    phases = summary["phase_ms_per_step"]
+    assert {"input", "build", "step", "agree"} <= set(phases) and phases["step"] > 0
     root = Path(settings.trainer.checkpoint_dir)
     versions = list_versions(root)
     assert versions[-1] >= 4

@@ -20,10 +20,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["DENSE_CELLS", "UserNeighbours"]
+__all__ = ["DENSE_CELLS", "UserNeighbours", "check_parameters"]
 
 # Dense scratch per block of users scored: users x max(users, items) floats (160 MB of float64).
 DENSE_CELLS = 20_000_000
+
+
+def check_parameters(neighbours: int, own_weight: float) -> None:
+    """Raise ``ValueError`` unless ``neighbours >= 1`` and ``own_weight`` is in [0, 1]."""
+    if not 0.0 <= own_weight <= 1.0 or neighbours < 1:
+        raise ValueError(f"own_weight must be in [0, 1] and neighbours >= 1, got "
+                         f"{own_weight}, {neighbours}")
 
 
 class UserNeighbours:
@@ -42,9 +49,7 @@ class UserNeighbours:
 
     def __init__(self, vectors: Mapping[str, Mapping[str, float]], neighbours: int = 100,
                  own_weight: float = 0.3, dense_cells: int = DENSE_CELLS) -> None:
-        if not 0.0 <= own_weight <= 1.0 or neighbours < 1:
-            raise ValueError(f"own_weight must be in [0, 1] and neighbours >= 1, got "
-                             f"{own_weight}, {neighbours}")
+        check_parameters(neighbours, own_weight)
         self.neighbours = neighbours
         self.own_weight = own_weight
         self.dense_cells = dense_cells

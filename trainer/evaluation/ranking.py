@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from streaming.contract.events import Event
-from streaming.features.neighbours import UserNeighbours
+from streaming.features.neighbours import UserNeighbours, check_parameters
 from streaming.features.state import decay
 
 
@@ -144,9 +144,7 @@ class BuyAgain:
     def ranking(self, user_id: str, now_ms: int, k: int, top_up: Iterable[str] = ()) -> list[str]:
         """The user's ``k`` best own items (ties by item id), then items of ``top_up`` (popular
         items, best first) that are not among them, up to ``k`` in all."""
-        own = sorted(self.scores(user_id, now_ms).items(), key=lambda kv: (-kv[1], kv[0]))
-        out = [item for item, _ in own[:k]]
-        return out + take(top_up, k - len(out), set(out))
+        return best_then(self.scores(user_id, now_ms), k, top_up)
 
 
 class UserKnn:
@@ -163,9 +161,7 @@ class UserKnn:
 
     def __init__(self, half_life_ms: int, types: Collection[str], neighbours: int = 100,
                  own_weight: float = 0.3) -> None:
-        if not 0.0 <= own_weight <= 1.0 or neighbours < 1:
-            raise ValueError(f"own_weight must be in [0, 1] and neighbours >= 1, got "
-                             f"{own_weight}, {neighbours}")
+        check_parameters(neighbours, own_weight)  # now, not at the first ranking
         self.neighbours = neighbours
         self.own_weight = own_weight
         self.half_life_ms = half_life_ms

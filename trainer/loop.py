@@ -211,9 +211,8 @@ class ContinuousTrainer:
         self.warm_at: tuple[float, int] | None = None
         # Seconds per phase of the loop over the steps after the first WARMUP_STEPS of this
         # process (input: poll, decode, dedup; build: the batch; step: the sharded SGD step;
-        # agree: the plan's all-reduce; publish), and those steps: where a step's time goes.
+        # agree: the plan's all-reduce; publish): where a step's time goes.
         self.phase_s: Counter[str] = Counter()
-        self.timed_steps = 0
         self._steps_here = 0  # steps trained by this process (a resumed state.step is not)
         partitions = [p for p in range(settings.topics.examples_partitions)
                       if p % self.info.world == self.info.rank]
@@ -491,8 +490,6 @@ class ContinuousTrainer:
         self.state.step += 1
         self.state.examples_seen += n
         self.last_step_at = time.perf_counter()
-        if self._steps_here >= WARMUP_STEPS:
-            self.timed_steps += 1
         self._steps_here += 1
         if self.state.step == WARMUP_STEPS:
             self.warm_at = (self.last_step_at, self.state.examples_seen)
@@ -791,8 +788,9 @@ class ContinuousTrainer:
 
     def phase_ms_per_step(self) -> dict[str, float]:
         """ms per step of each phase (see :attr:`phase_s`) over the steps after the warm-up."""
-        return {k: round(v * 1000 / self.timed_steps, 3)
-                for k, v in sorted(self.phase_s.items())} if self.timed_steps else {}
+        timed = self._steps_here - WARMUP_STEPS  # the steps whose phases were clocked
+        return {k: round(v * 1000 / timed, 3)
+                for k, v in sorted(self.phase_s.items())} if timed > 0 else {}
 
     def _beat(self) -> None:
         if not self._heartbeat.beat(len(self._partitions)):

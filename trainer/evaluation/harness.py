@@ -83,8 +83,7 @@ from trainer.metrics import auc, log_loss
 
 LEARNED = ("continuous", "frozen", "lightgbm")
 RANKERS = ("continuous", "frozen", "popularity", "popularity_repeat_policy", "buy_again",
-           "user_knn",
-           "covisit", "lightgbm")
+           "user_knn", "covisit", "lightgbm")
 # Every ranker's recall is compared with each of these, paired (issue 15's baselines).
 BASELINES = ("popularity", "popularity_repeat_policy", "buy_again", "user_knn", "covisit",
              "lightgbm")

@@ -8,7 +8,7 @@ KJT with ``user_id``, ``item_id``, ``recent_items``, ``category``), with tables 
 - the **item tower** pools ``item_id`` and ``category`` (``B x 2 x E``), appends the item's
   dense features (``item_*`` and ``price``, ``B x Di``) and maps them to ``B x K``.
 
-Pair features (``ui_*``, ``user_category_affinity*``) belong to neither: a tower must be
+Pair features (``ui_*``, ``user_category_affinity*``, ``nb_score``) belong to neither: a tower must be
 computable for one side alone, so that item vectors can be indexed ahead of time and a user's
 vector queried against them. Both outputs are L2-normalised; the score is ``u . v / temperature``.
 
@@ -56,9 +56,9 @@ class TowerSpec:
 
 def tower_columns(dense_names: Sequence[str]) -> tuple[list[int], list[int]]:
     """Indices into the dense vector of the user tower's (``user_*``) and the item tower's
-    (``item_*``, ``price``) features. Pair features go to neither: ``ui_*`` and the user's
-    affinity to the row's item category (``user_category_*``), which would tell the user
-    tower about the target item in training and be missing when the scorer queries."""
+    (``item_*``, ``price``) features. Pair features go to neither: ``ui_*``, ``nb_score`` and
+    the user's affinity to the row's item category (``user_category_*``), which would tell the
+    user tower about the target item in training and be missing when the scorer queries."""
     user = [i for i, n in enumerate(dense_names)
             if n.startswith("user_") and not n.startswith("user_category_")]
     item = [i for i, n in enumerate(dense_names) if n.startswith("item_") or n == "price"]

@@ -347,16 +347,32 @@ class ServingSettings:
     category_candidates: int = _f(100, "candidates read per category")
     new_candidates: int = _f(50, "candidates taken from the newest items")
     popular_candidates: int = _f(200, "candidates taken from all-time popularity")
+    neighbour_interval_s: float = _f(
+        600.0, "how often one scorer (under a Redis lock) rebuilds every user's neighbour list: "
+        "the items of users who interact alike (0 = never: no 'neighbours' candidates, and the "
+        "nb.score feature stays 0)")
+    neighbour_items: int = _f(100, "items kept in each user's neighbour list; all of them are "
+                              "candidates (the 'neighbours' source)")
+    neighbour_users: int = _f(100, "most similar users whose items a neighbour list averages")
+    neighbour_own_weight: float = _f(0.3, "weight of the user's own items in their neighbour "
+                                     "list's scores, in [0, 1] (the rest: the similar users')")
+    neighbour_half_life_ms: int = _f(120 * 86_400_000, "half-life of the interaction counts "
+                                     "that users are compared by (ms): long, since users who "
+                                     "buy alike are found from a long history")
 
     def __post_init__(self) -> None:
         policies = ("allow", "exclude_purchased", "exclude_interacted")  # features.candidates
         if self.repeat not in policies:
             raise ConfigError(f"serving.repeat={self.repeat!r}: one of {list(policies)}")
         for f in dataclasses.fields(self):
-            if f.name not in ("cache_s", "repeat", "covisit_own_seeds"):
+            if f.name not in ("cache_s", "repeat", "covisit_own_seeds", "neighbour_interval_s",
+                              "neighbour_own_weight"):
                 _positive(f"serving.{f.name}", getattr(self, f.name))
-        if self.cache_s < 0 or self.covisit_own_seeds < 0:
-            raise ConfigError("serving.cache_s and serving.covisit_own_seeds must be >= 0")
+        if self.cache_s < 0 or self.covisit_own_seeds < 0 or self.neighbour_interval_s < 0:
+            raise ConfigError("serving.cache_s, serving.covisit_own_seeds and "
+                              "serving.neighbour_interval_s must be >= 0")
+        if not 0.0 <= self.neighbour_own_weight <= 1.0:
+            raise ConfigError("serving.neighbour_own_weight must be in [0, 1]")
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,8 @@ def dense_feature_names(half_lives_ms: Sequence[tuple[str, int]] = HALF_LIVES_MS
     names += ["item_ctr", "item_cvr", "item_age_s", "price"]
     # The user's own history with this item (user x item state): repeat behaviour.
     names += ["ui_view_count", "ui_click_count", "ui_purchase_count", "ui_recency_s", "ui_weight"]
+    # The item's score in the user's neighbour list (users who interact alike; 0 = not in it).
+    names += ["nb_score"]
     return names
 
 

@@ -44,6 +44,11 @@ Serving and operations:
 
 ``P feed:<user>``       string  the user's ranked feed (JSON, :mod:`streaming.contract.feeds`)
 ``P feed:_popular``     string  the fallback feed (items trending now)
+``P nb:<user>``         zset  item -> score in the user's neighbour list (own and similar users'
+                              items, :mod:`streaming.serving.neighbour_job`; read by ingest and
+                              the scorers, for the ``neighbours`` source and ``nb_score``)
+``P nb:lock``           string  held by the scorer rebuilding the neighbour lists (expires
+                              after ``serving.neighbour_interval_s``: the schedule)
 ``P scorer:stats``      hash  scorer counters (feeds written, model loads, model version)
 ``P scorer:fresh``      list  recent event-to-feed latencies (ms)
 ``P health``            hash  component heartbeats (:mod:`streaming.ops.health`)
@@ -101,6 +106,14 @@ class Keys:
     def user_items_order(self, user_id: str) -> str:
         """The user's items by decayed interaction weight (the "again" candidates)."""
         return f"{self.prefix}uz:{user_id}"
+
+    def user_items_pattern(self) -> str:
+        """SCAN pattern of every user's user x item hash (``user_items`` of any user)."""
+        return f"{_glob_escape(self.prefix)}ui:*"
+
+    def user_of_user_items(self, key: str) -> str:
+        """The user id in a ``user_items`` key."""
+        return key[len(self.prefix) + len("ui:"):]
 
     def item(self, item_id: str) -> str:
         """Item feature hash."""
@@ -176,6 +189,15 @@ class Keys:
         """A user's feed (``POPULAR_FEED`` for the fallback feed)."""
         return f"{self.prefix}feed:{user_id}"
 
+    def neighbours(self, user_id: str) -> str:
+        """A user's neighbour list: item -> score."""
+        return f"{self.prefix}nb:{user_id}"
+
+    @property
+    def neighbours_lock(self) -> str:
+        """Held by the scorer that rebuilds the neighbour lists."""
+        return f"{self.prefix}nb:lock"
+
     @property
     def scorer_stats(self) -> str:
         """Scorer counters."""
@@ -193,3 +215,8 @@ class Keys:
 
 
 _PARTITION_KEYS = frozenset({"seen", "lx", "lxd", "lf", "lfd", "ob", "obp", "stats"})
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with Redis glob characters escaped, for a SCAN MATCH pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

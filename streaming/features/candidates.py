@@ -4,10 +4,11 @@ Sources, in priority order (an item found by several keeps the first): the user'
 items (re-visits: in e-commerce logs such as OTTO the strongest single signal of the next
 interaction), the user's own items by decayed interaction (``again``: repeat purchases, about
 41% of a returning UCI customer's next-week items), co-visitation of the recent items, the
-retriever's nearest items (``retrieval``: the user tower's vector against the published item
-vectors, when the model has a retriever), trending items (decayed global popularity: what is
-hot now, including items too new for the other lists), the user's top categories, new items,
-and all-time popularity.
+user's neighbour list (``neighbours``: items of users who interact alike, and their own, by the
+neighbour job's score, :mod:`streaming.serving.neighbour_job`), the retriever's nearest items
+(``retrieval``: the user tower's vector against the published item vectors, when the model has
+a retriever), trending items (decayed global popularity: what is hot now, including items too
+new for the other lists), the user's top categories, new items, and all-time popularity.
 
 The repeat policy (``serving.repeat``, :data:`REPEAT_POLICIES`) says which of the user's own
 items may appear at all: ``allow`` (the model decides how high a repeat ranks),
@@ -45,6 +46,8 @@ class CandidateReads:
     # The user's own items, most interacted first (decayed weight): the "again" source.
     again: list[tuple[str, float]] = field(default_factory=list)
     interacted: set[str] = field(default_factory=set)  # every item in the user x item state
+    # The neighbour list (item, score), best first; empty until the neighbour job has run.
+    neighbours: list[tuple[str, float]] = field(default_factory=list)
     # The retriever's nearest items (item, inner product), best first; empty without one.
     retrieved: list[tuple[str, float]] = field(default_factory=list)
 
@@ -107,13 +110,13 @@ def source_seeds(user: Mapping[str, object], recent_items: Sequence[str], at_ms:
 
 def found_before_retrieval(reads: CandidateReads, covisit_limit: int | None = None) -> int:
     """At most how many distinct items the sources ahead of the retriever's (recent, again,
-    co-visitation within ``covisit_limit``) give: the scorer asks the retriever for that many
+    co-visitation within ``covisit_limit``, neighbours) give: the scorer asks the retriever for that many
     more than its own budget, so that its nearest items already found by those sources do not
     crowd out the new ones it is there to add."""
     covisit = sum(map(len, reads.covisit.values()))
     if covisit_limit is not None:
         covisit = min(covisit, covisit_limit)
-    return len(set(reads.recent)) + len(reads.again) + covisit
+    return len(set(reads.recent)) + len(reads.again) + covisit + len(reads.neighbours)
 
 
 def generate(reads: CandidateReads, limit: int, repeat: str = "allow",
@@ -146,6 +149,7 @@ def generate(reads: CandidateReads, limit: int, repeat: str = "allow",
     lists = [reads.covisit.get(i, []) for i in seeds]
     add(map(first, filter(None, chain.from_iterable(zip_longest(*lists)))), "covisit",
         covisit_limit)
+    add(map(first, reads.neighbours), "neighbours")
     add(map(first, reads.retrieved), "retrieval", retrieval_limit)
     add(map(first, reads.trending), "trending")
     for cat_items in reads.by_category.values():

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from streaming.settings import Settings
 
 SEP = "\x1f"  # separator inside list entries and composite hash fields; not allowed in ids
+# An event's weight in category affinity, trending, the user x item weight and the neighbour
+# lists' interaction counts: a purchase says more than a click, a click more than a view.
+EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 10.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,7 @@ def feature_rows(
     cfg: FeatureConfig = DEFAULT_FEATURES,
     item_cols: np.ndarray | None = None,
     user_items: Sequence[UserItem | None] | None = None,
+    neighbour_scores: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Dense model inputs, ``N x D`` float64 in :func:`dense_feature_names` order; row ``k`` is
     user ``users[k]`` (with ``recent_counts[k]`` recent items) against ``items[k]`` as of
@@ -325,7 +329,8 @@ def feature_rows(
     computes a batch's snapshots in one call) and serving (the scorer, through
     :func:`indexed_feature_rows`, which this calls). ``item_cols`` is :func:`item_columns` of
     ``items`` when the caller already has it. ``user_items[k]`` is the user's history with the
-    item (``None``: never touched; all ``None`` when not given)."""
+    item (``None``: never touched; all ``None`` when not given); ``neighbour_scores[k]`` the
+    item's score in the user's neighbour list (0.0 when not in it; all 0.0 when not given)."""
     n = len(items)
     if item_cols is None:
         item_cols = item_columns(items, cfg)
@@ -342,7 +347,7 @@ def feature_rows(
     return indexed_feature_rows(
         distinct, user_index, np.asarray(recent_counts, dtype=np.float64).reshape(n), item_cols,
         [c or it.get("cat") for c, it in zip(categories, items, strict=True)],
-        price_values(prices, n), np.arange(n), at_ms, cfg, user_items)
+        price_values(prices, n), np.arange(n), at_ms, cfg, user_items, neighbour_scores)
 
 
 def indexed_feature_rows(
@@ -356,14 +361,15 @@ def indexed_feature_rows(
     at_ms: Sequence[int] | int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
     user_items: Sequence[UserItem | None] | None = None,
+    neighbour_scores: Sequence[float] | None = None,
 ) -> np.ndarray:
     """:func:`feature_rows` on tables of distinct users and items, ``N x D`` float64: row ``k``
     is user ``users[user_index[k]]`` (``recent_counts[k]`` recent items) against the item in
     row ``item_index[k]`` of ``item_cols`` (:func:`item_columns`), ``categories`` and
     ``prices`` (:func:`price_values`), as of ``at_ms`` (one time or ``N``), with
-    ``user_items[k]`` as in :func:`feature_rows`. Each user's and item's fields are read once
-    however many rows they are in: the scorer's shape (a few users against hundreds of
-    candidates each, the candidates shared between users). Every value is the same
+    ``user_items[k]`` and ``neighbour_scores[k]`` as in :func:`feature_rows`. Each user's and
+    item's fields are read once however many rows they are in: the scorer's shape (a few users
+    against hundreds of candidates each, the candidates shared between users). Every value is the same
     element-wise operation on the same inputs as for a row of its own, so the result does not
     depend on how rows are grouped (training and serving stay bit-identical)."""
     n = len(item_index)
@@ -472,6 +478,9 @@ def indexed_feature_rows(
     out[:, col + 3] = np.where(touched, np.log1p(since / 1000), -1.0)
     out[:, col + 4] = np.where(touched, np.log1p(np.nan_to_num(ui[:, 4])
                                                  * np.exp2(-since / cfg.user_item_half_life_ms)), 0.0)
+    # The neighbour score is a similarity-weighted share in [0, 1]: used as it is.
+    out[:, col + 5] = 0.0 if neighbour_scores is None else np.asarray(neighbour_scores,
+                                                                      np.float64).reshape(n)
     return out
 
 
@@ -485,11 +494,12 @@ def feature_matrix(
     cfg: FeatureConfig = DEFAULT_FEATURES,
     item_cols: np.ndarray | None = None,
     user_items: Sequence[UserItem | None] | None = None,
+    neighbour_scores: Sequence[float] | None = None,
 ) -> np.ndarray:
     """One user against ``N`` items (the scorer's shape): :func:`feature_rows`, ``N x D`` float64."""
     n = len(items)
     return feature_rows([user] * n, [len(recent)] * n, items, categories, prices, at_ms, cfg,
-                        item_cols, user_items)
+                        item_cols, user_items, neighbour_scores)
 
 
 def feature_values(
@@ -501,8 +511,9 @@ def feature_values(
     at_ms: int,
     cfg: FeatureConfig = DEFAULT_FEATURES,
     user_item: UserItem | None = None,
+    neighbour_score: float = 0.0,
 ) -> dict[str, float]:
     """:func:`feature_rows` for one (user, item), by name."""
     row = feature_rows([user], [len(recent)], [item], [category], [price], at_ms, cfg,
-                       user_items=[user_item])[0]
+                       user_items=[user_item], neighbour_scores=[neighbour_score])[0]
     return dict(zip(dense_feature_names(cfg.half_lives_ms), row.tolist(), strict=True))

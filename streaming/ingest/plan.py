@@ -18,7 +18,7 @@ the counters. An op is a list ``[name, key, args...]`` interpreted by ``lua/appl
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -42,6 +42,7 @@ from streaming.features.labels import (
 )
 from streaming.features.state import (
     DEFAULT_FEATURES,
+    EVENT_WEIGHT,
     SEP,
     EntityState,
     FeatureConfig,
@@ -55,7 +56,6 @@ from streaming.ingest.types import BatchReads, Op, OutMessage, Plan, RawMessage
 
 __all__ = [
     "COUNTERS",
-    "EVENT_WEIGHT",
     "ProcessorConfig",
     "Snapshots",
     "bookkeeping_ops",
@@ -69,7 +69,6 @@ __all__ = [
 COUNTERS = ("processed", "accepted", "invalid", "duplicate", "out_of_order", "late",
             "unmatched_followups", "examples", "examples_positive", "examples_sampled",
             "dlq_truncated")
-EVENT_WEIGHT = {"view": 1.0, "click": 3.0, "purchase": 10.0}  # category affinity, trending
 
 @dataclass(frozen=True, slots=True)
 class ProcessorConfig:
@@ -101,9 +100,10 @@ class ProcessorConfig:
     item_changes_kept: int = 100_000  # items in the item change log (trimmed at 2N back to N)
 
 
-# (user fields, recent count, item fields, category, price, event time, user x item entry)
+# (user fields, recent count, item fields, category, price, event time, user x item entry,
+# neighbour score)
 SnapshotRow = tuple[dict[str, Any], int, dict[str, Any], str | None, float | None, int,
-                    UserItem | None]
+                    UserItem | None, float]
 
 
 @dataclass(slots=True)
@@ -117,19 +117,20 @@ class Snapshots:
     # except ``features``, and the snapshot row that gives them
 
     def take(self, user: EntityState, recent_count: int, item: EntityState, category: str | None,
-             price: float | None, ts: int, user_item: UserItem | None = None) -> int:
+             price: float | None, ts: int, user_item: UserItem | None = None,
+             neighbour_score: float = 0.0) -> int:
         """Snapshot (user, item) as of now; returns the row index."""
         self.rows.append((dict(user.fields), recent_count, dict(item.fields), category, price, ts,
-                          user_item))
+                          user_item, neighbour_score))
         return len(self.rows) - 1
 
     def resolve(self, fc: FeatureConfig) -> list[Example]:
         """Fill the exposures' features; return the examples (implicit mode) with theirs."""
         if not self.rows:
             return []
-        users, counts, items, cats, prices, times, user_items = zip(*self.rows, strict=True)
+        users, counts, items, cats, prices, times, user_items, nb = zip(*self.rows, strict=True)
         matrix = feature_rows(users, counts, items, cats, prices, times, fc,
-                              user_items=user_items)
+                              user_items=user_items, neighbour_scores=nb)
         names = dense_feature_names(fc.half_lives_ms)
         rows = [dict(zip(names, r, strict=True)) for r in matrix.tolist()]
         for exposure, idx in self.exposures:
@@ -141,18 +142,20 @@ def label_event(ev: Event, offset: int, user: EntityState, user_recent: list[tup
                 user_items: dict[str, UserItem], item: EntityState,
                 items: dict[str, EntityState], category: str | None, negatives: Sequence[str],
                 join: JoinState, lc: LabelConfig, snaps: Snapshots, now_ms: int,
-                counts: Counter[str]) -> None:
+                counts: Counter[str], neighbours: Mapping[str, float] | None = None) -> None:
     """The labelling step of one accepted event, before its feature update.
 
     Exposure mode: a view opens an exposure (its inputs snapshotted now), a click/purchase is
     a follow-up. Implicit mode: a click/purchase is a positive example and ``negatives`` (sampled
-    items) are negatives, each with the item's last seen price."""
+    items) are negatives, each with the item's last seen price. ``neighbours`` is the user's
+    neighbour list (item -> score) as read for the batch."""
+    nb = neighbours or {}
     recent_ids = [i for i, _ in user_recent]
 
     def snapshot(item_id: str, item_state: EntityState, cat: str | None,
                  price: float | None) -> int:
         return snaps.take(user, len(user_recent), item_state, cat, price, ev.ts,
-                          user_items.get(item_id))
+                          user_items.get(item_id), nb.get(item_id, 0.0))
 
     if ev.event_type == "view" and lc.mode == "exposure":
         exposure = Exposure(ev.event_id, ev.user_id, ev.item_id, ev.ts, category, "{}",
@@ -354,7 +357,8 @@ def plan_batch(
         own = user_items.setdefault(ev.user_id, {})
         category = ev.category or item.fields.get("cat")
         label_event(ev, msg.offset, user, user_recent, own, item, items, category,
-                    negatives.get(ev.event_id, ()), join, lc, snaps, now_ms, counts)
+                    negatives.get(ev.event_id, ()), join, lc, snaps, now_ms, counts,
+                    reads.neighbours.get(ev.user_id))
         ops.extend(feature_ops(ev, user, item, user_recent, own, category, keys, fc))
         changed[ev.item_id] = None
 

@@ -102,7 +102,7 @@ class StateStore:
                 *(k.partition(name, partition) for name in ("seen", "lx", "lf", "lxd", "lfd")),
                 k.trending]
         for u in users:
-            keys += [k.user(u), k.recent(u), k.user_items(u)]
+            keys += [k.user(u), k.recent(u), k.user_items(u), k.neighbours(u)]
         keys += [k.item(i) for i in items]
         args: list[Any] = [recent_n, trending_n, "" if batch_max_ts is None else batch_max_ts,
                            "" if lateness_ms is None else lateness_ms,
@@ -117,7 +117,7 @@ class StateStore:
             res = await self._read(keys=keys, args=args)
         except redis.RedisError as exc:
             raise StoreError(f"Redis batch read failed: {exc}") from None
-        wm, mt, seen_scores, user_h, recent_l, item_h, lx, lf, trending, due, due_raw, exp, ui = res
+        wm, mt, seen_scores, user_h, recent_l, item_h, lx, lf, trending, due, due_raw, exp, ui, nb = res
         out = BatchReads(
             applied_offset=int(wm) if wm else -1,
             max_ts=int(mt) if mt else None,
@@ -127,6 +127,8 @@ class StateStore:
             items=dict(zip(items, parse_state_hashes(item_h), strict=True)),
             user_items={u: parse_user_items(zip(h[::2], h[1::2], strict=True))
                         for u, h in zip(users, ui, strict=True)},
+            neighbours={u: dict(zip(map(bytes.decode, h[::2]), map(float, h[1::2]), strict=True))
+                        for u, h in zip(users, nb, strict=True) if h},
             pending={}, followups={},
             expired_followups=[as_text(p) for p in exp],
         )

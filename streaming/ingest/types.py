@@ -75,6 +75,8 @@ class BatchReads:
     trending: list[tuple[str, float]] = field(default_factory=list)  # hottest first
     # user -> item -> (views, clicks, purchases, last ms, weight): the user x item state
     user_items: dict[str, dict[str, UserItem]] = field(default_factory=dict)
+    # user -> item -> score: the user's neighbour list (absent: none yet)
+    neighbours: dict[str, dict[str, float]] = field(default_factory=dict)
     expired_followups: list[str] = field(default_factory=list)
 
 

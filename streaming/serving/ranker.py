@@ -190,6 +190,7 @@ class UserReads:
     recent: list[tuple[str, int]]  # (item, ts ms), newest first
     candidates: CandidateReads
     user_items: dict[str, UserItem] = field(default_factory=dict)  # the user x item state
+    neighbours: dict[str, float] = field(default_factory=dict)  # the neighbour list: item -> score
 
 
 @dataclass(slots=True)
@@ -262,12 +263,13 @@ class FeedRanker:
 
     def _read(self, user_ids: Sequence[str], wanted: dict[str, int], now: float
               ) -> list[list[Any]]:
-        """One read_users.lua call: the users' five reads each, and the stale ones among
+        """One read_users.lua call: the users' six reads each, and the stale ones among
         ``wanted`` (zset key -> how many), which are cached. Returns the users' replies."""
         k_, lim = self.keys, self.limits
         stale = [k for k in wanted if self._stale(k, now)]
         keys = [key for u in user_ids for key in (
-            k_.user(u), k_.recent(u), k_.purchased(u), k_.user_items(u), k_.user_items_order(u))]
+            k_.user(u), k_.recent(u), k_.purchased(u), k_.user_items(u), k_.user_items_order(u),
+            k_.neighbours(u))]
         if not keys and not stale:
             return []
         users, lists = self._script("read_users.lua")(keys=keys + stale, args=[
@@ -299,7 +301,7 @@ class FeedRanker:
             users = []
             wanted: dict[str, int] = {}
             states = parse_state_hashes(r[0] for r in res)
-            for u, state, (_, recent_raw, bought, ui_hash, again_raw) in zip(
+            for u, state, (_, recent_raw, bought, ui_hash, again_raw, nb_raw) in zip(
                     user_ids, states, res, strict=True):
                 recent = parse_recent([as_text(x) for x in recent_raw])
                 recent_items, cats = source_seeds(state, [i for i, _ in recent], now_ms,
@@ -312,7 +314,7 @@ class FeedRanker:
                 users.append((u, state, recent, recent_items, seeds, cats,
                               {as_text(b) for b in bought},
                               parse_user_items(zip(ui_hash[::2], ui_hash[1::2], strict=True)),
-                              again))
+                              again, self._zlist(nb_raw)))
             self._read([], wanted, now)
         except redis.RedisError as exc:
             raise StoreError(f"Redis read for users {list(user_ids)[:3]!r}... failed: {exc}"
@@ -324,8 +326,8 @@ class FeedRanker:
             by_category={c: lists[k_.category_items(c)][1] for c in cats},
             new_items=lists[k_.new_items][1], popular=lists[k_.popular][1],
             trending=lists[k_.trending][1], purchased=bought, again=again,
-            interacted=set(own)), own)
-            for u, state, recent, recent_items, seeds, cats, bought, own, again in users]
+            interacted=set(own), neighbours=nb), own, dict(nb))
+            for u, state, recent, recent_items, seeds, cats, bought, own, again, nb in users]
         self._evict(now)
         return out
 
@@ -409,13 +411,16 @@ class FeedRanker:
             if entries else np.empty((0, width), np.float64)
         cats = [c.category for c in entries]
         user_items: list[UserItem | None] = []
+        nb_scores: list[float] = []
         for r, x in zip(reads, items, strict=True):
             user_items.extend(map(r.user_items.get, x))
+            nb_scores.extend(r.neighbours.get(i, 0.0) for i in x)
         owner = np.repeat(np.arange(len(reads)), counts)
         dense = indexed_feature_rows(
             [r.state for r in reads], owner,
             np.array([len(r.recent) for r in reads], np.float64)[owner], cols, cats,
-            np.array([c.price for c in entries], np.float64), index, now_ms, self.fc, user_items)
+            np.array([c.price for c in entries], np.float64), index, now_ms, self.fc, user_items,
+            nb_scores)
         item_rows = np.array([c.row for c in entries], np.int64)[index]
         cat_rows = np.array([c.category_row for c in entries], np.int64)[index]
         bounds = np.cumsum([0, *counts]).tolist()

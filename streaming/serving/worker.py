@@ -12,6 +12,8 @@ Triggers:
   then the users active in the last ``active_window_s`` are re-scored, most recently active
   first.
 - the fallback feed (items trending now) is refreshed every ``popular_every_s``.
+- every user's neighbour list is rebuilt every ``neighbour_interval_s`` by one of the scorers
+  (:mod:`streaming.serving.neighbour_job`, on a background thread).
 
 Timings and limits are the ``serving`` settings. Counters go to ``P scorer:stats``
 (``feeds_written``, ``feeds_by_model``, ``model_loads``, ``model_load_failures``,
@@ -40,6 +42,7 @@ from streaming.ops import health
 from streaming.ops.memory import start_trimmer
 from streaming.ops.metrics import ScorerMetrics, serve_configured
 from streaming.serving.feed_store import FeedStore
+from streaming.serving.neighbour_job import NeighbourJob
 from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
 
@@ -150,6 +153,19 @@ class ScorerWorker:
             for _, u in users:
                 self.pending.setdefault(u, (0, now))
 
+    def _build_neighbours(self, stop: threading.Event) -> None:
+        """Run the neighbour job whenever no scorer has for ``neighbour_interval_s`` (its lock
+        decides), until ``stop``; a failed run is logged and tried again next period."""
+        job = NeighbourJob(self.client, self.keys, self.cfg)
+        poll_s = min(self.cfg.neighbour_interval_s, 30.0)
+        while not stop.is_set():
+            try:
+                job.run_if_due()
+            except StreamrecError as exc:
+                self.metrics.redis_errors.labels("scorer").inc()
+                log.warning("neighbour lists not rebuilt: %s", exc)
+            stop.wait(poll_s)
+
     # -- feeds ------------------------------------------------------------------------------
     def _refresh(self, budget_s: float, stop: threading.Event) -> None:
         """Re-score pending users, ``batch_users`` per forward pass, for at most ``budget_s``:
@@ -248,6 +264,10 @@ class ScorerWorker:
         loader = threading.Thread(target=self._follow_models, args=(stop,), name="model-loader",
                                   daemon=True)
         loader.start()
+        neighbours = threading.Thread(target=self._build_neighbours, args=(stop,),
+                                      name="neighbour-job", daemon=True)
+        if self.cfg.neighbour_interval_s > 0:
+            neighbours.start()
         server = serve_configured(self.metrics.registry, self.settings.runtime)
         trimmer = start_trimmer(self.settings.runtime.malloc_trim_interval_s)
         consumer = confluent_kafka.Consumer(client_config(self.settings.kafka, **{
@@ -280,6 +300,8 @@ class ScorerWorker:
         finally:
             consumer.close()
             loader.join()
+            if neighbours.is_alive():
+                neighbours.join()
             if server is not None:
                 server.close()
             if trimmer is not None:

@@ -289,6 +289,31 @@ def test_negatives_come_from_the_scorers_candidate_sources_when_asked(
         h.close()
 
 
+def test_neighbour_list_items_are_negatives_and_carry_their_scores(
+        stack: Settings, redis_client) -> None:
+    from streaming.contract.examples import example_features
+    from streaming.contract.names import Keys
+
+    settings = stack.with_values({"stream.label_mode": "implicit", "stream.negatives": "3",
+                                  "stream.negative_pool": "1"})
+    h = Harness(settings)
+    try:
+        h.feed([e(n, "purchase", T0 + n, user=f"w{n}", item="hot") for n in range(3)])
+        # As the neighbour job would write it: "nb1" is in no other list the buyer's draw uses.
+        redis_client.zadd(Keys(settings.redis.key_prefix).neighbours("b"),
+                          {"nb1": 0.4, "hot": 0.25})
+        h.feed([e(10 + n, "purchase", T0 + 10, user="b", item=f"p{n}") for n in range(5)])
+        # 3 + 5 positives; 2 negatives per purchase of "b" (only "hot" and "nb1" to draw from)
+        docs = [decode_example(m.value()) for m in consume_all(settings, settings.topics.examples,
+                                                               3 + 5 + 10)]
+        scores = {(d["item_id"], d["sampled"]): example_features(d)["nb_score"]
+                  for d in docs if d["user_id"] == "b"}
+        assert scores == {("nb1", True): 0.4, ("hot", True): 0.25,
+                          **{(f"p{n}", False): 0.0 for n in range(5)}}
+    finally:
+        h.close()
+
+
 def test_user_item_state_matches_the_python_rule_and_stays_bounded(stack: Settings) -> None:
     from streaming.features.state import DEFAULT_FEATURES, parse_user_items, touch_user_item
 

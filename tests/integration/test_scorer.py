@@ -14,9 +14,11 @@ from models.checkpoint import ID_MAPS_FILE, Manifest, pack_id_maps, write_checkp
 from models.dlrm import StreamRecModel
 from models.id_map import IdMap
 from models.spec import DEFAULT_SPEC, spec_for
-from streaming.contract.examples import decode_example
+from streaming.contract.examples import decode_example, example_features
 from streaming.contract.feeds import Feed, FeedItem
+from streaming.contract.names import Keys
 from streaming.serving.feed_store import FeedStore
+from streaming.serving.neighbour_job import NeighbourJob
 from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.serving.worker import ScorerWorker
 from streaming.settings import ServingSettings, Settings
@@ -57,8 +59,12 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(
                 e(2, "click", T0 + 1_000, item="i1", category="shoes"),
                 e(3, "view", T0 + 2_000, item="i2", category="hats"),
                 e(4, "view", T0 + 3_000, user="u2", item="i3", category="shoes"),
-                e(5, "purchase", T0 + 4_000, user="u2", item="i3", category="shoes")])
+                e(5, "purchase", T0 + 4_000, user="u2", item="i3", category="shoes"),
+                e(8, "view", T0 + 5_000, user="u2", item="i1", category="shoes")])
         t_view = T0 + 10_000
+        # u2 shares i1 with u1: u1's neighbour list holds u2's i3, and the example and the
+        # scorer must both read its score.
+        NeighbourJob(redis_client, Keys(settings.redis.key_prefix), ServingSettings()).run(t_view)
         spec, holder, maps = DEFAULT_SPEC, ModelHolder(), {}
         if mapped:  # rows from the served checkpoint's id maps instead of hashing
             holder, maps = served_with_id_maps(tmp_path, ["u1", "u2"], ["i1", "i2", "i3"])
@@ -67,11 +73,13 @@ def test_scorer_inputs_equal_the_training_example_for_the_same_state(
         serving = ranker.model_inputs(ranker.read_user("u1", t_view), ["i3"], t_view)
         # Now the event whose example snapshots that same state: u1 views i3 at t_view.
         h.feed([e(6, "view", t_view, item="i3"), e(7, "view", t_view + 10 * W, item="zz")])
-        # Windows closed by then: u1's views e1, e3, e6 and u2's view e4 (e7's is still open).
-        docs = [decode_example(m.value()) for m in consume_all(settings, settings.topics.examples, 4)]
+        # Windows closed by then: u1's views e1, e3, e6 and u2's views e4, e8 (e7's is open).
+        docs = [decode_example(m.value()) for m in consume_all(settings, settings.topics.examples, 5)]
         example = next(d for d in docs if d["example_id"] == "e6")
         training = BatchBuilder(spec, maps).build([example])
         assert torch.equal(training.dense, serving.dense)  # bit for bit
+        # The neighbour list's score, on both sides.
+        assert example_features(example)["nb_score"] > 0
         t_kjt, s_kjt = training.sparse.to_dict(), serving.sparse.to_dict()
         for key in spec.sparse:
             assert torch.equal(t_kjt[key].values(), s_kjt[key].values()), key

@@ -76,6 +76,18 @@ def test_retrieved_items_follow_covisitation_within_their_own_bound() -> None:
     assert ("r3", "retrieval") in generate(r, 100)  # no bound of its own: all of them
 
 
+def test_neighbour_items_follow_covisitation_and_precede_the_retriever() -> None:
+    r = reads(recent=["a"], again=[("z", 2.0)], covisit={"a": [("c", 5.0)]},
+              neighbours=[("z", 0.9), ("n1", 0.5), ("c", 0.4), ("n2", 0.1)],
+              retrieved=[("n1", 0.9), ("r1", 0.8)], trending=[("t", 1.0)], purchased={"n2"})
+    # Own ("z") and co-visited ("c") items keep their first source; the rest are "neighbours".
+    assert generate(r, 100) == [
+        ("a", "recent"), ("z", "again"), ("c", "covisit"), ("n1", "neighbours"),
+        ("n2", "neighbours"), ("r1", "retrieval"), ("t", "trending")]
+    assert ("n2", "neighbours") not in generate(r, 100, repeat="exclude_purchased")
+    assert found_before_retrieval(r) == 1 + 1 + 1 + 4
+
+
 def test_the_retriever_is_asked_past_what_the_sources_ahead_of_it_find() -> None:
     r = reads(recent=["a", "a", "b"], again=[("z", 1.0)],
               covisit={"a": [("c", 5.0), ("d", 4.0)], "b": [("c", 2.0)]},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streaming.features.neighbours import UserNeighbours
+from streaming.features.neighbours import UserNeighbours, user_vector
 
 
 def _reference(vectors: dict[str, dict[str, float]], user: str, k: int, a: float
@@ -54,3 +54,29 @@ def test_a_user_without_similar_users_keeps_only_their_own_items() -> None:
 def test_invalid_parameters_are_refused(neighbours: int, own_weight: float) -> None:
     with pytest.raises(ValueError):
         UserNeighbours({}, neighbours=neighbours, own_weight=own_weight)
+
+
+def test_top_lists_are_the_best_scores_in_order_in_any_block_size() -> None:
+    rng = np.random.default_rng(5)
+    vectors = {f"u{n}": {f"i{j}": float(rng.exponential())
+                         for j in rng.choice(30, size=rng.integers(1, 6), replace=False)}
+               for n in range(40)}
+    users = ["u1", "nobody", "u22", "u39"]
+    model = UserNeighbours(vectors, neighbours=4, own_weight=0.3)
+    scores = model.scores(users)
+    for top in (model.top(users, 5), UserNeighbours(vectors, 4, 0.3, dense_cells=1).top(users, 5)):
+        assert top[1] == []
+        for got, every in zip(top, scores, strict=True):
+            best = sorted(every.items(), key=lambda p: (-p[1], p[0]))[:5]
+            assert [i for i, _ in got] == [i for i, _ in best]
+            assert [s for _, s in got] == pytest.approx([s for _, s in best])
+    assert all(len(t) <= 2 for t in model.top(users, 2))
+
+
+def test_a_user_vector_weights_event_types_and_ages_items_from_their_last_touch() -> None:
+    day = 86_400_000
+    entries = {"a": (2.0, 1.0, 0.0, 10 * day, 5.0),  # 2 views + 1 click, last at day 10
+               "b": (0.0, 0.0, 1.0, 0.0, 1.0),  # a purchase at day 0
+               "c": (0.0, 0.0, 0.0, 0.0, 0.0)}  # no counted interaction: left out
+    vec = user_vector(entries, at_ms=10 * day, half_life_ms=10 * day)
+    assert vec == pytest.approx({"a": 2 * 1.0 + 3.0, "b": 10.0 / 2})

@@ -21,7 +21,10 @@ At each window's start the users who interact in the window (all, or a seeded sa
 ``rank_users``) get top-K feeds from every ranker. Besides Recall@K / NDCG@K, the run measures
 candidate recall (the share of those interactions whose item is among the user's candidates at
 all, total and by candidate source) and a 95% interval of each ranker's Recall@K over users
-(:mod:`trainer.evaluation.stats`).
+(:mod:`trainer.evaluation.stats`). Before that, the scorers' neighbour job
+(:mod:`streaming.serving.neighbour_job`) rebuilds every user's neighbour list, as a scorer with a
+period of one window would: the ``neighbours`` candidates and the ``nb_score`` feature of the
+feeds and of the window's training examples come from those lists.
 
 With a retriever (``model.retrieval_dim > 0``) the continuous model's retriever gives the
 ``retrieval`` candidate source, its index built at each window's start from the items trained
@@ -52,10 +55,12 @@ from models.batch import BatchBuilder, ExampleBatch, hash_optional_ids
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC, FeatureSpec
 from streaming.contract.events import Event
+from streaming.contract.names import Keys
 from streaming.errors import StreamrecError
 from streaming.features.candidates import excluded_items, generate
 from streaming.features.state import feature_config
 from streaming.io.redis_client import connect
+from streaming.serving.neighbour_job import NeighbourJob
 from streaming.serving.ranker import CandidateBatch, FeedRanker, ModelHolder
 from streaming.serving.retrieval import Retrieval, RetrievalIndex
 from streaming.settings import Settings
@@ -200,6 +205,9 @@ class PrequentialRun:
         self.ranker = FeedRanker(self._redis, settings.redis.key_prefix, ModelHolder(spec),
                                  serving=serving, features=feature_config(settings))
         self.repeat = self.ranker.limits.repeat
+        # The scorers' neighbour job, run at every window start (before the feeds are ranked
+        # and the window's examples read the lists): what a period of one window would give.
+        self.neighbour_job = NeighbourJob(self._redis, Keys(settings.redis.key_prefix), serving)
         self.lgbm = BatchRetrained(seed)
         self.popularity = DecayedPopularity(self.profile.popularity_half_life_ms)
         self.buy_again = BuyAgain(self.profile.popularity_half_life_ms, self.profile.relevant)
@@ -358,6 +366,8 @@ class PrequentialRun:
             w = (tick_start - t0) // prof.window_ms
             if w != window:
                 window = w
+                if self.neighbour_job.cfg.neighbour_interval_s > 0:
+                    self.neighbour_job.run(t0 + w * prof.window_ms)
                 ranked[w] = self._rank_window(w, t0 + w * prof.window_ms, relevant.get(w, {}),
                                               {"continuous": sweep[0].model,
                                                "frozen": frozen.model})

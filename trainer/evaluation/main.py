@@ -65,6 +65,8 @@ def run_eval(settings: Settings, stream: str, *,
     settings = settings.with_values({
         # The trending candidate list decays like the popularity baseline: one time scale.
         "stream.trending_half_life_ms": str(prof.popularity_half_life_ms),
+        # The neighbour lists count as the user_knn baseline does: one time scale for both.
+        "serving.neighbour_half_life_ms": str(opts.knn_half_life_ms or 16 * prof.window_ms),
         # Historical logs: the ingest worker must accept the log's oldest event.
         "stream.min_event_ts_ms": str(min(settings.stream.min_event_ts_ms, loaded.events[0].ts)),
         **prof.settings, "redis.key_prefix": f"eval{tag}:",

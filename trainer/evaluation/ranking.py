@@ -214,7 +214,8 @@ def covisit_ranking(recent: Sequence[str], covisit: Mapping[str, Sequence[tuple[
 
 
 # Candidate sources in the order ``streaming.features.candidates.generate`` tries them.
-SOURCE_ORDER = ("recent", "again", "covisit", "retrieval", "trending", "category", "new", "popular")
+SOURCE_ORDER = ("recent", "again", "covisit", "neighbours", "retrieval", "trending", "category",
+                "new", "popular")
 
 
 @dataclass(slots=True)

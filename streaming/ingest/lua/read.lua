@@ -1,7 +1,8 @@
 -- Reads everything one batch of one partition needs (streaming.ingest.state_store.StateStore.read_batch).
 -- KEYS: 1 applied offset, 2 max event time, 3 seen ids, 4 pending exposures (lx),
 --       5 follow-ups (lf), 6 exposure deadlines (lxd), 7 follow-up times (lfd), 8 trending;
---       then per user: feature hash, recent list, user x item hash; then per item: feature hash.
+--       then per user: feature hash, recent list, user x item hash, neighbour list; then per
+--       item: feature hash.
 -- ARGV: recent_n, trending_n, batch max event time ('' = none), allowed lateness ms
 --       ('' = no label windows), #users, #items, #event ids, #pairs, event ids..., pairs...,
 --       then per user the number of its user x item entries wanted ('' = all) and their items.
@@ -26,26 +27,30 @@ local res = {}
 res[1] = redis.call('GET', KEYS[1]) or ''
 res[2] = redis.call('GET', KEYS[2]) or ''
 res[3] = #ids > 0 and redis.call('ZMSCORE', KEYS[3], unpack(ids)) or {}
-local u, r, ui = {}, {}, {}
+local u, r, ui, nb = {}, {}, {}, {}
 for j = 1, n_users do
-  u[j] = redis.call('HGETALL', KEYS[6 + 3 * j])
-  r[j] = redis.call('LRANGE', KEYS[7 + 3 * j], 0, recent_n - 1)
+  local b = 8 + 4 * (j - 1)
+  u[j] = redis.call('HGETALL', KEYS[b + 1])
+  r[j] = redis.call('LRANGE', KEYS[b + 2], 0, recent_n - 1)
+  -- Whole (serving.neighbour_items entries at most): the negatives an example gets are drawn
+  -- after this read, and each needs its score.
+  nb[j] = redis.call('ZRANGE', KEYS[b + 4], 0, -1, 'WITHSCORES')
   if wanted[j] then
     -- Only the batch's own items (exposure labelling): a user's hash holds up to 2 x
     -- stream.user_items_kept entries, which a whole HGETALL returned for nothing.
-    local vals = #wanted[j] > 0 and redis.call('HMGET', KEYS[8 + 3 * j], unpack(wanted[j])) or {}
+    local vals = #wanted[j] > 0 and redis.call('HMGET', KEYS[b + 3], unpack(wanted[j])) or {}
     local flat = {}
     for k, v in ipairs(vals) do
       if v then flat[#flat + 1] = wanted[j][k]; flat[#flat + 1] = v end
     end
     ui[j] = flat
   else
-    ui[j] = redis.call('HGETALL', KEYS[8 + 3 * j])
+    ui[j] = redis.call('HGETALL', KEYS[b + 3])
   end
 end
-res[4], res[5], res[13] = u, r, ui
+res[4], res[5], res[13], res[14] = u, r, ui, nb
 local it = {}
-local base = 8 + 3 * n_users
+local base = 8 + 4 * n_users
 for j = 1, n_items do it[j] = redis.call('HGETALL', KEYS[base + j]) end
 res[6] = it
 if #prs > 0 then

@@ -9,7 +9,9 @@
   candidate reads, feature computation, the model, and the feed write;
 - feed_read_p99_ms: FeedStore.read of a random user's feed;
 - model_only_candidates_per_s: the model's forward alone on the same 500-row batches (same run),
-  the ceiling for candidates_per_s.
+  the ceiling for candidates_per_s;
+- neighbour_job_s / neighbour_users: one run of the neighbour job over the filled state (every
+  user's list, which the ranking then reads: the ``neighbours`` source and ``nb_score``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from benchmarks.common import fresh_topics, percentile, report, services
 from models.checkpoint import Manifest, write_checkpoint
 from models.dlrm import StreamRecModel
 from models.spec import DEFAULT_SPEC
+from streaming.contract.names import Keys
 from streaming.ingest.processor import RawMessage, build_processor
 from streaming.io.redis_client import connect
 from streaming.serving.feed_store import FeedStore
+from streaming.serving.neighbour_job import NeighbourJob
 from streaming.serving.ranker import FeedRanker, ModelHolder
 from streaming.settings import Settings
 from streaming.sources.synthetic import SyntheticStream
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         holder = ModelHolder()
         assert holder.load(path, 1)
         client = connect(s.redis)
+        job = NeighbourJob(client, Keys(s.redis.key_prefix), s.serving).run()
         ranker = FeedRanker(client, s.redis.key_prefix, holder, serving=s.serving)
         feeds = FeedStore(client, s.redis.key_prefix)
         users = [f"u{i}" for i in range(args.users)]
@@ -124,6 +129,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         "users": len(users),
         "batch_users": args.batch_users,
         "candidates_per_user": round(candidates / max(1, len(users)), 1),
+        "neighbour_job_s": job.elapsed_s,
+        "neighbour_users": job.users,
         "targets": {"candidates_per_s": 100_000, "refresh_p99_ms": 50, "feed_read_p99_ms": 1},
     })
 

@@ -351,8 +351,10 @@ class ServingSettings:
         600.0, "how often one scorer (under a Redis lock) rebuilds every user's neighbour list: "
         "the items of users who interact alike (0 = never: no 'neighbours' candidates, and the "
         "nb.score feature stays 0)")
-    neighbour_items: int = _f(100, "items kept in each user's neighbour list; all of them are "
-                              "candidates (the 'neighbours' source)")
+    neighbour_items: int = _f(100, "items kept in each user's neighbour list: each has an "
+                              "nb_score feature value, the rest 0")
+    neighbour_candidates: int = _f(100, "candidates taken from the top of the neighbour list "
+                                   "(the 'neighbours' source)")
     neighbour_users: int = _f(100, "most similar users whose items a neighbour list averages")
     neighbour_own_weight: float = _f(0.3, "weight of the user's own items in their neighbour "
                                      "list's scores, in [0, 1] (the rest: the similar users')")

@@ -326,7 +326,7 @@ class FeedRanker:
             by_category={c: lists[k_.category_items(c)][1] for c in cats},
             new_items=lists[k_.new_items][1], popular=lists[k_.popular][1],
             trending=lists[k_.trending][1], purchased=bought, again=again,
-            interacted=set(own), neighbours=nb), own, dict(nb))
+            interacted=set(own), neighbours=nb[:lim.neighbour_candidates]), own, dict(nb))
             for u, state, recent, recent_items, seeds, cats, bought, own, again, nb in users]
         self._evict(now)
         return out

@@ -55,6 +55,11 @@ def test_lists_hold_similar_users_items_and_match_the_pure_computation(
     sources = dict(FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder(), serving=cfg)
                    .candidate_batch(["u1"], at).cands[0])
     assert sources["c"] == "neighbours" and sources["a"] == "recent"
+    # Fewer candidates than the list holds: the top of the list; every item keeps its score.
+    one = FeedRanker(redis_client, stack.redis.key_prefix, ModelHolder(),
+                     serving=ServingSettings(neighbour_items=3, neighbour_candidates=1)
+                     ).read_user("u1", at)
+    assert one.candidates.neighbours == lists["u1"][:1] and one.neighbours == reads.neighbours
 
 
 def test_one_scorer_per_interval_runs_it_and_zero_turns_it_off(

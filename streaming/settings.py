@@ -350,7 +350,7 @@ class ServingSettings:
     neighbour_interval_s: float = _f(
         600.0, "how often one scorer (under a Redis lock) rebuilds every user's neighbour list: "
         "the items of users who interact alike (0 = never: no 'neighbours' candidates, and the "
-        "nb.score feature stays 0)")
+        "nb_score feature stays 0)")
     neighbour_items: int = _f(100, "items kept in each user's neighbour list: each has an "
                               "nb_score feature value, the rest 0")
     neighbour_candidates: int = _f(100, "candidates taken from the top of the neighbour list "

@@ -166,7 +166,7 @@ class BatchProcessor:
 
         The neighbour list's items are negatives too because the scorer ranks them: a model
         that saw them only as positives (bought) or own items would learn that a high
-        ``nb_score`` means a sure positive (on UCI it did: Recall@20 fell by a tenth). They
+        ``nb_score`` means a sure positive (on UCI, without them: Recall@20 0.276, with 0.278). They
         join a uniform draw only; a popularity-weighted one keeps to the trending pool."""
         sizes = self.cfg.negative_sources
         lists: dict[str, list[str]] = {}
